@@ -1,0 +1,107 @@
+"""The ``sslvit`` command: LightningCLI with ``fit``, ``validate`` and ``test``.
+
+The method is chosen by ``model.class_path`` (any :class:`~sslvit.methods.SSLMethod`); its typed
+``__init__`` is the schema. A run directory (``trainer.default_root_dir``) holds everything a run
+writes: ``config.yaml``, ``metrics.csv``, TensorBoard events and ``checkpoints/last.ckpt``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from sslvit.checkpoint import CheckpointError
+from sslvit.data import CorruptImageError, DatasetUnavailableError, SSLDataModule
+from sslvit.errors import ConfigError
+from sslvit.methods.base import SSLMethod
+
+
+class SSLCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # Always-present checkpointing, configurable under `checkpoint.*`; last.ckpt always current.
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.save_last": True,
+                "checkpoint.save_on_train_epoch_end": True,
+                "checkpoint.filename": "epoch{epoch:03d}-step{step:07d}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+
+    def run_dir(self) -> Path:
+        return Path(self.config[self.subcommand].trainer.default_root_dir)
+
+    def before_instantiate_classes(self) -> None:
+        if self.subcommand is None:
+            return
+        config = self.config[self.subcommand]
+        if config.checkpoint.dirpath is None:
+            config.checkpoint.dirpath = str(self.run_dir() / "checkpoints")
+
+    def instantiate_trainer(self, **kwargs):
+        logger = self._get(self.config_init, "trainer", {}).get("logger")
+        if logger in (None, True):  # default: CSV + TensorBoard, both directly in the run directory
+            root = str(self.run_dir())
+            kwargs["logger"] = [CSVLogger(root, name="", version=""), TensorBoardLogger(root, name="", version="")]
+        return super().instantiate_trainer(**kwargs)
+
+    def after_instantiate_classes(self) -> None:
+        if self.subcommand is None:
+            return
+        # Settings that only make sense together are checked before any data is touched.
+        size = self.datamodule.image_size
+        if size != self.model.input_size:
+            raise ConfigError(
+                f"data.image_size={size} but the model expects {self.model.input_size}px images "
+                f"(model.backbone.img_size): set both to the same value"
+            )
+
+    def before_fit(self) -> None:
+        ckpt_path = self.config.fit.ckpt_path
+        last = Path(self.config.fit.checkpoint.dirpath) / "last.ckpt"
+        if ckpt_path is None and last.exists():
+            raise FileExistsError(
+                f"the run directory {self.run_dir()} already holds {last}; starting afresh would overwrite it. "
+                "Resume it with --ckpt_path last, or choose a new --trainer.default_root_dir"
+            )
+
+
+def run_cli(args: list[str] | None = None) -> SSLCLI:
+    """Parse ``args`` (default: the command line), build model, data and trainer, run the subcommand."""
+    return SSLCLI(
+        SSLMethod,
+        SSLDataModule,
+        subclass_mode_model=True,
+        trainer_defaults={"default_root_dir": "runs/default"},
+        save_config_kwargs={"overwrite": True},
+        args=args,
+    )
+
+
+# Errors whose message tells the user what to change: printed as one line, not a traceback.
+USER_ERRORS = (ConfigError, DatasetUnavailableError, CorruptImageError, CheckpointError, FileExistsError)
+
+
+def main() -> None:
+    """Entry point of the ``sslvit`` console script (``SSLVIT_TRACEBACK=1`` shows full tracebacks)."""
+    try:
+        run_cli()
+    except Exception as err:
+        # jsonargparse wraps errors raised while instantiating the model; find the user's error in the chain.
+        cause: BaseException | None = err
+        while cause is not None and not isinstance(cause, USER_ERRORS):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None or os.environ.get("SSLVIT_TRACEBACK"):
+            raise
+        print(f"sslvit: error: {cause}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,302 @@
+"""One LightningDataModule for every method: datasets, transforms, loaders.
+
+Splits: ``pretrain`` is what self-supervised training reads (for STL-10 the labelled train split
+plus the 100k unlabelled images), ``train`` and ``val`` are the labelled splits that evaluators
+(kNN, linear probe) use. Every batch is ``(images, labels)``; with ``skip_corrupt`` a third
+element counts the images that were skipped in that batch.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset, Subset, default_collate
+from torchvision import datasets as tvd
+from torchvision import transforms as T
+
+from sslvit.errors import ConfigError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DATASETS = ("digits", "cifar10", "cifar100", "stl10", "imagefolder")
+DatasetName = Literal["digits", "cifar10", "cifar100", "stl10", "imagefolder"]
+Split = Literal["pretrain", "train", "val"]
+SPLITS = ("pretrain", "train", "val")
+TORCHVISION_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python", "stl10": "stl10_binary"}
+
+
+class DatasetUnavailableError(FileNotFoundError):
+    """A dataset is neither on disk nor downloadable; the message says where it was looked for."""
+
+
+class CorruptImageError(OSError):
+    """An image file could not be decoded; the message names the file."""
+
+
+# ---- datasets ---------------------------------------------------------------------------------
+def load_rgb(path: str) -> Image.Image:
+    """Decode an image file to RGB, naming the file when it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+        raise CorruptImageError(
+            f"cannot read image {path}: {err}. Replace or delete the file, or set "
+            "`data.skip_corrupt: true` to skip unreadable images (they are counted and logged)"
+        ) from None
+
+
+class DigitsDataset(Dataset):
+    """scikit-learn's 1,797 handwritten digits (8x8, shipped inside the package), as 32x32 RGB.
+
+    Needs no download: the offline default for quickstarts and tests. Every sixth image is in
+    ``val`` (300 images), the rest in ``train``/``pretrain`` (1,497 images).
+    """
+
+    side = 32
+
+    def __init__(self, split: Split, transform: Callable | None = None) -> None:
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        index = np.arange(len(digits.target))
+        index = index[index % 6 == 0] if split == "val" else index[index % 6 != 0]
+        pixels = (digits.images[index] * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)  # [M, 8, 8]
+        self.images = [Image.fromarray(p).resize((self.side, self.side), Image.BICUBIC) for p in pixels]
+        self.targets = digits.target[index].tolist()
+        self.classes = [str(d) for d in range(10)]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        image = self.images[i].convert("RGB")
+        return (self.transform(image) if self.transform else image), self.targets[i]
+
+
+class SkipCorrupt(Dataset):
+    """Wraps a dataset so that an unreadable image yields ``None`` (dropped by the collate) instead of an error."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> Any:
+        try:
+            return self.dataset[i]
+        except CorruptImageError as err:
+            warnings.warn(f"skipped: {err}", stacklevel=1)
+            return None
+
+
+def collate_skipping(batch: list[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Collate, dropping ``None`` samples; returns ``(images, labels, num_skipped)``."""
+    kept = [b for b in batch if b is not None]
+    if not kept:
+        raise CorruptImageError(f"every image of a batch of {len(batch)} was unreadable; see the warnings")
+    images, labels = default_collate(kept)
+    return images, labels, torch.tensor(len(batch) - len(kept))
+
+
+def class_balanced_subset(targets: Sequence[int], total: int, seed: int = 0) -> list[int]:
+    """Indices of ``total`` samples, as equal a number per class as possible, chosen with a seed."""
+    targets = np.asarray(targets)
+    classes = np.unique(targets)
+    rng = np.random.default_rng(seed)
+    per_class = [rng.permutation(np.flatnonzero(targets == c)) for c in classes]
+    chosen: list[int] = []
+    quota, extra = divmod(total, len(classes))
+    for k, idx in enumerate(per_class):
+        chosen.extend(idx[: quota + (k < extra)].tolist())
+    if len(chosen) < total:
+        raise ConfigError(f"train_subset={total} is larger than the {len(targets)} images available")
+    return sorted(chosen)
+
+
+# ---- the data module ----------------------------------------------------------------------------
+class SSLDataModule(L.LightningDataModule):
+    """Images for self-supervised pretraining and for evaluation.
+
+    Args:
+        dataset: ``digits`` (offline, ships with scikit-learn), ``cifar10``, ``cifar100``,
+            ``stl10`` (torchvision, downloaded into ``root`` when possible) or ``imagefolder``
+            (``root/train/<class>/*`` and ``root/val/<class>/*``).
+        root: where the data lives (or is downloaded to).
+        image_size: side of the training images; must equal the model's ``backbone.img_size``.
+        batch_size: images per device per step.
+        num_workers: loader processes per device.
+        crop_scale, crop_ratio: RandomResizedCrop area and aspect ranges of the training transform
+            (MAE: scale 0.2-1.0, bicubic).
+        hflip: random horizontal flips in the training transform.
+        color_jitter: strength of brightness/contrast/saturation jitter (0 disables it).
+        eval_crop_fraction: evaluation transform resizes to ``image_size / eval_crop_fraction``
+            then center-crops ``image_size`` (0.875 is the ImageNet 256 -> 224 convention).
+        train_subset: pretrain on a fixed class-balanced subset of this many images.
+        skip_corrupt: skip unreadable images (counted, logged) instead of stopping with an error.
+        download: let torchvision download cifar10/cifar100/stl10 when they are missing.
+    """
+
+    def __init__(
+        self,
+        dataset: DatasetName = "digits",
+        root: str = "data",
+        image_size: int = 32,
+        batch_size: int = 128,
+        num_workers: int = 2,
+        crop_scale: tuple[float, float] = (0.2, 1.0),
+        crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        hflip: bool = True,
+        color_jitter: float = 0.0,
+        eval_crop_fraction: float = 1.0,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        train_subset: int | None = None,
+        skip_corrupt: bool = False,
+        download: bool = True,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if dataset not in DATASETS:
+            raise ConfigError(f"data.dataset={dataset!r} is unknown; choose one of {list(DATASETS)}")
+        if image_size <= 0 or batch_size <= 0 or num_workers < 0:
+            raise ConfigError(
+                f"data.image_size ({image_size}) and data.batch_size ({batch_size}) must be positive "
+                f"and data.num_workers ({num_workers}) non-negative"
+            )
+        if not 0.0 < crop_scale[0] <= crop_scale[1] <= 1.0:
+            raise ConfigError(f"data.crop_scale must satisfy 0 < min <= max <= 1, got {tuple(crop_scale)}")
+        if not 0.0 < eval_crop_fraction <= 1.0:
+            raise ConfigError(f"data.eval_crop_fraction must be in (0, 1], got {eval_crop_fraction}")
+        if train_subset is not None and train_subset <= 0:
+            raise ConfigError(f"data.train_subset must be positive or null, got {train_subset}")
+        self.save_hyperparameters()
+        self.dataset_name, self.root, self.image_size = dataset, root, image_size
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.mean, self.std = tuple(mean), tuple(std)
+        self._datasets: dict[str, Dataset] = {}
+
+    # ---- transforms ----
+    def train_transform(self) -> Callable:
+        h = self.hparams
+        steps: list[Callable] = [
+            T.RandomResizedCrop(
+                self.image_size,
+                scale=tuple(h.crop_scale),
+                ratio=tuple(h.crop_ratio),
+                interpolation=T.InterpolationMode.BICUBIC,
+            )  # fmt: skip
+        ]
+        if h.hflip:
+            steps.append(T.RandomHorizontalFlip())
+        if h.color_jitter > 0:
+            steps.append(T.ColorJitter(h.color_jitter, h.color_jitter, h.color_jitter))
+        return T.Compose([*steps, T.ToTensor(), T.Normalize(self.mean, self.std)])
+
+    def eval_transform(self) -> Callable:
+        """Deterministic val-style transform: resize, center crop, normalize."""
+        resize = int(round(self.image_size / self.hparams.eval_crop_fraction))
+        return T.Compose(
+            [
+                T.Resize(resize, interpolation=T.InterpolationMode.BICUBIC),
+                T.CenterCrop(self.image_size),
+                T.ToTensor(),
+                T.Normalize(self.mean, self.std),
+            ]
+        )
+
+    # ---- datasets ----
+    def build_dataset(self, split: Split, transform: Callable | None, download: bool = False) -> Dataset:
+        """The dataset of one split with a given transform (evaluators pass the eval transform)."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        name, root = self.dataset_name, self.root
+        if name == "digits":
+            return DigitsDataset(split, transform)
+        if name == "imagefolder":
+            folder = Path(root) / ("val" if split == "val" else "train")
+            if not folder.is_dir():
+                raise DatasetUnavailableError(
+                    f"imagefolder dataset: {folder} does not exist. data.root must hold train/ and val/ "
+                    "folders with one sub-folder of images per class (torchvision ImageFolder layout)"
+                )
+            return tvd.ImageFolder(str(folder), transform=transform, loader=load_rgb)
+        return self._torchvision_dataset(split, transform, download)
+
+    def _torchvision_dataset(self, split: Split, transform: Callable | None, download: bool) -> Dataset:
+        name, root = self.dataset_name, self.root
+        try:
+            if name == "stl10":
+                stl_split = {"pretrain": "train+unlabeled", "train": "train", "val": "test"}[split]
+                return tvd.STL10(root, split=stl_split, transform=transform, download=download)
+            cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
+            return cls(root, train=split != "val", transform=transform, download=download)
+        except Exception as err:  # torchvision raises RuntimeError when missing, URLError/OSError offline
+            reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+            expected = TORCHVISION_FOLDERS[name]
+            how = "could not be downloaded" if download else "download is off (data.download: false)"
+            raise DatasetUnavailableError(
+                f"{name} was not found in {os.path.abspath(os.path.join(root, expected))} and {how} "
+                f"({reason}). Put the extracted '{expected}' folder under data.root={root!r} (download it "
+                "on a machine with internet access), or point --data.root at an ImageFolder with train/ "
+                "and val/ and set --data.dataset imagefolder"
+            ) from None
+
+    def prepare_data(self) -> None:
+        """Download torchvision datasets once (rank 0); other datasets need nothing."""
+        if self.dataset_name in TORCHVISION_FOLDERS:
+            for split in ("pretrain", "val"):
+                self._torchvision_dataset(split, None, self.hparams.download)
+
+    def setup(self, stage: str | None = None) -> None:
+        if "pretrain" not in self._datasets:
+            train = self.build_dataset("pretrain", self.train_transform())
+            if self.hparams.train_subset:
+                targets = getattr(train, "targets", None) or getattr(train, "labels", None)
+                train = Subset(train, class_balanced_subset(targets, self.hparams.train_subset, self.hparams.seed))
+            self._datasets["pretrain"] = train
+            self._datasets["val"] = self.build_dataset("val", self.eval_transform())
+
+    # ---- loaders ----
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, drop_last: bool) -> DataLoader:
+        collate = default_collate
+        if self.hparams.skip_corrupt:
+            dataset, collate = SkipCorrupt(dataset), collate_skipping
+        workers = self.num_workers
+        return DataLoader(
+            dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
+            num_workers=workers, collate_fn=collate,
+            pin_memory=self.hparams.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.hparams.persistent_workers and workers > 0,
+        )  # fmt: skip
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup("fit")
+        train = self._datasets["pretrain"]
+        if len(train) < self.batch_size:
+            raise ConfigError(
+                f"the pretraining split has {len(train)} images, fewer than data.batch_size="
+                f"{self.batch_size}; lower the batch size"
+            )
+        return self._loader(train, self.batch_size, shuffle=True, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup("validate")
+        return self._loader(self._datasets["val"], self.batch_size, shuffle=False, drop_last=False)
+
+    def eval_dataloader(self, split: Split, batch_size: int | None = None) -> DataLoader:
+        """Deterministic loader of a labelled split with the eval transform (for kNN / linear probe)."""
+        dataset = self.build_dataset(split, self.eval_transform())
+        return self._loader(dataset, batch_size or self.batch_size, shuffle=False, drop_last=False)

@@ -1,0 +1,177 @@
+"""What every method shares: the backbone, the optimizer recipe, the schedule and the logging.
+
+A method subclasses :class:`SSLMethod` and implements :meth:`SSLMethod.compute_loss`; its typed
+``__init__`` is its config schema (LightningCLI picks the class by ``class_path``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from sslvit.backbone import VisionTransformer, ViTConfig
+from sslvit.errors import ConfigError
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; raised before the weights are updated with it."""
+
+
+class WarmupCosine:
+    """Learning-rate factor per optimizer step: linear warmup, then cosine decay to ``min_ratio``.
+
+    A plain object (not a lambda) so that LambdaLR can save and restore its state.
+    """
+
+    def __init__(self, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> None:
+        self.warmup_steps, self.total_steps, self.min_ratio = warmup_steps, max(total_steps, 1), min_ratio
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
+        return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class SSLMethod(L.LightningModule):
+    """Base of MAE, BEiT and CPC.
+
+    Args:
+        backbone: architecture of the shared ViT (see :class:`sslvit.backbone.ViTConfig`).
+        base_lr: learning rate per 256 images; the optimizer uses
+            ``base_lr * global_batch / 256`` with ``global_batch = batch x devices x nodes x accumulation``.
+        lr: absolute learning rate; overrides ``base_lr`` scaling when set.
+        weight_decay: AdamW decoupled weight decay, not applied to biases, norms, tokens, positions.
+        betas: AdamW betas.
+        warmup_epochs: linear warmup length in epochs (fractions allowed).
+        warmup_steps: warmup length in optimizer steps; overrides ``warmup_epochs`` when set.
+        min_lr: floor of the cosine schedule.
+        clip_grad: clip the global gradient norm to this value (None: no clipping).
+    """
+
+    def __init__(
+        self,
+        backbone: ViTConfig | None = None,
+        base_lr: float = 1.5e-4,
+        lr: float | None = None,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_epochs: float = 40.0,
+        warmup_steps: int | None = None,
+        min_lr: float = 0.0,
+        clip_grad: float | None = None,
+    ) -> None:
+        super().__init__()
+        config = ViTConfig.from_dict(backbone) if backbone is not None else ViTConfig()
+        for key, value in (("base_lr", base_lr), ("weight_decay", weight_decay), ("min_lr", min_lr)):
+            if value < 0:
+                raise ConfigError(f"model.{key} must be non-negative, got {value}")
+        if lr is not None and lr <= 0:
+            raise ConfigError(f"model.lr must be positive when set, got {lr}")
+        if not all(0.0 <= b < 1.0 for b in betas):
+            raise ConfigError(f"model.betas must lie in [0, 1), got {tuple(betas)}")
+        # Collects the arguments of the whole __init__ chain (the subclass's too). The backbone is
+        # stored as a plain dict so that checkpoints load with torch.load(weights_only=True).
+        self.save_hyperparameters()
+        self.hparams["backbone"] = config.to_dict()
+        self.backbone_config = config
+        self.backbone = VisionTransformer(config)
+
+    # ---- what a method provides ----
+    def compute_loss(self, images: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Loss and metrics for a batch of images [N, C, H, W]: ``{"loss": ..., <metric>: ...}``.
+
+        ``generator``, when given, makes the random parts (masks, augmentations) reproducible.
+        """
+        raise NotImplementedError
+
+    @property
+    def input_size(self) -> int:
+        """Side of the images the data module must deliver (the backbone's, unless a method says otherwise)."""
+        return self.backbone_config.img_size
+
+    # ---- steps ----
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        out = self.compute_loss(batch[0])
+        loss = out["loss"]
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"training loss is {loss.item()} at global step {self.global_step} (epoch "
+                f"{self.current_epoch}, batch {batch_idx}); stopped before updating the weights, so "
+                "the last checkpoint is intact. Lower the learning rate, enable model.clip_grad, or use "
+                "fp32/bf16 precision instead of fp16"
+            )
+        self.log_dict({f"train/{k}": v for k, v in out.items()}, prog_bar=True, on_step=True)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True)
+        if len(batch) > 2:  # data.skip_corrupt: count of unreadable images in this batch
+            self.log("data/skipped_images", batch[2].float(), on_step=False, on_epoch=True, reduce_fx="sum")
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        # The same masks for every validation pass, so val/loss is comparable across epochs.
+        generator = torch.Generator(device=self.device).manual_seed(batch_idx)
+        out = self.compute_loss(batch[0], generator=generator)
+        self.log_dict({f"val/{k}": v for k, v in out.items()}, prog_bar=True, sync_dist=True)
+
+    # ---- optimizer ----
+    def global_batch_size(self) -> int:
+        trainer = self.trainer
+        datamodule = getattr(trainer, "datamodule", None)
+        per_device = getattr(datamodule, "batch_size", None) or trainer.train_dataloader.batch_size
+        return per_device * trainer.world_size * trainer.accumulate_grad_batches
+
+    def effective_lr(self) -> float:
+        if self.hparams.get("lr") is not None:
+            return self.hparams.lr
+        return self.hparams.get("base_lr", 1.5e-4) * self.global_batch_size() / 256
+
+    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """Two groups: decay for weight matrices; none for biases, norms, layer scales, tokens, positions."""
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            skip = param.ndim <= 1 or name.endswith(("cls_token", "mask_token", "pos_embed"))
+            (no_decay if skip else decay).append(param)
+        return [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+
+    def configure_optimizers(self) -> Any:
+        h = self.hparams
+        lr = self.effective_lr()
+        optimizer = torch.optim.AdamW(self.param_groups(h.get("weight_decay", 0.05)), lr=lr, betas=tuple(h.betas))
+        total = int(self.trainer.estimated_stepping_batches)
+        if h.get("warmup_steps") is not None:
+            warmup = int(h.warmup_steps)
+        else:
+            per_epoch = max(1, math.ceil(self.trainer.num_training_batches / self.trainer.accumulate_grad_batches))
+            warmup = int(round(h.get("warmup_epochs", 0.0) * per_epoch))
+        schedule = WarmupCosine(min(warmup, total), total, min_ratio=h.get("min_lr", 0.0) / lr if lr > 0 else 0.0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        clip = self.hparams.get("clip_grad") or gradient_clip_val
+        if clip:
+            self.clip_gradients(
+                optimizer, gradient_clip_val=clip, gradient_clip_algorithm=gradient_clip_algorithm or "norm"
+            )
+
+    # ---- helpers for subclasses ----
+    @staticmethod
+    def make_blocks(dim: int, depth: int, heads: int, mlp_ratio: float = 4.0) -> nn.ModuleList:
+        """Plain pre-norm transformer blocks (timm's), e.g. for a decoder."""
+        from timm.models.vision_transformer import Block
+
+        return nn.ModuleList(Block(dim, heads, mlp_ratio, qkv_bias=True) for _ in range(depth))
