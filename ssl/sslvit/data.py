@@ -2,14 +2,13 @@
 
 Splits: ``pretrain`` is what self-supervised training reads (for STL-10 the labelled train split
 plus the 100k unlabelled images), ``train`` and ``val`` are the labelled splits that evaluators
-(kNN, linear probe) use. Every batch is ``(images, labels)``; with ``skip_corrupt`` a third
-element counts the images that were skipped in that batch.
+(kNN, linear probe) use. Training and validation batches are dicts (``images``, ``labels``,
+per-sample ``keys``; see :mod:`sslvit.sampling`); evaluation loaders give ``(images, labels)``.
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -18,11 +17,12 @@ import lightning as L
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset, Subset, default_collate
+from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets as tvd
 from torchvision import transforms as T
 
-from sslvit.errors import ConfigError
+from sslvit.errors import ConfigError, CorruptImageError
+from sslvit.sampling import CollateKeyed, KeyedDataset, KeyedSampler, ResumableLoader
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -35,10 +35,6 @@ TORCHVISION_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-
 
 class DatasetUnavailableError(FileNotFoundError):
     """A dataset is neither on disk nor downloadable; the message says where it was looked for."""
-
-
-class CorruptImageError(OSError):
-    """An image file could not be decoded; the message names the file."""
 
 
 # ---- datasets ---------------------------------------------------------------------------------
@@ -81,32 +77,6 @@ class DigitsDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[Any, int]:
         image = self.images[i].convert("RGB")
         return (self.transform(image) if self.transform else image), self.targets[i]
-
-
-class SkipCorrupt(Dataset):
-    """Wraps a dataset so that an unreadable image yields ``None`` (dropped by the collate) instead of an error."""
-
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> Any:
-        try:
-            return self.dataset[i]
-        except CorruptImageError as err:
-            warnings.warn(f"skipped: {err}", stacklevel=1)
-            return None
-
-
-def collate_skipping(batch: list[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Collate, dropping ``None`` samples; returns ``(images, labels, num_skipped)``."""
-    kept = [b for b in batch if b is not None]
-    if not kept:
-        raise CorruptImageError(f"every image of a batch of {len(batch)} was unreadable; see the warnings")
-    images, labels = default_collate(kept)
-    return images, labels, torch.tensor(len(batch) - len(kept))
 
 
 def class_balanced_subset(targets: Sequence[int], total: int, seed: int = 0) -> list[int]:
@@ -270,33 +240,62 @@ class SSLDataModule(L.LightningDataModule):
             self._datasets["val"] = self.build_dataset("val", self.eval_transform())
 
     # ---- loaders ----
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, drop_last: bool) -> DataLoader:
-        collate = default_collate
-        if self.hparams.skip_corrupt:
-            dataset, collate = SkipCorrupt(dataset), collate_skipping
-        workers = self.num_workers
-        return DataLoader(
-            dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
-            num_workers=workers, collate_fn=collate,
-            pin_memory=self.hparams.pin_memory and torch.cuda.is_available(),
-            persistent_workers=self.hparams.persistent_workers and workers > 0,
+    def _keyed_loader(self, split: str, shuffle: bool, loader_class: type[DataLoader] = DataLoader) -> DataLoader:
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        dataset = KeyedDataset(self._datasets[split], skip_corrupt=self.hparams.skip_corrupt)
+        sampler = KeyedSampler(
+            dataset, self.batch_size, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.hparams.seed,
+            drop_last=shuffle, keys_vary_by_epoch=shuffle,
+        )  # fmt: skip
+        # Its own generator, so creating the loader's iterator never draws from the global RNG.
+        generator = torch.Generator().manual_seed(self.hparams.seed)
+        return loader_class(
+            dataset, batch_size=self.batch_size, sampler=sampler, drop_last=shuffle, generator=generator,
+            collate_fn=CollateKeyed(count_skipped=self.hparams.skip_corrupt), **self._worker_settings(),
         )  # fmt: skip
 
+    def _worker_settings(self) -> dict[str, Any]:
+        workers = self.num_workers
+        return dict(
+            num_workers=workers,
+            pin_memory=self.hparams.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.hparams.persistent_workers and workers > 0,
+        )
+
     def train_dataloader(self) -> DataLoader:
+        """Batches of the pretraining split as dicts (``images``, ``labels``, ``keys``); resumable mid-epoch."""
         self.setup("fit")
-        train = self._datasets["pretrain"]
-        if len(train) < self.batch_size:
+        size = len(self._datasets["pretrain"])
+        if size < self.batch_size:
             raise ConfigError(
-                f"the pretraining split has {len(train)} images, fewer than data.batch_size="
-                f"{self.batch_size}; lower the batch size"
+                f"the pretraining split has {size} images, fewer than data.batch_size={self.batch_size}; "
+                "lower the batch size"
             )
-        return self._loader(train, self.batch_size, shuffle=True, drop_last=True)
+        self._train_loader = self._keyed_loader("pretrain", shuffle=True, loader_class=ResumableLoader)
+        return self._train_loader
 
     def val_dataloader(self) -> DataLoader:
+        """The val split in the same dict format, with keys fixed across epochs (same masks every time)."""
         self.setup("validate")
-        return self._loader(self._datasets["val"], self.batch_size, shuffle=False, drop_last=False)
+        return self._keyed_loader("val", shuffle=False)
 
     def eval_dataloader(self, split: Split, batch_size: int | None = None) -> DataLoader:
-        """Deterministic loader of a labelled split with the eval transform (for kNN / linear probe)."""
+        """Deterministic loader of ``(images, labels)`` of a labelled split with the eval transform."""
         dataset = self.build_dataset(split, self.eval_transform())
-        return self._loader(dataset, batch_size or self.batch_size, shuffle=False, drop_last=False)
+        return DataLoader(dataset, batch_size=batch_size or self.batch_size, shuffle=False, **self._worker_settings())
+
+    # ---- Lightning hooks ----
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # Count the training batches the loop has actually consumed (not the ones prefetched), so a
+        # checkpoint records exactly where in the epoch the run stands.
+        trainer = self.trainer
+        if trainer is not None and trainer.training and getattr(self, "_train_loader", None) is not None:
+            self._train_loader.sampler.batches_done += 1
+        return batch
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        if isinstance(batch, dict) and "keys" in batch:  # keys stay on the CPU: they seed CPU generators
+            moved = super().transfer_batch_to_device({k: v for k, v in batch.items() if k != "keys"}, device, 0)
+            return {**moved, "keys": batch["keys"]}
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)

@@ -15,6 +15,7 @@ from torch import nn
 
 from sslvit.backbone import VisionTransformer, ViTConfig
 from sslvit.errors import ConfigError
+from sslvit.seeding import capture_rng_state, random_keys, restore_rng_state
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -82,10 +83,12 @@ class SSLMethod(L.LightningModule):
         self.backbone = VisionTransformer(config)
 
     # ---- what a method provides ----
-    def compute_loss(self, images: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def compute_loss(self, images: torch.Tensor, keys: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Loss and metrics for a batch of images [N, C, H, W]: ``{"loss": ..., <metric>: ...}``.
 
-        ``generator``, when given, makes the random parts (masks, augmentations) reproducible.
+        ``keys`` [N] (int64, on the CPU) are the samples' random keys: a method draws its random
+        choices for sample n (masks, patch augmentations) from ``keys[n]`` with
+        :func:`sslvit.seeding.keyed_rand`, so they are reproducible and independent of batching.
         """
         raise NotImplementedError
 
@@ -95,8 +98,17 @@ class SSLMethod(L.LightningModule):
         return self.backbone_config.img_size
 
     # ---- steps ----
+    @staticmethod
+    def unpack(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images, keys) from an sslvit batch dict, or from ``(images, labels)`` with fresh random keys."""
+        if isinstance(batch, dict):
+            return batch["images"], batch["keys"]
+        images = batch[0] if isinstance(batch, (list, tuple)) else batch
+        return images, random_keys(images.shape[0])
+
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        out = self.compute_loss(batch[0])
+        images, keys = self.unpack(batch)
+        out = self.compute_loss(images, keys)
         loss = out["loss"]
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
@@ -105,17 +117,25 @@ class SSLMethod(L.LightningModule):
                 "the last checkpoint is intact. Lower the learning rate, enable model.clip_grad, or use "
                 "fp32/bf16 precision instead of fp16"
             )
-        self.log_dict({f"train/{k}": v for k, v in out.items()}, prog_bar=True, on_step=True)
+        # sync_dist: under DDP the logged values are those of the global batch.
+        self.log_dict({f"train/{k}": v for k, v in out.items()}, prog_bar=True, on_step=True, sync_dist=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True)
-        if len(batch) > 2:  # data.skip_corrupt: count of unreadable images in this batch
-            self.log("data/skipped_images", batch[2].float(), on_step=False, on_epoch=True, reduce_fx="sum")
+        if isinstance(batch, dict) and "skipped" in batch:  # data.skip_corrupt: unreadable images dropped
+            self.log("data/skipped_images", batch["skipped"].float(), on_step=False, on_epoch=True, reduce_fx="sum")
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        # The same masks for every validation pass, so val/loss is comparable across epochs.
-        generator = torch.Generator(device=self.device).manual_seed(batch_idx)
-        out = self.compute_loss(batch[0], generator=generator)
+        images, keys = self.unpack(batch)  # val keys do not change across epochs: comparable val/loss
+        out = self.compute_loss(images, keys)
         self.log_dict({f"val/{k}": v for k, v in out.items()}, prog_bar=True, sync_dist=True)
+
+    # ---- exact resume: the global RNG (drop-path, dropout) travels with the checkpoint ----
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["rng_state"] = capture_rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "rng_state" in checkpoint:
+            restore_rng_state(checkpoint["rng_state"])
 
     # ---- optimizer ----
     def global_batch_size(self) -> int:
