@@ -35,7 +35,7 @@ def test_fit_writes_run_directory(tmp_path):
 
 
 def test_refuses_to_overwrite_a_run_and_resumes_with_last(tmp_path):
-    fit(tmp_path)
+    assert fit(tmp_path, "--ckpt_path", "last").trainer.global_step == 3, "last with nothing to resume starts fresh"
     with pytest.raises(FileExistsError, match="--ckpt_path last"):
         fit(tmp_path)
     cli = fit(tmp_path, "--ckpt_path", "last", "--trainer.max_steps", "5")
