@@ -86,8 +86,11 @@ class SSLCLI(LightningCLI):
             )
 
 
-def run_cli(args: list[str] | None = None) -> SSLCLI:
-    """Parse ``args`` (default: the command line), build model, data and trainer, run the subcommand."""
+def run_cli(args: list[str] | None = None, run: bool = True) -> SSLCLI:
+    """Parse ``args`` (default: the command line), build model, data and trainer, run the subcommand.
+
+    With ``run=False`` there are no subcommands: the classes are only built (used by tools).
+    """
     return SSLCLI(
         SSLMethod,
         SSLDataModule,
@@ -95,6 +98,7 @@ def run_cli(args: list[str] | None = None) -> SSLCLI:
         trainer_defaults={"default_root_dir": "runs/default"},
         save_config_kwargs={"overwrite": True},
         args=args,
+        run=run,
     )
 
 

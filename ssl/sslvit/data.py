@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets as tvd
 from torchvision import transforms as T
 
+from sslvit.device_augment import ResidentIndices, augment_batch, decode_all
 from sslvit.errors import ConfigError, CorruptImageError
 from sslvit.sampling import CollateKeyed, KeyedDataset, KeyedSampler, ResumableLoader
 
@@ -114,6 +115,9 @@ class SSLDataModule(L.LightningDataModule):
             then center-crops ``image_size`` (0.875 is the ImageNet 256 -> 224 convention).
         train_subset: pretrain on a fixed class-balanced subset of this many images.
         skip_corrupt: skip unreadable images (counted, logged) instead of stopping with an error.
+        on_device: keep the pretraining images as one uint8 tensor on the training device and
+            crop/flip whole batches there (:mod:`sslvit.device_augment`): for datasets that fit in
+            memory with images of one size (CIFAR, STL-10), so the loader is never the bottleneck.
         download: let torchvision download cifar10/cifar100/stl10 when they are missing.
     """
 
@@ -133,6 +137,7 @@ class SSLDataModule(L.LightningDataModule):
         std: tuple[float, float, float] = IMAGENET_STD,
         train_subset: int | None = None,
         skip_corrupt: bool = False,
+        on_device: bool = False,
         download: bool = True,
         pin_memory: bool = True,
         persistent_workers: bool = True,
@@ -150,6 +155,8 @@ class SSLDataModule(L.LightningDataModule):
             raise ConfigError(f"data.crop_scale must satisfy 0 < min <= max <= 1, got {tuple(crop_scale)}")
         if not 0.0 < eval_crop_fraction <= 1.0:
             raise ConfigError(f"data.eval_crop_fraction must be in (0, 1], got {eval_crop_fraction}")
+        if on_device and color_jitter > 0:
+            raise ConfigError("data.on_device supports crops and flips only: set data.color_jitter: 0")
         if train_subset is not None and train_subset <= 0:
             raise ConfigError(f"data.train_subset must be positive or null, got {train_subset}")
         self.save_hyperparameters()
@@ -232,10 +239,15 @@ class SSLDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if "pretrain" not in self._datasets:
-            train = self.build_dataset("pretrain", self.train_transform())
+            on_device = self.hparams.on_device
+            train = self.build_dataset("pretrain", T.PILToTensor() if on_device else self.train_transform())
+            targets = getattr(train, "targets", None) or getattr(train, "labels", None)
             if self.hparams.train_subset:
-                targets = getattr(train, "targets", None) or getattr(train, "labels", None)
-                train = Subset(train, class_balanced_subset(targets, self.hparams.train_subset, self.hparams.seed))
+                chosen = class_balanced_subset(targets, self.hparams.train_subset, self.hparams.seed)
+                train, targets = Subset(train, chosen), [targets[i] for i in chosen]
+            if on_device:
+                self._resident = decode_all(train, self.num_workers)
+                train = ResidentIndices(targets)
             self._datasets["pretrain"] = train
             self._datasets["val"] = self.build_dataset("val", self.eval_transform())
 
@@ -292,10 +304,21 @@ class SSLDataModule(L.LightningDataModule):
         trainer = self.trainer
         if trainer is not None and trainer.training and getattr(self, "_train_loader", None) is not None:
             self._train_loader.sampler.batches_done += 1
+            if self.hparams.on_device:  # the loader delivered dataset indices; images are made on the device
+                batch["indices"] = batch.pop("images")
         return batch
 
-    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        if isinstance(batch, dict) and "keys" in batch:  # keys stay on the CPU: they seed CPU generators
-            moved = super().transfer_batch_to_device({k: v for k, v in batch.items() if k != "keys"}, device, 0)
-            return {**moved, "keys": batch["keys"]}
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if isinstance(batch, dict) and "indices" in batch:
+            batch["images"] = self.augment_on_device(batch.pop("indices"), batch["keys"])
+        return batch
+
+    def augment_on_device(self, indices: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """The training transform, batched on the device of ``indices``: -> normalized images [N, C, S, S]."""
+        if self._resident.device != indices.device:
+            self._resident = self._resident.to(indices.device)
+        h = self.hparams
+        return augment_batch(
+            self._resident[indices], keys, self.image_size, tuple(h.crop_scale), tuple(h.crop_ratio), h.hflip,
+            self.mean, self.std,
+        )  # fmt: skip

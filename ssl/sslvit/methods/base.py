@@ -11,6 +11,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from timm.models.vision_transformer import Block
 from torch import nn
 
 from sslvit.backbone import VisionTransformer, ViTConfig
@@ -52,6 +53,8 @@ class SSLMethod(L.LightningModule):
         warmup_steps: warmup length in optimizer steps; overrides ``warmup_epochs`` when set.
         min_lr: floor of the cosine schedule.
         clip_grad: clip the global gradient norm to this value (None: no clipping).
+        compile: compile every transformer block with ``torch.compile`` (weights and checkpoint
+            keys are unchanged; the first steps are slower while it compiles).
     """
 
     def __init__(
@@ -65,6 +68,7 @@ class SSLMethod(L.LightningModule):
         warmup_steps: int | None = None,
         min_lr: float = 0.0,
         clip_grad: float | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         config = ViTConfig.from_dict(backbone) if backbone is not None else ViTConfig()
@@ -129,6 +133,14 @@ class SSLMethod(L.LightningModule):
         out = self.compute_loss(images, keys)
         self.log_dict({f"val/{k}": v for k, v in out.items()}, prog_bar=True, sync_dist=True)
 
+    def configure_model(self) -> None:
+        # Per block (in place), so parameter names and checkpoints are the same as eager ones.
+        if self.hparams.get("compile") and not getattr(self, "_compiled", False):
+            for module in self.modules():
+                if isinstance(module, Block):
+                    module.compile()
+            self._compiled = True
+
     # ---- exact resume: the global RNG (drop-path, dropout) travels with the checkpoint ----
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["rng_state"] = capture_rng_state()
@@ -192,6 +204,4 @@ class SSLMethod(L.LightningModule):
     @staticmethod
     def make_blocks(dim: int, depth: int, heads: int, mlp_ratio: float = 4.0) -> nn.ModuleList:
         """Plain pre-norm transformer blocks (timm's), e.g. for a decoder."""
-        from timm.models.vision_transformer import Block
-
         return nn.ModuleList(Block(dim, heads, mlp_ratio, qkv_bias=True) for _ in range(depth))
