@@ -1,0 +1,25 @@
+"""Figures of what a model learned: MAE reconstructions, feature maps, training curves.
+
+Every function returns a matplotlib ``Figure`` built without pyplot; :func:`save_png` writes it.
+"""
+
+from sslvit.viz.figure import image_grid, save_png
+from sslvit.viz.reconstruction import (
+    Reconstruction,
+    ReconstructionLogger,
+    load_mae,
+    reconstruct,
+    reconstruction_figure,
+    unnormalize_patches,
+)
+
+__all__ = [
+    "Reconstruction",
+    "ReconstructionLogger",
+    "image_grid",
+    "load_mae",
+    "reconstruct",
+    "reconstruction_figure",
+    "save_png",
+    "unnormalize_patches",
+]
