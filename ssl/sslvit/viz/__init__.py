@@ -3,6 +3,7 @@
 Every function returns a matplotlib ``Figure`` built without pyplot; :func:`save_png` writes it.
 """
 
+from sslvit.viz.features import FeatureMaps, attention_overlay, encode_with_attention, features_figure, pca_rgb
 from sslvit.viz.figure import image_grid, save_png
 from sslvit.viz.reconstruction import (
     Reconstruction,
@@ -14,10 +15,15 @@ from sslvit.viz.reconstruction import (
 )
 
 __all__ = [
+    "FeatureMaps",
     "Reconstruction",
     "ReconstructionLogger",
+    "attention_overlay",
+    "encode_with_attention",
+    "features_figure",
     "image_grid",
     "load_mae",
+    "pca_rgb",
     "reconstruct",
     "reconstruction_figure",
     "save_png",
