@@ -5,6 +5,7 @@ Every function returns a matplotlib ``Figure`` built without pyplot; :func:`save
 
 from sslvit.viz.features import FeatureMaps, attention_overlay, encode_with_attention, features_figure, pca_rgb
 from sslvit.viz.figure import image_grid, save_png
+from sslvit.viz.plots import MetricSeries, metrics_figure, read_metrics
 from sslvit.viz.reconstruction import (
     Reconstruction,
     ReconstructionLogger,
@@ -16,6 +17,7 @@ from sslvit.viz.reconstruction import (
 
 __all__ = [
     "FeatureMaps",
+    "MetricSeries",
     "Reconstruction",
     "ReconstructionLogger",
     "attention_overlay",
@@ -23,7 +25,9 @@ __all__ = [
     "features_figure",
     "image_grid",
     "load_mae",
+    "metrics_figure",
     "pca_rgb",
+    "read_metrics",
     "reconstruct",
     "reconstruction_figure",
     "save_png",
