@@ -257,7 +257,8 @@ class ReconstructionLogger(Callback):
                 if loader is None:
                     raise ConfigError("ReconstructionLogger needs an SSLDataModule or a validation dataloader")
                 batch = next(iter(loader))
-                self._images = batch[0][: self.num_images], IMAGENET_MEAN, IMAGENET_STD
+                images = batch["images"] if isinstance(batch, dict) else batch[0]  # sslvit dicts or (images, ...)
+                self._images = images[: self.num_images].cpu(), IMAGENET_MEAN, IMAGENET_STD
         return self._images
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
