@@ -10,6 +10,7 @@ import pytest
 import timm
 import torch
 from safetensors.torch import load_file
+
 from sslvit.backbone import VisionTransformer, ViTConfig
 from sslvit.checkpoint import load_backbone
 from sslvit.errors import ConfigError

@@ -3,6 +3,7 @@
 import pytest
 import torch
 from PIL import Image
+
 from sslvit.backbone import VisionTransformer
 from sslvit.viz.features import attention_overlay, encode_with_attention, features_figure, pca_rgb
 from sslvit.viz.figure import GAP_PX, NOTE_LINE_PX, TITLE_PX, save_png

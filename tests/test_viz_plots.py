@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 from PIL import Image
+
 from sslvit.errors import ConfigError
 from sslvit.viz.figure import save_png
 from sslvit.viz.plots import FIGURE_PX, ema, metrics_figure, read_metrics

@@ -3,6 +3,7 @@
 import pytest
 import torch
 from PIL import Image
+
 from sslvit.errors import ConfigError
 from sslvit.losses import normalize_patches
 from sslvit.masking import patchify, unpatchify

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import timm
 import torch
-from conftest import REPO, write_image_folder
 from PIL import Image
 from safetensors.torch import load_file
+
+from conftest import REPO, write_image_folder
 from sslvit.checkpoint import load_backbone
 from sslvit.cli import run_cli
 from sslvit.viz.figure import GAP_PX, TITLE_PX
@@ -32,16 +33,20 @@ def tool(name: str):
     return module
 
 
+def fit(run_dir, *configs):
+    """Two epochs of three steps of the tiny MAE."""
+    extra = [arg for config in configs for arg in ("--config", str(config))]
+    run_cli(["fit", "--config", TINY, *extra, "--trainer.default_root_dir", str(run_dir), "--trainer.max_steps", "-1",
+             "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "3"])  # fmt: skip
+    return run_dir
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """Two epochs of three steps of the tiny MAE, with the reconstruction callback."""
+    """A real run with the reconstruction callback."""
     root = tmp_path_factory.mktemp("viz")
     (root / "callback.yaml").write_text(CALLBACK)
-    run_dir = root / "run"
-    run_cli(["fit", "--config", TINY, "--config", str(root / "callback.yaml"), "--trainer.default_root_dir",
-             str(run_dir), "--trainer.max_steps", "-1", "--trainer.max_epochs", "2",
-             "--trainer.limit_train_batches", "3"])  # fmt: skip
-    return run_dir
+    return fit(root / "run", root / "callback.yaml")
 
 
 def test_callback_writes_png_and_tensorboard_image_each_epoch(run):
@@ -63,6 +68,15 @@ def test_callback_writes_png_and_tensorboard_image_each_epoch(run):
     assert np.array_equal(first[rows, masked], second[rows, masked]), "the same masks at every epoch"
     reconstruction = slice(3 * GAP_PX + 2 * 48, 3 * GAP_PX + 3 * 48)
     assert not np.array_equal(first[rows, reconstruction], second[rows, reconstruction]), "the model changed"
+
+
+def test_callback_leaves_training_unchanged(run, tmp_path):
+    """It draws its own masks and touches no global random state: the run ends with the same weights."""
+    plain = fit(tmp_path / "plain")
+    with_callback = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    without = torch.load(plain / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert with_callback.keys() == without.keys()
+    assert all(torch.equal(with_callback[k], without[k]) for k in without)
 
 
 def test_plots_from_the_run_logs(run, tmp_path, capsys):
