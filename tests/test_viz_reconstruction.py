@@ -1,15 +1,24 @@
 """MAE reconstruction figures: un-normalization, the four columns, reproducible masks, loading, pixel size."""
 
+import lightning as L
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader, TensorDataset
 
 from sslvit.errors import ConfigError
 from sslvit.losses import normalize_patches
 from sslvit.masking import patchify, unpatchify
+from sslvit.methods.base import SSLMethod
 from sslvit.methods.mae import MAE
 from sslvit.viz.figure import GAP_PX, GREY, NOTE_LINE_PX, TITLE_PX, save_png, to_pixels
-from sslvit.viz.reconstruction import load_mae, reconstruct, reconstruction_figure, unnormalize_patches
+from sslvit.viz.reconstruction import (
+    ReconstructionLogger,
+    load_mae,
+    reconstruct,
+    reconstruction_figure,
+    unnormalize_patches,
+)
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
@@ -122,3 +131,22 @@ def test_load_mae_rebuilds_encoder_and_decoder(tiny_vit, tmp_path):
     torch.save({"state_dict": encoder_only, "hyper_parameters": hparams}, tmp_path / "beit.ckpt")
     with pytest.raises(ConfigError, match="holds sslvit.methods.BEiT, not an MAE"):
         load_mae(tmp_path / "beit.ckpt")
+
+
+def test_callback_with_plain_dataloaders_and_its_errors(tiny_vit, tmp_path):
+    """Without an sslvit data module the grid shows the first validation images (ImageNet mean/std)."""
+    data = TensorDataset(torch.randn(8, 3, 16, 16), torch.zeros(8, dtype=torch.long))
+    trainer = L.Trainer(
+        max_epochs=2, limit_train_batches=1, limit_val_batches=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+        callbacks=[ReconstructionLogger(every_n_epochs=2, num_images=2, panel_px=32, folder="grids")],
+    )  # fmt: skip
+    # lr set: base_lr scaling needs the batch size, which SSLMethod only finds through a data module
+    model = MAE(backbone=tiny_vit, decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2, lr=1e-3, warmup_steps=1)
+    trainer.fit(model, DataLoader(data, batch_size=4), DataLoader(data, batch_size=4))
+    assert [p.name for p in (tmp_path / "grids").iterdir()] == ["epoch001-step0000002.png"]
+    assert Image.open(tmp_path / "grids" / "epoch001-step0000002.png").size[0] == 4 * (32 + GAP_PX) + GAP_PX
+    with pytest.raises(ConfigError, match="needs an MAE model, got SSLMethod"):
+        ReconstructionLogger().setup(trainer, SSLMethod(backbone=tiny_vit), "fit")
+    with pytest.raises(ConfigError, match="every_n_epochs"):
+        ReconstructionLogger(every_n_epochs=0)

@@ -257,7 +257,14 @@ class ReconstructionLogger(Callback):
                 if loader is None:
                     raise ConfigError("ReconstructionLogger needs an SSLDataModule or a validation dataloader")
                 batch = next(iter(loader))
-                images = batch["images"] if isinstance(batch, dict) else batch[0]  # sslvit dicts or (images, ...)
+                # sslvit's dicts, (images, labels) or bare images (not SSLMethod.unpack: it draws random keys)
+                images = (
+                    batch["images"]
+                    if isinstance(batch, dict)
+                    else batch[0]
+                    if isinstance(batch, list | tuple)
+                    else batch
+                )
                 self._images = images[: self.num_images].cpu(), IMAGENET_MEAN, IMAGENET_STD
         return self._images
 
