@@ -256,15 +256,12 @@ class ReconstructionLogger(Callback):
                 loader = loaders[0] if isinstance(loaders, list | tuple) else loaders
                 if loader is None:
                     raise ConfigError("ReconstructionLogger needs an SSLDataModule or a validation dataloader")
-                batch = next(iter(loader))
                 # sslvit's dicts, (images, labels) or bare images (not SSLMethod.unpack: it draws random keys)
-                images = (
-                    batch["images"]
-                    if isinstance(batch, dict)
-                    else batch[0]
-                    if isinstance(batch, list | tuple)
-                    else batch
-                )
+                images = batch = next(iter(loader))
+                if isinstance(batch, dict):
+                    images = batch["images"]
+                elif isinstance(batch, list | tuple):
+                    images = batch[0]
                 self._images = images[: self.num_images].cpu(), IMAGENET_MEAN, IMAGENET_STD
         return self._images
 
