@@ -108,3 +108,16 @@ def test_bad_configuration_is_one_clear_line(tmp_path, monkeypatch, capsys, args
 def test_unknown_keys_and_wrong_types_are_rejected_by_the_parser(tmp_path, args, message):
     out = sslvit("fit", "--config", TINY, "--trainer.default_root_dir", str(tmp_path), *args)
     assert out.returncode == 2 and message in out.stderr, out.stderr[-2000:]
+
+
+def test_fit_with_plain_dataloaders_scales_lr_from_their_batch_size(tiny_vit):
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from sslvit.methods.mae import MAE
+
+    model = MAE(backbone=tiny_vit, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2, base_lr=1e-3)
+    loader = DataLoader(TensorDataset(torch.randn(24, 3, 16, 16), torch.zeros(24)), batch_size=8)
+    trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.fit(model, loader)
+    assert trainer.global_step == 2 and model.effective_lr() == pytest.approx(1e-3 * 8 / 256)

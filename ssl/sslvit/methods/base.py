@@ -151,10 +151,18 @@ class SSLMethod(L.LightningModule):
 
     # ---- optimizer ----
     def global_batch_size(self) -> int:
+        """``batch_size x devices x nodes x accumulate_grad_batches`` of the attached trainer."""
         trainer = self.trainer
-        datamodule = getattr(trainer, "datamodule", None)
-        per_device = getattr(datamodule, "batch_size", None) or trainer.train_dataloader.batch_size
+        per_device = getattr(getattr(trainer, "datamodule", None), "batch_size", None)
+        if per_device is None:  # plain DataLoaders passed to fit()
+            per_device = self._train_loader().batch_size
         return per_device * trainer.world_size * trainer.accumulate_grad_batches
+
+    def _train_loader(self) -> Any:
+        """The trainer's training loader, loading it first if the trainer has not yet."""
+        if self.trainer.train_dataloader is None:
+            self.trainer.fit_loop.setup_data()
+        return self.trainer.train_dataloader
 
     def effective_lr(self) -> float:
         if self.hparams.get("lr") is not None:
@@ -176,12 +184,13 @@ class SSLMethod(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         h = self.hparams
+        total = int(self.trainer.estimated_stepping_batches)  # also loads the training data
         lr = self.effective_lr()
         optimizer = torch.optim.AdamW(self.param_groups(h.get("weight_decay", 0.05)), lr=lr, betas=tuple(h.betas))
-        total = int(self.trainer.estimated_stepping_batches)
         if h.get("warmup_steps") is not None:
             warmup = int(h.warmup_steps)
         else:
+            self._train_loader()
             per_epoch = max(1, math.ceil(self.trainer.num_training_batches / self.trainer.accumulate_grad_batches))
             warmup = int(round(h.get("warmup_epochs", 0.0) * per_epoch))
         schedule = WarmupCosine(min(warmup, total), total, min_ratio=h.get("min_lr", 0.0) / lr if lr > 0 else 0.0)
