@@ -9,13 +9,18 @@ from sslvit.eval.features import (
     feature_dim,
     frozen,
 )
+from sslvit.eval.knn import DEFAULT_KS, KNNClassifier, KNNResult, weighted_vote
 
 __all__ = [
+    "DEFAULT_KS",
     "FeatureCache",
     "Features",
+    "KNNClassifier",
+    "KNNResult",
     "dataset_features",
     "encode",
     "extract_features",
     "feature_dim",
     "frozen",
+    "weighted_vote",
 ]
