@@ -10,17 +10,29 @@ from sslvit.eval.features import (
     frozen,
 )
 from sslvit.eval.knn import DEFAULT_KS, KNNClassifier, KNNResult, weighted_vote
+from sslvit.eval.linear import (
+    DEFAULT_BASE_LRS,
+    LinearProbeResult,
+    ParallelLinearHeads,
+    linear_probe,
+    linear_probe_protocol,
+)
 
 __all__ = [
+    "DEFAULT_BASE_LRS",
     "DEFAULT_KS",
     "FeatureCache",
     "Features",
     "KNNClassifier",
     "KNNResult",
+    "LinearProbeResult",
+    "ParallelLinearHeads",
     "dataset_features",
     "encode",
     "extract_features",
     "feature_dim",
     "frozen",
+    "linear_probe",
+    "linear_probe_protocol",
     "weighted_vote",
 ]
