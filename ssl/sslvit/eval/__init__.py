@@ -17,6 +17,7 @@ from sslvit.eval.linear import (
     linear_probe,
     linear_probe_protocol,
 )
+from sslvit.eval.online import OnlineKNN
 
 __all__ = [
     "DEFAULT_BASE_LRS",
@@ -26,6 +27,7 @@ __all__ = [
     "KNNClassifier",
     "KNNResult",
     "LinearProbeResult",
+    "OnlineKNN",
     "ParallelLinearHeads",
     "dataset_features",
     "encode",
