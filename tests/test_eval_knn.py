@@ -73,7 +73,7 @@ def test_ivf_reports_recall_against_exact_search():
     exact = KNNClassifier().fit(bank, bank_labels).evaluate(queries, labels)
     assert exact.recall is None
     coarse = KNNClassifier(index="ivf", nprobe=1).fit(bank, bank_labels)
-    assert coarse.index.nlist == 102  # min(4 * sqrt(4000), 4000 / 39)
+    assert coarse.index.nlist == 63  # sqrt(4000)
     partial = coarse.evaluate(queries, labels)
     # Recall of the 200 exact neighbours, computed by brute force.
     _, found = coarse.search(queries)

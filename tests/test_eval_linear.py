@@ -93,3 +93,12 @@ def test_protocol_path_trains_through_the_frozen_backbone(tiny_vit, image_folder
     assert set(result.per_lr) == {1.0, 10.0} and 0 <= result.top1 <= result.top5 <= 100
     assert backbone.training, "the caller's mode is restored"
     assert all(torch.equal(v, backbone.state_dict()[k]) for k, v in weights.items()), "the backbone stays frozen"
+
+
+def test_the_same_seed_gives_the_same_probe():
+    train, val = gaussian_classes(300, seed=2), gaussian_classes(100, seed=3)
+    torch.manual_seed(1)
+    first = linear_probe(train, val, epochs=3, batch_size=64)
+    torch.manual_seed(2)  # the global RNG does not matter
+    assert linear_probe(train, val, epochs=3, batch_size=64).per_lr == first.per_lr
+    assert linear_probe(train, val, epochs=3, batch_size=64, seed=1).per_lr != first.per_lr

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--temperature", type=float, default=0.07, help="T of the vote weights exp(sim / T)")
     parser.add_argument("--index", choices=["flat", "ivf"], default="flat", help="exact (flat) or inverted-file (ivf)")
-    parser.add_argument("--nlist", type=int, help="IVF cells (default 4 * sqrt(bank size))")
+    parser.add_argument("--nlist", type=int, help="IVF cells (default sqrt(bank size))")
     parser.add_argument("--nprobe", type=int, default=32, help="IVF cells searched per query")
     args = parser.parse_args(argv)
     try:

@@ -90,7 +90,10 @@ class KNNClassifier:
         k: the default k (its accuracies are ``top1``/``top5``); added to ``ks`` if missing.
         temperature: T of the vote weights exp(similarity / T) (DINO: 0.07).
         index: ``flat`` (exact inner product) or ``ivf`` (inverted lists, approximate; recall reported).
-        nlist: IVF cells (default ``4 * sqrt(bank size)``, at most bank size / 39 so k-means has data).
+        nlist: IVF cells (default ``sqrt(bank size)``, at most bank size / 39 so k-means has data).
+            Evaluation searches few queries per bank entry, so the k-means that builds the cells must
+            stay cheap: sqrt(N) cells trained on 64 points each, rather than Faiss's 4-16 sqrt(N) for
+            serving many queries.
         nprobe: IVF cells visited per query.
         batch_size: queries per search call (bounds the memory of the result arrays).
         threads: Faiss OpenMP threads (default: the cores available to this process).
@@ -142,16 +145,17 @@ class KNNClassifier:
             )
         faiss.omp_set_num_threads(self.threads)
         bank = self._normalized(features)
-        self.bank, self.labels = bank, labels.detach().cpu().long()
+        self.dim, self.labels = bank.shape[1], labels.detach().cpu().long()
         self.num_classes = int(self.labels.max()) + 1
-        dim = bank.shape[1]
+        self._bank = None
         if self.index_kind == "flat":
-            self.index = faiss.IndexFlatIP(dim)
+            self.index = faiss.IndexFlatIP(self.dim)
         else:
-            nlist = self.nlist or max(1, min(int(4 * math.sqrt(size)), size // 39))
-            quantizer = faiss.IndexFlatIP(dim)
-            self.index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-            sample = np.random.default_rng(0).permutation(size)[: min(size, 256 * nlist)]
+            self._bank = bank  # kept for the exact search that measures recall
+            nlist = self.nlist or max(1, min(round(math.sqrt(size)), size // 39))
+            quantizer = faiss.IndexFlatIP(self.dim)
+            self.index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            sample = np.random.default_rng(0).permutation(size)[: min(size, 64 * nlist)]
             self.index.train(bank[np.sort(sample)])
             self.index.nprobe = min(self.nprobe, nlist)
             self._quantizer = quantizer  # the IVF index does not own it
@@ -164,8 +168,8 @@ class KNNClassifier:
         if self.index is None:
             raise RuntimeError("call fit(features, labels) before searching")
         k = k or self.ks[-1]
-        if queries.ndim != 2 or queries.shape[1] != self.bank.shape[1]:
-            raise ValueError(f"queries must be [Q, {self.bank.shape[1]}], got {tuple(queries.shape)}")
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise ValueError(f"queries must be [Q, {self.dim}], got {tuple(queries.shape)}")
         faiss.omp_set_num_threads(self.threads)
         q = self._normalized(queries)
         sims, ids = [], []
@@ -191,12 +195,12 @@ class KNNClassifier:
 
     def recall(self, queries: torch.Tensor, k: int | None = None) -> float:
         """Mean fraction of the exact k nearest neighbours that this index returns (1.0 for ``flat``)."""
+        if self._bank is None:
+            return 1.0
         k = k or self.ks[-1]
         queries = queries[: self.recall_queries]
         _, found = self.search(queries, k)
-        exact = faiss.IndexFlatIP(self.bank.shape[1])
-        exact.add(self.bank)
-        _, truth = exact.search(self._normalized(queries), k)
+        _, truth = faiss.knn(self._normalized(queries), self._bank, k, metric=faiss.METRIC_INNER_PRODUCT)
         hits = sum(len(set(a) & set(b)) for a, b in zip(found.numpy().tolist(), truth.tolist(), strict=True))
         return hits / max(1, truth.size)
 

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from torchvision import transforms as T
 
 from sslvit.errors import ConfigError
@@ -44,12 +44,13 @@ SMALL_STEP_MACS = 1 << 24  # below this many multiply-adds per step, the heads t
 class ParallelLinearHeads(nn.Module):
     """H linear classifiers behind one BatchNorm1d(affine=False): features [N, D] -> logits [H, N, C]."""
 
-    def __init__(self, dim: int, num_classes: int, num_heads: int) -> None:
+    def __init__(self, dim: int, num_classes: int, num_heads: int, seed: int = 0) -> None:
         super().__init__()
         self.norm = nn.BatchNorm1d(dim, affine=False, eps=1e-6)
         self.weight = nn.Parameter(torch.empty(num_heads, num_classes, dim))  # [H, C, D]
         self.bias = nn.Parameter(torch.zeros(num_heads, num_classes))  # [H, C]
-        nn.init.trunc_normal_(self.weight, std=0.01)  # MAE's head initialisation
+        # MAE's head initialisation, from its own generator: the same seed gives the same probe.
+        nn.init.trunc_normal_(self.weight, std=0.01, generator=torch.Generator().manual_seed(seed))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         h, c, d = self.weight.shape
@@ -137,13 +138,14 @@ class ProbeTrainer:
         optimizer: OptimizerName = "lars",
         momentum: float = 0.9,
         device: torch.device | str = "cpu",
+        seed: int = 0,
     ) -> None:
         if optimizer not in DEFAULT_BASE_LRS:
             raise ConfigError(f"optimizer={optimizer!r} is unknown; choose 'lars' (MAE) or 'sgd'")
         if not base_lrs or min(base_lrs) <= 0:
             raise ConfigError(f"learning rates must be positive, got {list(base_lrs)}")
         self.base_lrs = [float(lr) for lr in base_lrs]
-        self.heads = ParallelLinearHeads(dim, num_classes, len(self.base_lrs)).to(device)
+        self.heads = ParallelLinearHeads(dim, num_classes, len(self.base_lrs), seed).to(device)
         lrs = torch.tensor(self.base_lrs) * batch_size / 256
         self.optimizer = HeadwiseSGD(self.heads.weight, self.heads.bias, lrs, momentum, lars=optimizer == "lars")
         self.schedule = WarmupCosine(min(warmup_steps, total_steps), total_steps)
@@ -231,7 +233,7 @@ def linear_probe(
     steps_per_epoch = -(-len(train) // batch_size)
     trainer = ProbeTrainer(
         train.dim, _num_classes(train.labels, val.labels), base_lrs, batch_size, epochs * steps_per_epoch,
-        int(round(warmup_epochs * steps_per_epoch)), optimizer, momentum, device,
+        int(round(warmup_epochs * steps_per_epoch)), optimizer, momentum, device, seed,
     )  # fmt: skip
     features, labels = train.features.to(device), train.labels.to(device)
     generator = torch.Generator().manual_seed(seed)
@@ -275,26 +277,30 @@ def linear_probe_protocol(
     seed: int = 0,
     device: torch.device | str = "cpu",
     progress: Callable[[int, float], None] | None = None,
+    indices: Sequence[int] | None = None,
 ) -> LinearProbeResult:
     """Protocol path: augmented images of the ``train`` split through the frozen backbone every epoch.
 
     ``val`` holds the val features (eval transform, e.g. from the cache); ``progress(epoch, seconds)``
-    is called after each epoch.
+    is called after each epoch; ``indices`` restricts training to those train images.
     """
     _check(epochs, batch_size)
     base_lrs = base_lrs or DEFAULT_BASE_LRS.get(optimizer, ())
     start = time.perf_counter()
     transform = probe_transform(datamodule.image_size, datamodule.mean, datamodule.std, crop_scale)
     dataset = datamodule.build_dataset("train", transform)
+    targets = torch.tensor(dataset_targets(dataset))
+    if indices is not None:
+        dataset, targets = Subset(dataset, list(indices)), targets[list(indices)]
     loader = DataLoader(
         dataset, batch_size=batch_size, shuffle=True, num_workers=datamodule.num_workers,
         generator=torch.Generator().manual_seed(seed), persistent_workers=datamodule.num_workers > 0,
         pin_memory=torch.device(device).type == "cuda",
     )  # fmt: skip
-    num_classes = _num_classes(val.labels, torch.tensor(dataset_targets(dataset)))
+    num_classes = _num_classes(val.labels, targets)
     trainer = ProbeTrainer(
         feature_dim(backbone, pooling), num_classes, base_lrs, batch_size, epochs * len(loader),
-        int(round(warmup_epochs * len(loader))), optimizer, momentum, device,
+        int(round(warmup_epochs * len(loader))), optimizer, momentum, device, seed,
     )  # fmt: skip
     for epoch in range(epochs):
         for images, labels in loader:
