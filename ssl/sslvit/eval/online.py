@@ -15,9 +15,9 @@ from sslvit.eval.knn import KNNClassifier
 
 
 class OnlineKNN(Callback):
-    """Every ``every_n_epochs`` epochs (and after the last one), kNN-classify the val split with a
-    class-balanced subset of the labelled train split as the bank, and log ``knn/top1`` (progress
-    bar and logger) and ``knn/top5`` (logger).
+    """kNN top-1 of the backbone every ``every_n_epochs`` epochs and when training ends (``max_epochs``
+    or ``max_steps``): the val split is classified against a class-balanced subset of the labelled
+    train split, ``knn/top1`` goes to the progress bar and the logger, ``knn/top5`` to the logger.
 
     Features come from :func:`sslvit.eval.features.extract_features` (eval mode, no gradients, the
     global RNG untouched, so training is the same with or without this callback). Under DDP each
@@ -91,7 +91,9 @@ class OnlineKNN(Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch + 1
-        last = trainer.max_epochs is not None and 0 < trainer.max_epochs <= epoch
+        last = (trainer.max_epochs is not None and 0 < trainer.max_epochs <= epoch) or (
+            0 < trainer.max_steps <= trainer.global_step
+        )
         if trainer.sanity_checking or (epoch % self.every_n_epochs and not last):
             return
         metrics = self.evaluate(pl_module.backbone, trainer.datamodule)
