@@ -98,6 +98,7 @@ class OnlineKNN(Callback):
             return
         metrics = self.evaluate(pl_module.backbone, trainer.datamodule)
         self.history.append({"epoch": epoch, "step": trainer.global_step, **metrics})
-        # The same value on every rank (features are gathered), so no reduction is needed.
-        pl_module.log("knn/top1", metrics["top1"], prog_bar=True, on_epoch=True, sync_dist=False)
-        pl_module.log("knn/top5", metrics["top5"], on_epoch=True, sync_dist=False)
+        # Every rank holds the same value (features are gathered); sync_dist averages identical
+        # numbers, which keeps Lightning from warning about epoch-level metrics under DDP.
+        pl_module.log("knn/top1", metrics["top1"], prog_bar=True, on_epoch=True, sync_dist=True)
+        pl_module.log("knn/top5", metrics["top5"], on_epoch=True, sync_dist=True)
