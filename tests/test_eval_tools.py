@@ -71,7 +71,9 @@ def test_knn_tool_random_init_and_ivf(setup):
 
 
 def test_linear_tool_cached_and_protocol(setup, capsys):
-    fast = linear_probe.main(common(setup, setup / "lin.json", "--epochs", "10", "--warmup-epochs", "1"))
+    fast = linear_probe.main(
+        common(setup, setup / "lin.json", "--epochs", "10", "--warmup-epochs", "1", "--probe-batch-size", "32")
+    )
     saved = json.loads((setup / "lin.json").read_text())
     assert saved["path"] == "cached" and saved["top1"] > 90 and saved["top5"] == 100.0
     assert saved["top1"] == saved["per_lr"][f"{saved['base_lr']:g}"]["top1"] == fast["top1"]
