@@ -70,9 +70,15 @@ def test_print_config_lists_method_settings():
     "args,message",
     [
         (["--model.init_args.mask_ratio", "1.5"], "model.mask_ratio must be in the open interval (0, 1), got 1.5"),
-        (["--model.init_args.backbone.img_size", "18"], "backbone.img_size=18 is not divisible by backbone.patch_size=4"),
+        (
+            ["--model.init_args.backbone.img_size", "18"],
+            "backbone.img_size=18 is not divisible by backbone.patch_size=4",
+        ),
         (["--data.image_size", "32"], "data.image_size=32 but the model expects 16px"),
-        (["--model.init_args.decoder_num_heads", "3"], "decoder_embed_dim=16 is not divisible by model.decoder_num_heads=3"),
+        (
+            ["--model.init_args.decoder_num_heads", "3"],
+            "decoder_embed_dim=16 is not divisible by model.decoder_num_heads=3",
+        ),
         (["--data.dataset", "imagefolder", "--data.root", "/nonexistent"], "/nonexistent/train does not exist"),
     ],
 )
@@ -91,7 +97,10 @@ def test_bad_configuration_is_one_clear_line(tmp_path, monkeypatch, capsys, args
     "args,message",
     [
         (["--model.init_args.mask_ratoi", "0.5"], "Option 'mask_ratoi' is not accepted"),
-        (["--data.dataset", "imagenet"], "Literal['digits', 'cifar10', 'cifar100', 'stl10', 'imagefolder']. Got value: imagenet"),
+        (
+            ["--data.dataset", "imagenet"],
+            "Literal['digits', 'cifar10', 'cifar100', 'stl10', 'imagefolder']. Got value: imagenet",
+        ),
         (["--data.batch_size", "many"], "Expected a <class 'int'>. Got value: many"),
     ],
 )
