@@ -3,6 +3,7 @@ import json
 import pytest
 import timm
 import torch
+
 from sslvit.backbone import VisionTransformer
 from sslvit.checkpoint import CheckpointError, export_backbone, load_backbone, safe_load
 from sslvit.methods.mae import MAE

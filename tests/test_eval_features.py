@@ -6,11 +6,12 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.utils.data import DataLoader, TensorDataset
+
 from sslvit.backbone import VisionTransformer, ViTConfig
 from sslvit.data import SSLDataModule
 from sslvit.errors import ConfigError
 from sslvit.eval.features import FeatureCache, dataset_features, encode, extract_features, feature_dim
-from torch.utils.data import DataLoader, TensorDataset
 
 
 def test_poolings_match_the_backbone(tiny_vit):

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+
 from sslvit.errors import ConfigError
 from sslvit.eval.knn import KNNClassifier
 

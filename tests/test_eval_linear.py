@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from sslvit.backbone import VisionTransformer
 from sslvit.data import SSLDataModule
 from sslvit.errors import ConfigError

@@ -6,13 +6,14 @@ import lightning as L
 import pytest
 import torch
 import yaml
-from conftest import REPO
 from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader, TensorDataset
+
+from conftest import REPO
 from sslvit.data import SSLDataModule
 from sslvit.errors import ConfigError
 from sslvit.eval import OnlineKNN
 from sslvit.methods.mae import MAE
-from torch.utils.data import DataLoader, TensorDataset
 
 
 def tiny_mae(tiny_vit):

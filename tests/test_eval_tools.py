@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+
 from conftest import REPO, write_image_folder
 from sslvit.methods.mae import MAE
 

@@ -46,9 +46,8 @@ def sync(device: torch.device) -> None:
 class Stepper:
     """One optimizer step of a model on a fixed batch; ``loss_fn(images, keys) -> loss``."""
 
-    def __init__(self, model, loss_fn, params, images, keys, precision: str) -> None:
-        self.model, self.loss_fn, self.images, self.keys = model, loss_fn, images, keys
-        self.optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
+    def __init__(self, model, loss_fn, optimizer, images, keys, precision: str) -> None:
+        self.model, self.loss_fn, self.optimizer, self.images, self.keys = model, loss_fn, optimizer, images, keys
         dtype = torch.bfloat16 if precision == "bf16-mixed" else None
         self.autocast = dict(device_type=images.device.type, dtype=dtype, enabled=dtype is not None)
 
@@ -154,12 +153,14 @@ def main() -> None:
     size, batch = model.input_size, datamodule.batch_size
     images = torch.randn(batch, 3, size, size, device=device)
     keys = random_keys(batch)
+    # sslvit's optimizer as training builds it; the reference's as its main_pretrain.py does (torch's default AdamW)
     rows = {"sslvit": Stepper(model, lambda x, k: model.compute_loss(x, k)["loss"],
-                              model.param_groups(0.05), images, keys, args.precision)}  # fmt: skip
+                              model.build_optimizer(1e-4), images, keys, args.precision)}  # fmt: skip
     if args.reference_mae:
         ref = reference_mae(args.reference_mae, model, device).train()
         ratio = model.hparams.mask_ratio
-        rows["facebookresearch/mae"] = Stepper(ref, lambda x, k: ref(x, ratio)[0], ref.parameters(), images, keys,
+        ref_optimizer = torch.optim.AdamW(ref.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
+        rows["facebookresearch/mae"] = Stepper(ref, lambda x, k: ref(x, ratio)[0], ref_optimizer, images, keys,
                                                args.precision)  # fmt: skip
         result["loss_check"] = same_loss_check(model, ref, images)
 

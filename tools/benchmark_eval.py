@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from sslvit.backbone import VisionTransformer, ViTConfig
 from sslvit.data import SSLDataModule, class_balanced_subset
 from sslvit.eval.features import FeatureCache, dataset_features, dataset_targets

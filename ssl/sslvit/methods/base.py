@@ -182,11 +182,20 @@ class SSLMethod(L.LightningModule):
             {"params": no_decay, "weight_decay": 0.0},
         ]
 
+    def build_optimizer(self, lr: float) -> torch.optim.Optimizer:
+        """AdamW over :meth:`param_groups`; the fused single-kernel implementation where torch has one."""
+        h = self.hparams
+        groups = self.param_groups(h.get("weight_decay", 0.05))
+        try:
+            return torch.optim.AdamW(groups, lr=lr, betas=tuple(h.betas), fused=True)
+        except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
+            return torch.optim.AdamW(groups, lr=lr, betas=tuple(h.betas))
+
     def configure_optimizers(self) -> Any:
         h = self.hparams
         total = int(self.trainer.estimated_stepping_batches)  # also loads the training data
         lr = self.effective_lr()
-        optimizer = torch.optim.AdamW(self.param_groups(h.get("weight_decay", 0.05)), lr=lr, betas=tuple(h.betas))
+        optimizer = self.build_optimizer(lr)
         if h.get("warmup_steps") is not None:
             warmup = int(h.warmup_steps)
         else:
