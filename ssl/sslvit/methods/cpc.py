@@ -158,7 +158,7 @@ class CPC(SSLMethod):
         return self.encode_patches(images)
 
     def grid_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Image features [N, D]: the mean of the patch latents over the grid (CPC's evaluation protocol)."""
+        """Image features [N, D]: the mean of the un-augmented patch latents over the grid."""
         return self.encode_patches(images).mean(dim=(1, 2))
 
     def contexts(self, z: torch.Tensor, direction: Direction = "top_down") -> torch.Tensor:
