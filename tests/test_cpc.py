@@ -33,7 +33,7 @@ def pixels_of(grid, patch_ids) -> torch.Tensor:
 
 @pytest.mark.parametrize("direction", DIRECTIONS)
 def test_no_leakage_context_has_zero_gradient_on_pixels_only_in_later_rows(direction):
-    model = tiny_cpc(directions=[direction]).train()  # with patch augmentation and dropout paths on
+    model = tiny_cpc(directions=[direction]).train()  # training mode, patches augmented below
     grid, g = model.grid, model.grid.size
     images = torch.randn(2, 3, 16, 16, requires_grad=True)
     z = model.encode_patches(images, augment_keys=torch.tensor([11, 12]))  # patches augmented

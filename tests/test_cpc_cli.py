@@ -20,7 +20,7 @@ def test_fit_writes_a_checkpoint_whose_backbone_runs_on_whole_images(tmp_path):
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     assert last.is_file() and cli.trainer.global_step == 2
     metrics = (tmp_path / "run" / "metrics.csv").read_text()
-    for key in ("train/loss", "train/accuracy", "train/accuracy_k2", "val/accuracy"):
+    for key in ("train/loss", "train/accuracy", "train/accuracy_k2", "val/accuracy", "knn/top1"):
         assert key in metrics, key
 
     backbone, info = load_backbone(last)
