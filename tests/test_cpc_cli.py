@@ -1,6 +1,7 @@
 """CPC through `sslvit fit`: checkpoint, its backbone on whole images, DDP with negatives from all processes."""
 
 import csv
+import os
 import subprocess
 import sys
 
@@ -12,6 +13,15 @@ from sslvit.checkpoint import load_backbone
 from sslvit.cli import main, run_cli
 
 TINY = str(REPO / "tests" / "configs" / "cpc_tiny.yaml")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models gain nothing from more threads, and on a busy machine extra threads cost a lot."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def test_fit_writes_a_checkpoint_whose_backbone_runs_on_whole_images(tmp_path):
@@ -64,7 +74,8 @@ def test_two_ddp_processes_train_like_one_process_with_negatives_from_both(tmp_p
 
 def fit_in_subprocess(run_dir, *args: str) -> dict:
     command = [sys.executable, "-m", "sslvit.cli", "fit", "--config", TINY, "--trainer.default_root_dir", str(run_dir)]
-    out = subprocess.run([*command, *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread per process: two processes share the cores
+    out = subprocess.run([*command, *args], cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stderr[-4000:]
     with open(run_dir / "metrics.csv") as f:
         losses = [float(row["train/loss"]) for row in csv.DictReader(f) if row.get("train/loss")]
