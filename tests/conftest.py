@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,11 @@ from PIL import Image
 from sslvit.backbone import ViTConfig
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Tiny models gain nothing from a second thread, and on a busy machine idle OpenMP threads spinning
+# against other processes cost a lot: one thread per process, inherited by `sslvit` subprocesses.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -11,16 +11,6 @@ from sslvit.causal_context import DIRECTIONS, orient
 from sslvit.errors import ConfigError
 from sslvit.methods import CPC
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from more threads, and on a busy machine extra threads cost a lot."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # 16 px images, 4 px patches with stride 2: a 7x7 grid; each patch is 2x2 tokens of 2 px.
 PATCH_VIT = ViTConfig(arch="vit_tiny", img_size=4, patch_size=2, embed_dim=32, depth=1, num_heads=2)
 

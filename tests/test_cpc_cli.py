@@ -15,15 +15,6 @@ from sslvit.cli import main, run_cli
 TINY = str(REPO / "tests" / "configs" / "cpc_tiny.yaml")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from more threads, and on a busy machine extra threads cost a lot."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_fit_writes_a_checkpoint_whose_backbone_runs_on_whole_images(tmp_path):
     run = ["--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.val_check_interval", "2"]
     cli = run_cli(["fit", "--config", TINY, *run])
