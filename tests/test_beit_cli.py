@@ -65,7 +65,8 @@ def test_fit_tokenizer_tool_reads_the_fit_config_and_training_uses_its_tokenizer
     tool.main(["--config", TINY, "--data.batch_size", "32", "--output", str(out)])
     printed = capsys.readouterr().out
     assert "k-means tokenizer: 16 codes for 4x4 patches (4x4 grid of 16px images)" in printed
-    assert "held-out val" in printed and f"--model.init_args.tokenizer {out}" in printed
+    assert "held-out val" in printed
+    assert f"sslvit fit --config {TINY} --data.batch_size 32 --model.init_args.tokenizer {out}" in printed
     with pytest.raises(SystemExit):  # an existing tokenizer is not replaced by accident
         tool.main(["--config", TINY, "--output", str(out)])
     cli = fit(tmp_path / "run", "--model.tokenizer", str(out), "--trainer.max_steps", "1")

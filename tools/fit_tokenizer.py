@@ -11,6 +11,7 @@ are accepted and ignored. Writes OUTPUT/codebook.safetensors and OUTPUT/tokenize
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -55,9 +56,21 @@ def main(args: list[str] | None = None) -> Path:
     tokenizer.save(output)
     print(describe(tokenizer, stats))
     print(f"saved to {output}/ ({TOKENIZER_JSON}, codebook.safetensors). Pretrain with it:")
-    source = config.config[0] if config.config else "<config>"
-    print(f"  sslvit fit --config {source} --model.init_args.tokenizer {output}")
+    print("  " + training_command(sys.argv[1:] if args is None else args, output))
     return output
+
+
+def training_command(args: list[str], output: Path) -> str:
+    """The `sslvit fit` command with this tool's config and overrides, using the tokenizer just written."""
+    kept, skip_value = [], False
+    for arg in args:
+        if skip_value or arg.startswith(("--output=", "--overwrite=")):
+            skip_value = False
+        elif arg in ("--output", "--overwrite"):
+            skip_value = True
+        else:
+            kept.append(arg)
+    return shlex.join(["sslvit", "fit", *kept, "--model.init_args.tokenizer", str(output)])
 
 
 if __name__ == "__main__":

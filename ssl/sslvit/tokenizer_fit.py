@@ -240,6 +240,7 @@ def describe(tokenizer: KMeansTokenizer, stats: list[CodebookStats]) -> str:
         f"{tokenizer.grid_size} grid of {tokenizer.image_size}px images), "
         f"color_weight {float(tokenizer.color_weight)}, "
         f"fitted on {fit.get('num_patches', 0):,} patches of {fit.get('dataset')} in {fit.get('seconds')} s",
+        *([f"data: {fit['root']}"] if fit.get("dataset") not in (None, "digits") else []),
         CodebookStats.HEADER,
         *(s.row() for s in stats),
     ]
