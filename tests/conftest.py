@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
 from sslvit.backbone import ViTConfig
 
 REPO = Path(__file__).resolve().parents[1]

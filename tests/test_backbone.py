@@ -1,6 +1,7 @@
 import pytest
 import timm
 import torch
+
 from sslvit.backbone import PRESETS, TIMM_ARCH, VisionTransformer, ViTConfig
 from sslvit.masking import random_masking
 from sslvit.pos_embed import sincos_pos_embed_2d

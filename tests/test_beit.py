@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from sslvit.backbone import ViTConfig
 from sslvit.errors import ConfigError
 from sslvit.losses import masked_cross_entropy
@@ -60,10 +61,18 @@ def test_forward_shapes_and_metrics(tiny_vit, patterns):
     assert set(out) == {"loss", "masked_acc"} and 0.0 <= out["masked_acc"] <= 1.0
 
 
+def test_each_mask_follows_its_samples_key(tiny_vit):
+    model = tiny_beit(tiny_vit)
+    keys = torch.tensor([11, 22, 33, 44])
+    masks = model.sample_mask(4, (4, 4), "cpu", keys=keys)
+    assert torch.equal(model.sample_mask(2, (4, 4), "cpu", keys=keys[[2, 0]]), masks[[2, 0]])
+    assert len({tuple(m.tolist()) for m in masks}) == 4
+
+
 def test_loss_is_cross_entropy_at_masked_positions_only(tiny_vit, patterns):
     model = tiny_beit(tiny_vit, patterns).eval()
     images = pattern_pairs(4, patterns, torch.Generator().manual_seed(2))
-    mask = model.sample_mask(4, (4, 4), images.device, torch.Generator().manual_seed(0))
+    mask = model.sample_mask(4, (4, 4), images.device, keys=torch.arange(4))
     loss, _, codes, _ = model(images, mask=mask)
     # reference: the head at every position, then the shared masked cross-entropy
     tokens = model.backbone.forward_masked(images, mask, model.mask_token)[:, 1:]
@@ -87,7 +96,7 @@ def test_encoder_sees_every_patch_with_masked_ones_replaced(tiny_vit, patterns):
     seen = []
     model.backbone.blocks[0].register_forward_hook(lambda m, i, o: seen.append(i[0].shape))
     images = pattern_pairs(2, patterns, torch.Generator().manual_seed(3))
-    mask = model.sample_mask(2, (4, 4), images.device, torch.Generator().manual_seed(0))
+    mask = model.sample_mask(2, (4, 4), images.device, keys=torch.arange(2))
     _, logits, _, _ = model(images, mask=mask)
     assert seen == [torch.Size([2, 1 + 16, 64])]
     # what is under the mask cannot leak: new pixels there give the same predictions
@@ -108,7 +117,7 @@ def test_short_run_predicts_masked_tokens_far_above_chance(tiny_vit, patterns):
         optimizer.step()
     model.eval()
     with torch.no_grad():
-        accuracy = model.compute_loss(held_out, generator=torch.Generator().manual_seed(0))["masked_acc"]
+        accuracy = model.compute_loss(held_out, keys=torch.arange(64))["masked_acc"]
         codes = model.tokenizer(held_out)
     majority = torch.bincount(codes.flatten(), minlength=V).max() / codes.numel()
     assert majority < 0.25  # six patterns: no code dominates, chance is 1/8

@@ -3,11 +3,13 @@
 import importlib.util
 import logging
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
 from conftest import REPO
 from sslvit.checkpoint import safe_load
 from sslvit.cli import main, run_cli
@@ -104,3 +106,21 @@ def test_unusable_tokenizer_is_one_clear_line(tmp_path, monkeypatch, capsys, mak
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.startswith("sslvit: error: ") and message in err, err[-2000:]
     assert "Traceback" not in err and not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_ddp_shares_one_codebook_and_trains_like_one_process(tmp_path):
+    """Rank 0 fits the codebook and broadcasts it; two processes then match one on the same global batch."""
+    common = ["--data.train_subset", "128", "--trainer.max_steps", "4", "--trainer.limit_val_batches", "1"]
+
+    def run(name: str, *extra: str) -> dict:
+        args = ["fit", "--config", TINY, "--trainer.default_root_dir", str(tmp_path / name), *common, *extra]
+        out = subprocess.run([sys.executable, "-m", "sslvit.cli", *args], cwd=REPO, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr[-4000:]
+        return safe_load(tmp_path / name / "checkpoints" / "last.ckpt")
+
+    single = run("single", "--data.batch_size", "32")
+    ddp = run("ddp", "--trainer.devices", "2", "--trainer.strategy", "ddp", "--data.batch_size", "16")
+    assert (tmp_path / "ddp" / "tokenizer" / "tokenizer.json").is_file()
+    for key, value in single["state_dict"].items():
+        assert torch.allclose(ddp["state_dict"][key], value, atol=2e-5), key  # codebook and trained weights

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import ndimage
+
 from sslvit.errors import ConfigError
 from sslvit.masking import block_mask, blockwise_masking, default_min_block, num_kept, random_masking
 
@@ -18,7 +19,7 @@ def test_masked_fraction_close_to_target_over_many_seeds(grid, ratio):
     length = grid[0] * grid[1]
     target = target_count(length, ratio)
     counts = torch.cat(
-        [blockwise_masking(32, grid, ratio, generator=torch.Generator().manual_seed(s)).sum(1) for s in range(20)]
+        [blockwise_masking(32, grid, ratio, seeds=range(32 * s, 32 * s + 32)).sum(1) for s in range(20)]
     )  # 640 masks
     assert counts.max() <= target  # never more than asked
     # as in the official algorithm, a sample stops short when 10 attempts fail: rarely, and by less than a block
@@ -43,7 +44,7 @@ def test_mask_is_the_union_of_rectangles_within_the_grid():
 
 def test_blocks_form_few_connected_regions_unlike_random_masking():
     grid, ratio = (14, 14), 0.4
-    block = blockwise_masking(200, grid, ratio, generator=torch.Generator().manual_seed(0))
+    block = blockwise_masking(200, grid, ratio, seeds=range(200))
     scattered = random_masking(200, 196, ratio).mask.bool()
 
     def mean_components(masks: torch.Tensor) -> float:
@@ -52,13 +53,19 @@ def test_blocks_form_few_connected_regions_unlike_random_masking():
     assert mean_components(block) < 3.0 < 20.0 < mean_components(scattered)
 
 
-def test_masks_differ_per_sample_and_follow_the_generator():
-    masks = blockwise_masking(16, (8, 8), generator=torch.Generator().manual_seed(1))
+def test_masks_differ_per_sample_and_follow_their_seeds():
+    masks = blockwise_masking(16, (8, 8), seeds=range(16))
     assert masks.shape == (16, 64) and masks.dtype == torch.bool
     assert len({tuple(m.tolist()) for m in masks}) == 16
-    again = blockwise_masking(16, (8, 8), generator=torch.Generator().manual_seed(1))
-    other = blockwise_masking(16, (8, 8), generator=torch.Generator().manual_seed(2))
-    assert torch.equal(masks, again) and not torch.equal(masks, other)
+    # sample n's mask depends on seeds[n] alone, not on the batch around it
+    assert torch.equal(blockwise_masking(3, (8, 8), seeds=[5, 0, 9])[1], masks[0])
+    assert not torch.equal(masks, blockwise_masking(16, (8, 8), seeds=range(1, 17)))
+    torch.manual_seed(0)  # without seeds: the global RNG, so seed_everything governs them
+    unseeded = blockwise_masking(4, (8, 8))
+    torch.manual_seed(0)
+    assert torch.equal(unseeded, blockwise_masking(4, (8, 8)))
+    with pytest.raises(ValueError, match="one integer per sample"):
+        blockwise_masking(4, (8, 8), seeds=[1, 2])
 
 
 def test_block_size_scales_with_the_grid():

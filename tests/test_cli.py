@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from conftest import REPO
 from sslvit.cli import main, run_cli
 
@@ -34,7 +35,7 @@ def test_fit_writes_run_directory(tmp_path):
 
 
 def test_refuses_to_overwrite_a_run_and_resumes_with_last(tmp_path):
-    fit(tmp_path)
+    assert fit(tmp_path, "--ckpt_path", "last").trainer.global_step == 3, "last with nothing to resume starts fresh"
     with pytest.raises(FileExistsError, match="--ckpt_path last"):
         fit(tmp_path)
     cli = fit(tmp_path, "--ckpt_path", "last", "--trainer.max_steps", "5")
@@ -70,9 +71,15 @@ def test_print_config_lists_method_settings():
     "args,message",
     [
         (["--model.init_args.mask_ratio", "1.5"], "model.mask_ratio must be in the open interval (0, 1), got 1.5"),
-        (["--model.init_args.backbone.img_size", "18"], "backbone.img_size=18 is not divisible by backbone.patch_size=4"),
+        (
+            ["--model.init_args.backbone.img_size", "18"],
+            "backbone.img_size=18 is not divisible by backbone.patch_size=4",
+        ),
         (["--data.image_size", "32"], "data.image_size=32 but the model expects 16px"),
-        (["--model.init_args.decoder_num_heads", "3"], "decoder_embed_dim=16 is not divisible by model.decoder_num_heads=3"),
+        (
+            ["--model.init_args.decoder_num_heads", "3"],
+            "decoder_embed_dim=16 is not divisible by model.decoder_num_heads=3",
+        ),
         (["--data.dataset", "imagefolder", "--data.root", "/nonexistent"], "/nonexistent/train does not exist"),
     ],
 )
@@ -91,10 +98,26 @@ def test_bad_configuration_is_one_clear_line(tmp_path, monkeypatch, capsys, args
     "args,message",
     [
         (["--model.init_args.mask_ratoi", "0.5"], "Option 'mask_ratoi' is not accepted"),
-        (["--data.dataset", "imagenet"], "Literal['digits', 'cifar10', 'cifar100', 'stl10', 'imagefolder']. Got value: imagenet"),
+        (
+            ["--data.dataset", "imagenet"],
+            "Literal['digits', 'cifar10', 'cifar100', 'stl10', 'imagefolder']. Got value: imagenet",
+        ),
         (["--data.batch_size", "many"], "Expected a <class 'int'>. Got value: many"),
     ],
 )
 def test_unknown_keys_and_wrong_types_are_rejected_by_the_parser(tmp_path, args, message):
     out = sslvit("fit", "--config", TINY, "--trainer.default_root_dir", str(tmp_path), *args)
     assert out.returncode == 2 and message in out.stderr, out.stderr[-2000:]
+
+
+def test_fit_with_plain_dataloaders_scales_lr_from_their_batch_size(tiny_vit):
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from sslvit.methods.mae import MAE
+
+    model = MAE(backbone=tiny_vit, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2, base_lr=1e-3)
+    loader = DataLoader(TensorDataset(torch.randn(24, 3, 16, 16), torch.zeros(24)), batch_size=8)
+    trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.fit(model, loader)
+    assert trainer.global_step == 2 and model.effective_lr() == pytest.approx(1e-3 * 8 / 256)

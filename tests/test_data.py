@@ -3,6 +3,7 @@ import urllib.error
 import pytest
 import torch
 from PIL import Image
+
 from sslvit.data import (
     CorruptImageError,
     DatasetUnavailableError,
@@ -27,8 +28,9 @@ def test_digits_offline_dataset():
 def test_train_and_eval_transforms():
     dm = SSLDataModule(dataset="digits", image_size=16, batch_size=8, num_workers=0)
     dm.setup("fit")
-    images, labels = next(iter(dm.train_dataloader()))
-    assert images.shape == (8, 3, 16, 16) and labels.shape == (8,)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["images"].shape == (8, 3, 16, 16) and batch["labels"].shape == (8,)
+    assert batch["keys"].dtype == torch.int64 and len(set(batch["keys"].tolist())) == 8
     evaluation = dm.eval_dataloader("val", batch_size=300)
     a, b = next(iter(evaluation))[0], next(iter(evaluation))[0]
     assert torch.equal(a, b), "the eval transform must be deterministic"
@@ -88,8 +90,8 @@ def test_imagefolder_and_corrupt_image(image_folder):
     )
     skipping.setup("fit")
     with pytest.warns(UserWarning, match="3.png"):
-        images, labels, skipped = next(iter(skipping.train_dataloader()))
-    assert images.shape[0] == 23 and skipped.item() == 1
+        batch = next(iter(skipping.train_dataloader()))
+    assert batch["images"].shape[0] == 23 and batch["skipped"].item() == 1
 
 
 def test_class_balanced_subset():

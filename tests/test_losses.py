@@ -1,4 +1,5 @@
 import torch
+
 from sslvit.losses import masked_cross_entropy, masked_mse, normalize_patches
 
 

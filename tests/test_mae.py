@@ -1,5 +1,6 @@
 import pytest
 import torch
+
 from sslvit.checkpoint import CheckpointError, load_official_mae
 from sslvit.losses import normalize_patches
 from sslvit.masking import patchify

@@ -1,5 +1,6 @@
 import pytest
 import torch
+
 from sslvit.masking import gather_tokens, num_kept, patchify, random_masking, unpatchify
 
 

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+
 from sslvit.pos_embed import interpolate_pos_embed, sincos_pos_embed_2d
 
 

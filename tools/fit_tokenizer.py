@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from jsonargparse import ActionConfigFile, ArgumentParser
+
 from sslvit.data import SSLDataModule
 from sslvit.errors import ConfigError
 from sslvit.methods import BEiT

@@ -1,4 +1,5 @@
-"""Loading weights safely: Lightning checkpoints of any method, exported encoders, official MAE files.
+"""Checkpoints: safe loading (any method's Lightning checkpoint, exported encoders, official MAE
+files), export to timm, and the run's checkpoint callback.
 
 Every file goes through ``torch.load(weights_only=True)`` or safetensors: a pickle that would run
 code when unpickled is refused with a clear message, and nothing in it is executed.
@@ -7,14 +8,19 @@ code when unpickled is refused with a clear message, and nothing in it is execut
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from weakref import proxy
 
+import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from sslvit.backbone import TIMM_ARCH, VisionTransformer, ViTConfig
 from sslvit.data import IMAGENET_MEAN, IMAGENET_STD
+from sslvit.errors import ConfigError
 
 if TYPE_CHECKING:
     from sslvit.methods.mae import MAE
@@ -203,3 +209,51 @@ def export_backbone(
     }
     (folder / EXPORT_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
     return folder
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint (per epoch by default) that also refreshes ``last.ckpt`` every N steps.
+
+    Lightning makes per-step and per-epoch saving mutually exclusive; a long run wants both: an
+    epoch history and a ``last.ckpt`` that is never more than ``last_every_n_steps`` steps old.
+    Files are written atomically (to a temporary file, then renamed), so a crash mid-write
+    leaves the previous ``last.ckpt`` intact.
+
+    Args:
+        last_every_n_steps: refresh ``last.ckpt`` every this many optimizer steps (None: only
+            when Lightning saves a checkpoint anyway).
+        **kwargs: Lightning's ``ModelCheckpoint`` arguments.
+    """
+
+    def __init__(self, last_every_n_steps: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if last_every_n_steps is not None and last_every_n_steps < 1:
+            raise ConfigError(f"checkpoint.last_every_n_steps must be >= 1 or null, got {last_every_n_steps}")
+        self.last_every_n_steps = last_every_n_steps
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        # Lightning writes through a temporary file in the system temp folder and moves it into
+        # place, which is a plain (interruptible) copy when that folder is on another file system.
+        # Writing next to the target and renaming is atomic on any local file system.
+        if "://" in str(filepath):
+            return super()._save_checkpoint(trainer, filepath)
+        partial = f"{filepath}.partial"
+        trainer.save_checkpoint(partial, self.save_weights_only)
+        if trainer.is_global_zero:
+            os.replace(partial, filepath)
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any) -> None:
+        super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+        n, step = self.last_every_n_steps, trainer.global_step
+        if (
+            n
+            and step % n == 0
+            and self._last_global_step_saved != step
+            and not self._should_skip_saving_checkpoint(trainer)
+        ):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

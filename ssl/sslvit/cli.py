@@ -8,23 +8,24 @@ writes: ``config.yaml``, ``metrics.csv``, TensorBoard events and ``checkpoints/l
 from __future__ import annotations
 
 import os
+import pickle
 import sys
 from pathlib import Path
 
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from sslvit.checkpoint import CheckpointError
-from sslvit.data import CorruptImageError, DatasetUnavailableError, SSLDataModule
-from sslvit.errors import ConfigError
-from sslvit.methods.base import SSLMethod
+from sslvit.checkpoint import CheckpointError, RunCheckpoint
+from sslvit.data import DatasetUnavailableError, SSLDataModule
+from sslvit.errors import ConfigError, CorruptImageError
+from sslvit.methods.base import NonFiniteLossError, SSLMethod
 
 
 class SSLCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        # Always-present checkpointing, configurable under `checkpoint.*`; last.ckpt always current.
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        # Always-present checkpointing, configurable under `checkpoint.*`: per epoch, plus last.ckpt
+        # refreshed every `checkpoint.last_every_n_steps` steps.
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.save_last": True,
@@ -62,7 +63,20 @@ class SSLCLI(LightningCLI):
                 f"(model.backbone.img_size): set both to the same value"
             )
 
+    def _load_checkpoints_safely(self) -> None:
+        # Resuming goes through torch.load(weights_only=True) unless the user explicitly says otherwise.
+        config = self.config_init[self.subcommand]
+        if "weights_only" in config and config.weights_only is None:
+            config.weights_only = True
+
+    def before_validate(self) -> None:
+        self._load_checkpoints_safely()
+
+    def before_test(self) -> None:
+        self._load_checkpoints_safely()
+
     def before_fit(self) -> None:
+        self._load_checkpoints_safely()
         ckpt_path = self.config.fit.ckpt_path
         last = Path(self.config.fit.checkpoint.dirpath) / "last.ckpt"
         if ckpt_path is None and last.exists():
@@ -72,8 +86,11 @@ class SSLCLI(LightningCLI):
             )
 
 
-def run_cli(args: list[str] | None = None) -> SSLCLI:
-    """Parse ``args`` (default: the command line), build model, data and trainer, run the subcommand."""
+def run_cli(args: list[str] | None = None, run: bool = True) -> SSLCLI:
+    """Parse ``args`` (default: the command line), build model, data and trainer, run the subcommand.
+
+    With ``run=False`` there are no subcommands: the classes are only built (used by tools).
+    """
     return SSLCLI(
         SSLMethod,
         SSLDataModule,
@@ -81,11 +98,20 @@ def run_cli(args: list[str] | None = None) -> SSLCLI:
         trainer_defaults={"default_root_dir": "runs/default"},
         save_config_kwargs={"overwrite": True},
         args=args,
+        run=run,
     )
 
 
 # Errors whose message tells the user what to change: printed as one line, not a traceback.
-USER_ERRORS = (ConfigError, DatasetUnavailableError, CorruptImageError, CheckpointError, FileExistsError)
+USER_ERRORS = (
+    ConfigError,
+    DatasetUnavailableError,
+    CorruptImageError,
+    CheckpointError,
+    FileExistsError,
+    NonFiniteLossError,
+    pickle.UnpicklingError,  # a checkpoint that would run code when unpickled (weights_only refused it)
+)
 
 
 def main() -> None:
@@ -99,6 +125,9 @@ def main() -> None:
             cause = cause.__cause__ or cause.__context__
         if cause is None or os.environ.get("SSLVIT_TRACEBACK"):
             raise
+        if isinstance(cause, pickle.UnpicklingError):
+            detail = str(cause).strip().splitlines()[0][:300]
+            cause = f"refused to load a checkpoint that holds more than tensors and plain containers ({detail})"
         print(f"sslvit: error: {cause}", file=sys.stderr)
         sys.exit(2)
 

@@ -2,14 +2,13 @@
 
 Splits: ``pretrain`` is what self-supervised training reads (for STL-10 the labelled train split
 plus the 100k unlabelled images), ``train`` and ``val`` are the labelled splits that evaluators
-(kNN, linear probe) use. Every batch is ``(images, labels)``; with ``skip_corrupt`` a third
-element counts the images that were skipped in that batch.
+(kNN, linear probe) use. Training and validation batches are dicts (``images``, ``labels``,
+per-sample ``keys``; see :mod:`sslvit.sampling`); evaluation loaders give ``(images, labels)``.
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -18,11 +17,13 @@ import lightning as L
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset, Subset, default_collate
+from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets as tvd
 from torchvision import transforms as T
 
-from sslvit.errors import ConfigError
+from sslvit.device_augment import ResidentIndices, augment_batch, decode_all
+from sslvit.errors import ConfigError, CorruptImageError
+from sslvit.sampling import CollateKeyed, KeyedDataset, KeyedSampler, ResumableLoader
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -35,10 +36,6 @@ TORCHVISION_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-
 
 class DatasetUnavailableError(FileNotFoundError):
     """A dataset is neither on disk nor downloadable; the message says where it was looked for."""
-
-
-class CorruptImageError(OSError):
-    """An image file could not be decoded; the message names the file."""
 
 
 # ---- datasets ---------------------------------------------------------------------------------
@@ -83,32 +80,6 @@ class DigitsDataset(Dataset):
         return (self.transform(image) if self.transform else image), self.targets[i]
 
 
-class SkipCorrupt(Dataset):
-    """Wraps a dataset so that an unreadable image yields ``None`` (dropped by the collate) instead of an error."""
-
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> Any:
-        try:
-            return self.dataset[i]
-        except CorruptImageError as err:
-            warnings.warn(f"skipped: {err}", stacklevel=1)
-            return None
-
-
-def collate_skipping(batch: list[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Collate, dropping ``None`` samples; returns ``(images, labels, num_skipped)``."""
-    kept = [b for b in batch if b is not None]
-    if not kept:
-        raise CorruptImageError(f"every image of a batch of {len(batch)} was unreadable; see the warnings")
-    images, labels = default_collate(kept)
-    return images, labels, torch.tensor(len(batch) - len(kept))
-
-
 def class_balanced_subset(targets: Sequence[int], total: int, seed: int = 0) -> list[int]:
     """Indices of ``total`` samples, as equal a number per class as possible, chosen with a seed."""
     targets = np.asarray(targets)
@@ -144,6 +115,9 @@ class SSLDataModule(L.LightningDataModule):
             then center-crops ``image_size`` (0.875 is the ImageNet 256 -> 224 convention).
         train_subset: pretrain on a fixed class-balanced subset of this many images.
         skip_corrupt: skip unreadable images (counted, logged) instead of stopping with an error.
+        on_device: keep the pretraining images as one uint8 tensor on the training device and
+            crop/flip whole batches there (:mod:`sslvit.device_augment`): for datasets that fit in
+            memory with images of one size (CIFAR, STL-10), so the loader is never the bottleneck.
         download: let torchvision download cifar10/cifar100/stl10 when they are missing.
     """
 
@@ -163,6 +137,7 @@ class SSLDataModule(L.LightningDataModule):
         std: tuple[float, float, float] = IMAGENET_STD,
         train_subset: int | None = None,
         skip_corrupt: bool = False,
+        on_device: bool = False,
         download: bool = True,
         pin_memory: bool = True,
         persistent_workers: bool = True,
@@ -180,6 +155,8 @@ class SSLDataModule(L.LightningDataModule):
             raise ConfigError(f"data.crop_scale must satisfy 0 < min <= max <= 1, got {tuple(crop_scale)}")
         if not 0.0 < eval_crop_fraction <= 1.0:
             raise ConfigError(f"data.eval_crop_fraction must be in (0, 1], got {eval_crop_fraction}")
+        if on_device and color_jitter > 0:
+            raise ConfigError("data.on_device supports crops and flips only: set data.color_jitter: 0")
         if train_subset is not None and train_subset <= 0:
             raise ConfigError(f"data.train_subset must be positive or null, got {train_subset}")
         self.save_hyperparameters()
@@ -262,41 +239,86 @@ class SSLDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if "pretrain" not in self._datasets:
-            train = self.build_dataset("pretrain", self.train_transform())
+            on_device = self.hparams.on_device
+            train = self.build_dataset("pretrain", T.PILToTensor() if on_device else self.train_transform())
+            targets = getattr(train, "targets", None) or getattr(train, "labels", None)
             if self.hparams.train_subset:
-                targets = getattr(train, "targets", None) or getattr(train, "labels", None)
-                train = Subset(train, class_balanced_subset(targets, self.hparams.train_subset, self.hparams.seed))
+                chosen = class_balanced_subset(targets, self.hparams.train_subset, self.hparams.seed)
+                train, targets = Subset(train, chosen), [targets[i] for i in chosen]
+            if on_device:
+                self._resident = decode_all(train, self.num_workers)
+                train = ResidentIndices(targets)
             self._datasets["pretrain"] = train
             self._datasets["val"] = self.build_dataset("val", self.eval_transform())
 
     # ---- loaders ----
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, drop_last: bool) -> DataLoader:
-        collate = default_collate
-        if self.hparams.skip_corrupt:
-            dataset, collate = SkipCorrupt(dataset), collate_skipping
-        workers = self.num_workers
-        return DataLoader(
-            dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
-            num_workers=workers, collate_fn=collate,
-            pin_memory=self.hparams.pin_memory and torch.cuda.is_available(),
-            persistent_workers=self.hparams.persistent_workers and workers > 0,
+    def _keyed_loader(self, split: str, shuffle: bool, loader_class: type[DataLoader] = DataLoader) -> DataLoader:
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        dataset = KeyedDataset(self._datasets[split], skip_corrupt=self.hparams.skip_corrupt)
+        sampler = KeyedSampler(
+            dataset, self.batch_size, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.hparams.seed,
+            drop_last=shuffle, keys_vary_by_epoch=shuffle,
+        )  # fmt: skip
+        # Its own generator, so creating the loader's iterator never draws from the global RNG.
+        generator = torch.Generator().manual_seed(self.hparams.seed)
+        return loader_class(
+            dataset, batch_size=self.batch_size, sampler=sampler, drop_last=shuffle, generator=generator,
+            collate_fn=CollateKeyed(count_skipped=self.hparams.skip_corrupt), **self._worker_settings(),
         )  # fmt: skip
 
+    def _worker_settings(self) -> dict[str, Any]:
+        workers = self.num_workers
+        return dict(
+            num_workers=workers,
+            pin_memory=self.hparams.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.hparams.persistent_workers and workers > 0,
+        )
+
     def train_dataloader(self) -> DataLoader:
+        """Batches of the pretraining split as dicts (``images``, ``labels``, ``keys``); resumable mid-epoch."""
         self.setup("fit")
-        train = self._datasets["pretrain"]
-        if len(train) < self.batch_size:
+        size = len(self._datasets["pretrain"])
+        if size < self.batch_size:
             raise ConfigError(
-                f"the pretraining split has {len(train)} images, fewer than data.batch_size="
-                f"{self.batch_size}; lower the batch size"
+                f"the pretraining split has {size} images, fewer than data.batch_size={self.batch_size}; "
+                "lower the batch size"
             )
-        return self._loader(train, self.batch_size, shuffle=True, drop_last=True)
+        self._train_loader = self._keyed_loader("pretrain", shuffle=True, loader_class=ResumableLoader)
+        return self._train_loader
 
     def val_dataloader(self) -> DataLoader:
+        """The val split in the same dict format, with keys fixed across epochs (same masks every time)."""
         self.setup("validate")
-        return self._loader(self._datasets["val"], self.batch_size, shuffle=False, drop_last=False)
+        return self._keyed_loader("val", shuffle=False)
 
     def eval_dataloader(self, split: Split, batch_size: int | None = None) -> DataLoader:
-        """Deterministic loader of a labelled split with the eval transform (for kNN / linear probe)."""
+        """Deterministic loader of ``(images, labels)`` of a labelled split with the eval transform."""
         dataset = self.build_dataset(split, self.eval_transform())
-        return self._loader(dataset, batch_size or self.batch_size, shuffle=False, drop_last=False)
+        return DataLoader(dataset, batch_size=batch_size or self.batch_size, shuffle=False, **self._worker_settings())
+
+    # ---- Lightning hooks ----
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # Count the training batches the loop has actually consumed (not the ones prefetched), so a
+        # checkpoint records exactly where in the epoch the run stands.
+        trainer = self.trainer
+        if trainer is not None and trainer.training and getattr(self, "_train_loader", None) is not None:
+            self._train_loader.sampler.batches_done += 1
+            if self.hparams.on_device:  # the loader delivered dataset indices; images are made on the device
+                batch["indices"] = batch.pop("images")
+        return batch
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if isinstance(batch, dict) and "indices" in batch:
+            batch["images"] = self.augment_on_device(batch.pop("indices"), batch["keys"])
+        return batch
+
+    def augment_on_device(self, indices: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """The training transform, batched on the device of ``indices``: -> normalized images [N, C, S, S]."""
+        if self._resident.device != indices.device:
+            self._resident = self._resident.to(indices.device)
+        h = self.hparams
+        return augment_batch(
+            self._resident[indices], keys, self.image_size, tuple(h.crop_scale), tuple(h.crop_ratio), h.hflip,
+            self.mean, self.std,
+        )  # fmt: skip

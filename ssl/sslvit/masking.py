@@ -10,6 +10,7 @@ Conventions used everywhere in sslvit:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -111,8 +112,8 @@ def blockwise_masking(
     min_block: int | None = None,
     max_block: int | None = None,
     min_aspect: float = 0.3,
+    seeds: Sequence[int] | None = None,
     device: torch.device | str | None = None,
-    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """BEiT's blockwise masking (Bao et al., 2021, Algorithm 1): rectangles of patches until the target is reached.
 
@@ -127,7 +128,9 @@ def blockwise_masking(
         grid_size: (rows, cols) of the patch grid, L = rows * cols.
         min_block: smallest block area in patches; default :func:`default_min_block` (scales with L).
         max_block: largest block area; default: no limit but the target.
-        generator: makes the masks reproducible; its device is where the seed is drawn.
+        seeds: one non-negative integer per sample; sample n's mask depends on ``seeds[n]`` alone
+            (methods derive them from the samples' keys, :mod:`sslvit.seeding`). Default: drawn
+            from the global torch RNG.
 
     Returns:
         mask [N, L] bool, True = masked, row-major like the patch grid.
@@ -140,13 +143,14 @@ def blockwise_masking(
         raise ConfigError(f"min_block ({min_block}) must be >= 1 and <= max_block ({max_block})")
     if not 0.0 < min_aspect <= 1.0:
         raise ConfigError(f"min_aspect must be in (0, 1], got {min_aspect}")
-    # Python-level loops over blocks: draw one seed from torch (so seed_everything and `generator`
-    # govern it), then use NumPy for the per-block draws, which is far faster than torch scalars.
-    seed_device = generator.device if generator is not None else "cpu"
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=seed_device).item())
-    rng = np.random.default_rng(seed)
+    if seeds is None:
+        seeds = torch.randint(0, 2**62, (batch_size,)).tolist()
+    elif len(seeds) != batch_size:
+        raise ValueError(f"seeds must hold one integer per sample ({batch_size}), got {len(seeds)}")
+    # A Python loop over blocks with NumPy draws: far faster than drawing torch scalars one by one.
     masks = [
-        block_mask(rows, cols, target, min_block, max_block or target, min_aspect, rng)[0] for _ in range(batch_size)
+        block_mask(rows, cols, target, min_block, max_block or target, min_aspect, np.random.default_rng(seed))[0]
+        for seed in seeds
     ]
     return torch.from_numpy(np.stack(masks).reshape(batch_size, length)).to(device)
 

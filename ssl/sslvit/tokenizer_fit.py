@@ -16,12 +16,16 @@ from typing import Any
 import faiss
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
 from sslvit.backbone import ViTConfig
 from sslvit.errors import ConfigError
 from sslvit.masking import patchify
+from sslvit.sampling import CollateKeyed, KeyedDataset
+from sslvit.seeding import keyed_rand, sample_key
 from sslvit.tokenizers import KMeansTokenizer
+
+PATCH_SALT = 0x5041_5443  # 'PATC': the stream of keyed random numbers choosing the sampled patches
 
 
 def default_vocab_size(image_size: int) -> int:
@@ -135,23 +139,25 @@ def sample_patches(
 
     Takes ``patches_per_image`` random patches from each of as many random images as needed; on a
     dataset too small for that, more patches per image (at most all of them, then fewer patches).
+    Each image's augmentation and patch choice follow from its key (:mod:`sslvit.seeding`), so the
+    sample depends on ``seed`` only, not on ``batch_size`` or ``num_workers``.
     """
     length = grid_size * grid_size
     per_image = min(length, max(patches_per_image, math.ceil(num_patches / len(dataset))))
     num_images = min(len(dataset), math.ceil(num_patches / per_image))
-    generator = torch.Generator().manual_seed(seed)
-    chosen = torch.randperm(len(dataset), generator=generator)[:num_images].tolist()
-    # The loader's generator seeds the workers' augmentations; fork_rng covers num_workers=0.
-    loader = DataLoader(Subset(dataset, chosen), batch_size=batch_size, num_workers=num_workers, generator=generator)
+    chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:num_images].tolist()
+    items = [(index, sample_key(seed, 0, index)) for index in chosen]
+    loader = DataLoader(
+        KeyedDataset(dataset), batch_size=batch_size, sampler=items, num_workers=num_workers,
+        collate_fn=CollateKeyed(count_skipped=False),
+    )  # fmt: skip
     sample = []
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        for images, *_ in loader:
-            patches = patchify(images, patch_size)  # [B, L, P]
-            if patches.shape[1] != length:
-                raise ValueError(f"images give {patches.shape[1]} patches, expected a {grid_size}x{grid_size} grid")
-            pick = torch.rand(len(images), length, generator=generator).argsort(dim=1)[:, :per_image]
-            sample.append(torch.gather(patches, 1, pick.unsqueeze(-1).expand(-1, -1, patches.shape[2])).flatten(0, 1))
+    for batch in loader:
+        patches = patchify(batch["images"], patch_size)  # [B, L, P]
+        if patches.shape[1] != length:
+            raise ValueError(f"images give {patches.shape[1]} patches, expected a {grid_size}x{grid_size} grid")
+        pick = keyed_rand(batch["keys"], length, salt=PATCH_SALT).argsort(dim=1)[:, :per_image]
+        sample.append(torch.gather(patches, 1, pick.unsqueeze(-1).expand(-1, -1, patches.shape[2])).flatten(0, 1))
     return torch.cat(sample)[:num_patches]
 
 
@@ -204,7 +210,7 @@ def fit_tokenizer_on_data(
     transform = datamodule.train_transform()
     common = dict(
         patch_size=backbone.patch_size, grid_size=backbone.grid_size, seed=codebook.seed,
-        batch_size=datamodule.batch_size, num_workers=datamodule.num_workers,
+        num_workers=datamodule.num_workers,
     )  # fmt: skip
     train = datamodule.build_dataset("pretrain", transform)
     patches = sample_patches(train, vocab * codebook.patches_per_code, codebook.patches_per_image, **common)

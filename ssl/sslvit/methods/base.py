@@ -11,10 +11,12 @@ from typing import Any
 
 import lightning as L
 import torch
+from timm.models.vision_transformer import Block
 from torch import nn
 
 from sslvit.backbone import VisionTransformer, ViTConfig
 from sslvit.errors import ConfigError
+from sslvit.seeding import capture_rng_state, random_keys, restore_rng_state
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -51,6 +53,8 @@ class SSLMethod(L.LightningModule):
         warmup_steps: warmup length in optimizer steps; overrides ``warmup_epochs`` when set.
         min_lr: floor of the cosine schedule.
         clip_grad: clip the global gradient norm to this value (None: no clipping).
+        compile: compile every transformer block with ``torch.compile`` (weights and checkpoint
+            keys are unchanged; the first steps are slower while it compiles).
     """
 
     def __init__(
@@ -64,6 +68,7 @@ class SSLMethod(L.LightningModule):
         warmup_steps: int | None = None,
         min_lr: float = 0.0,
         clip_grad: float | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         config = ViTConfig.from_dict(backbone) if backbone is not None else ViTConfig()
@@ -82,10 +87,12 @@ class SSLMethod(L.LightningModule):
         self.backbone = VisionTransformer(config)
 
     # ---- what a method provides ----
-    def compute_loss(self, images: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def compute_loss(self, images: torch.Tensor, keys: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Loss and metrics for a batch of images [N, C, H, W]: ``{"loss": ..., <metric>: ...}``.
 
-        ``generator``, when given, makes the random parts (masks, augmentations) reproducible.
+        ``keys`` [N] (int64, on the CPU) are the samples' random keys: a method draws its random
+        choices for sample n (masks, patch augmentations) from ``keys[n]`` with
+        :func:`sslvit.seeding.keyed_rand`, so they are reproducible and independent of batching.
         """
         raise NotImplementedError
 
@@ -95,8 +102,17 @@ class SSLMethod(L.LightningModule):
         return self.backbone_config.img_size
 
     # ---- steps ----
+    @staticmethod
+    def unpack(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images, keys) from an sslvit batch dict, or from ``(images, labels)`` with fresh random keys."""
+        if isinstance(batch, dict):
+            return batch["images"], batch["keys"]
+        images = batch[0] if isinstance(batch, (list, tuple)) else batch
+        return images, random_keys(images.shape[0])
+
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        out = self.compute_loss(batch[0])
+        images, keys = self.unpack(batch)
+        out = self.compute_loss(images, keys)
         loss = out["loss"]
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
@@ -105,24 +121,48 @@ class SSLMethod(L.LightningModule):
                 "the last checkpoint is intact. Lower the learning rate, enable model.clip_grad, or use "
                 "fp32/bf16 precision instead of fp16"
             )
-        self.log_dict({f"train/{k}": v for k, v in out.items()}, prog_bar=True, on_step=True)
+        # sync_dist: under DDP the logged values are those of the global batch.
+        self.log_dict({f"train/{k}": v for k, v in out.items()}, prog_bar=True, on_step=True, sync_dist=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True)
-        if len(batch) > 2:  # data.skip_corrupt: count of unreadable images in this batch
-            self.log("data/skipped_images", batch[2].float(), on_step=False, on_epoch=True, reduce_fx="sum")
+        if isinstance(batch, dict) and "skipped" in batch:  # data.skip_corrupt: unreadable images dropped
+            self.log("data/skipped_images", batch["skipped"].float(), on_step=False, on_epoch=True, reduce_fx="sum")
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        # The same masks for every validation pass, so val/loss is comparable across epochs.
-        generator = torch.Generator(device=self.device).manual_seed(batch_idx)
-        out = self.compute_loss(batch[0], generator=generator)
+        images, keys = self.unpack(batch)  # val keys do not change across epochs: comparable val/loss
+        out = self.compute_loss(images, keys)
         self.log_dict({f"val/{k}": v for k, v in out.items()}, prog_bar=True, sync_dist=True)
+
+    def configure_model(self) -> None:
+        # Per block (in place), so parameter names and checkpoints are the same as eager ones.
+        if self.hparams.get("compile") and not getattr(self, "_compiled", False):
+            for module in self.modules():
+                if isinstance(module, Block):
+                    module.compile()
+            self._compiled = True
+
+    # ---- exact resume: the global RNG (drop-path, dropout) travels with the checkpoint ----
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["rng_state"] = capture_rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "rng_state" in checkpoint:
+            restore_rng_state(checkpoint["rng_state"])
 
     # ---- optimizer ----
     def global_batch_size(self) -> int:
+        """``batch_size x devices x nodes x accumulate_grad_batches`` of the attached trainer."""
         trainer = self.trainer
-        datamodule = getattr(trainer, "datamodule", None)
-        per_device = getattr(datamodule, "batch_size", None) or trainer.train_dataloader.batch_size
+        per_device = getattr(getattr(trainer, "datamodule", None), "batch_size", None)
+        if per_device is None:  # plain DataLoaders passed to fit()
+            per_device = self._train_loader().batch_size
         return per_device * trainer.world_size * trainer.accumulate_grad_batches
+
+    def _train_loader(self) -> Any:
+        """The trainer's training loader, loading it first if the trainer has not yet."""
+        if self.trainer.train_dataloader is None:
+            self.trainer.fit_loop.setup_data()
+        return self.trainer.train_dataloader
 
     def effective_lr(self) -> float:
         if self.hparams.get("lr") is not None:
@@ -142,14 +182,24 @@ class SSLMethod(L.LightningModule):
             {"params": no_decay, "weight_decay": 0.0},
         ]
 
+    def build_optimizer(self, lr: float) -> torch.optim.Optimizer:
+        """AdamW over :meth:`param_groups`; the fused single-kernel implementation where torch has one."""
+        h = self.hparams
+        groups = self.param_groups(h.get("weight_decay", 0.05))
+        try:
+            return torch.optim.AdamW(groups, lr=lr, betas=tuple(h.betas), fused=True)
+        except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
+            return torch.optim.AdamW(groups, lr=lr, betas=tuple(h.betas))
+
     def configure_optimizers(self) -> Any:
         h = self.hparams
+        total = int(self.trainer.estimated_stepping_batches)  # also loads the training data
         lr = self.effective_lr()
-        optimizer = torch.optim.AdamW(self.param_groups(h.get("weight_decay", 0.05)), lr=lr, betas=tuple(h.betas))
-        total = int(self.trainer.estimated_stepping_batches)
+        optimizer = self.build_optimizer(lr)
         if h.get("warmup_steps") is not None:
             warmup = int(h.warmup_steps)
         else:
+            self._train_loader()
             per_epoch = max(1, math.ceil(self.trainer.num_training_batches / self.trainer.accumulate_grad_batches))
             warmup = int(round(h.get("warmup_epochs", 0.0) * per_epoch))
         schedule = WarmupCosine(min(warmup, total), total, min_ratio=h.get("min_lr", 0.0) / lr if lr > 0 else 0.0)
@@ -172,6 +222,4 @@ class SSLMethod(L.LightningModule):
     @staticmethod
     def make_blocks(dim: int, depth: int, heads: int, mlp_ratio: float = 4.0) -> nn.ModuleList:
         """Plain pre-norm transformer blocks (timm's), e.g. for a decoder."""
-        from timm.models.vision_transformer import Block
-
         return nn.ModuleList(Block(dim, heads, mlp_ratio, qkv_bias=True) for _ in range(depth))

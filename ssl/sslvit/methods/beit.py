@@ -20,8 +20,11 @@ from sslvit.backbone import ViTConfig
 from sslvit.errors import ConfigError
 from sslvit.masking import blockwise_masking, default_min_block, num_kept
 from sslvit.methods.base import SSLMethod
+from sslvit.seeding import splitmix64
 from sslvit.tokenizer_fit import CodebookConfig, describe, fit_tokenizer_on_data
 from sslvit.tokenizers import KMeansTokenizer, load_tokenizer
+
+MASK_SALT = 0x4245_4954  # 'BEIT': the stream of keyed random numbers used for masks
 
 
 class BEiT(SSLMethod):
@@ -140,28 +143,32 @@ class BEiT(SSLMethod):
             self._check_normalization(datamodule, path)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["tokenizer_info"] = self.tokenizer_info
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         self.tokenizer_info = checkpoint.get("tokenizer_info", {})
 
     # ---- the model ----
     def sample_mask(
-        self, batch_size: int, grid: tuple[int, int], device: torch.device, generator: torch.Generator | None = None
+        self, batch_size: int, grid: tuple[int, int], device: torch.device, keys: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Blockwise masks [N, L] bool (True = masked) with this model's settings."""
+        """Blockwise masks [N, L] bool (True = masked) with this model's settings; mask n follows from ``keys[n]``."""
         h = self.hparams
+        seeds = None if keys is None else [splitmix64(k ^ MASK_SALT) >> 1 for k in keys.tolist()]
         return blockwise_masking(
-            batch_size, grid, h.mask_ratio, h.min_block, h.max_block, h.min_aspect, device=device, generator=generator
+            batch_size, grid, h.mask_ratio, h.min_block, h.max_block, h.min_aspect, seeds=seeds, device=device
         )
 
     def forward(
-        self, images: torch.Tensor, mask: torch.Tensor | None = None, generator: torch.Generator | None = None
+        self, images: torch.Tensor, mask: torch.Tensor | None = None, keys: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """images [N, C, H, W] -> (loss, logits [M, V] at masked positions, codes [N, L], mask [N, L] bool).
 
-        ``mask`` fixes which patches are masked; by default a blockwise mask is drawn (with ``generator``).
-        Logits are computed at masked positions only (row-major over (sample, patch)), as the loss needs no others.
+        ``mask`` fixes which patches are masked; by default a blockwise mask is drawn from the samples'
+        ``keys`` [N] (or the global RNG). Logits are computed at masked positions only (row-major over
+        (sample, patch)), as the loss needs no others.
         """
         if not bool(self.tokenizer.fitted):
             if not self.hparams.tokenizer:
@@ -172,15 +179,15 @@ class BEiT(SSLMethod):
             self.set_tokenizer(load_tokenizer(self.hparams.tokenizer), self.hparams.tokenizer)
         codes = self.tokenizer(images)  # [N, L], no gradients
         if mask is None:
-            mask = self.sample_mask(images.shape[0], self.backbone.grid_of(images), images.device, generator)
+            mask = self.sample_mask(images.shape[0], self.backbone.grid_of(images), images.device, keys)
         mask = mask.bool()
         tokens = self.backbone.forward_masked(images, mask, self.mask_token)[:, 1:]  # [N, L, D]
         logits = self.code_head(tokens[mask])  # [M, V]
         loss = F.cross_entropy(logits.float(), codes[mask])
         return loss, logits, codes, mask
 
-    def compute_loss(self, images: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        loss, logits, codes, mask = self(images, generator=generator)
+    def compute_loss(self, images: torch.Tensor, keys: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        loss, logits, codes, mask = self(images, keys=keys)
         accuracy = (logits.argmax(dim=-1) == codes[mask]).float().mean()
         return {"loss": loss, "masked_acc": accuracy}
 

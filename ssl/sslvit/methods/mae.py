@@ -17,6 +17,9 @@ from sslvit.losses import masked_mse, normalize_patches
 from sslvit.masking import gather_tokens, patchify, random_masking
 from sslvit.methods.base import SSLMethod
 from sslvit.pos_embed import sincos_pos_embed_2d
+from sslvit.seeding import keyed_rand
+
+MASK_SALT = 0x4D41_45  # 'MAE': the stream of keyed random numbers used for masks
 
 
 class MAE(SSLMethod):
@@ -82,12 +85,11 @@ class MAE(SSLMethod):
 
     # ---- the model ----
     def forward_encoder(
-        self, images: torch.Tensor, noise: torch.Tensor | None = None, generator: torch.Generator | None = None
+        self, images: torch.Tensor, noise: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """images [N, C, H, W] -> (latent [N, 1+K, D], mask [N, L], ids_restore [N, L])."""
-        n = images.shape[0]
         h, w = self.backbone.grid_of(images)
-        masking = random_masking(n, h * w, self.mask_ratio, noise=noise, device=images.device, generator=generator)
+        masking = random_masking(images.shape[0], h * w, self.mask_ratio, noise=noise, device=images.device)
         latent = self.backbone.forward_visible(images, masking.ids_keep)
         return latent, masking.mask, masking.ids_restore
 
@@ -112,13 +114,17 @@ class MAE(SSLMethod):
         return masked_mse(pred, target, mask)
 
     def forward(
-        self, images: torch.Tensor, noise: torch.Tensor | None = None, generator: torch.Generator | None = None
+        self, images: torch.Tensor, noise: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """images [N, C, H, W] -> (loss, pred [N, L, p*p*C], mask [N, L]); ``noise`` [N, L] fixes the mask."""
-        latent, mask, ids_restore = self.forward_encoder(images, noise, generator)
+        latent, mask, ids_restore = self.forward_encoder(images, noise)
         pred = self.forward_decoder(latent, ids_restore)
         return self.forward_loss(images, pred, mask), pred, mask
 
-    def compute_loss(self, images: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        loss, _, _ = self(images, generator=generator)
+    def compute_loss(self, images: torch.Tensor, keys: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        noise = None
+        if keys is not None:  # each sample's mask follows from its key
+            h, w = self.backbone.grid_of(images)
+            noise = keyed_rand(keys, h * w, salt=MASK_SALT, device=images.device)
+        loss, _, _ = self(images, noise=noise)
         return {"loss": loss}

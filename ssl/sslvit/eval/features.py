@@ -1,0 +1,309 @@
+"""Features of a frozen backbone: the one extraction behind kNN, the linear probe and online kNN.
+
+- :func:`encode` turns a batch of images into pooled features with the backbone frozen (eval
+  mode forced and restored, no gradients, bf16 autocast on CUDA).
+- :func:`extract_features` runs it over a dataset in order; under ``torch.distributed`` every
+  rank encodes one contiguous shard and the gathered result is in dataset order, each image once.
+- :class:`FeatureCache` stores results on disk under a key made of the weights' content hash, the
+  dataset (files, transform, split), the pooling and the device type, so evaluating the same
+  checkpoint again does not run the backbone.
+
+Poolings: ``cls`` (CLS token after the final norm), ``mean`` (mean of the patch tokens) and
+``cls_last<n>`` (the CLS tokens of the last n blocks, each normalized, concatenated: DINO's
+linear protocol uses ``cls_last4``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from sslvit.backbone import VisionTransformer
+from sslvit.errors import ConfigError
+
+CACHE_FORMAT = 1
+_LAST_N = re.compile(r"cls_last(\d+)")
+
+
+@dataclass
+class Features:
+    """Pooled features ``[N, F]`` (float32, CPU) and their labels ``[N]`` (int64), in dataset order."""
+
+    features: torch.Tensor
+    labels: torch.Tensor
+    from_cache: bool = False
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.features.shape[1]
+
+
+# ---- one batch -----------------------------------------------------------------------------------
+def last_blocks(pooling: str, depth: int) -> int:
+    """How many blocks a pooling reads (1 for ``cls``/``mean``); a ConfigError for an unknown pooling."""
+    if pooling in ("cls", "mean"):
+        return 1
+    match = _LAST_N.fullmatch(pooling)
+    if match and 1 <= int(match.group(1)) <= depth:
+        return int(match.group(1))
+    raise ConfigError(
+        f"pooling={pooling!r} is not supported; use 'cls', 'mean' or 'cls_last<n>' with 1 <= n <= {depth} "
+        "(the CLS tokens of the last n blocks concatenated, e.g. 'cls_last4' as in DINO)"
+    )
+
+
+def feature_dim(backbone: VisionTransformer, pooling: str) -> int:
+    """Width of the pooled features: ``D``, or ``n * D`` for ``cls_last<n>``."""
+    n = last_blocks(pooling, len(backbone.blocks))
+    return backbone.embed_dim * (n if pooling.startswith("cls_last") else 1)
+
+
+@contextmanager
+def frozen(module: nn.Module) -> Iterator[nn.Module]:
+    """No gradients and every submodule in eval mode (dropout, drop-path, norms); modes restored on exit."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        with torch.no_grad():
+            yield module
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def encode(backbone: VisionTransformer, images: torch.Tensor, pooling: str = "cls") -> torch.Tensor:
+    """images [N, C, H, W] -> features [N, F] float32 of the frozen backbone (see :func:`feature_dim`)."""
+    n = last_blocks(pooling, len(backbone.blocks))
+    # bf16 only where it is fast: this library's CPUs have no bf16 matmul units worth using.
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if images.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        else nullcontext()
+    )
+    with frozen(backbone), autocast:
+        if pooling.startswith("cls_last"):
+            features = torch.cat([tokens[:, 0] for tokens in backbone.get_intermediate_layers(images, n)], dim=-1)
+        else:
+            features = backbone.pool(backbone.forward_features(images), pooling)
+    return features.float()
+
+
+# ---- identity of what is encoded -----------------------------------------------------------------
+def weights_fingerprint(module: nn.Module) -> str:
+    """SHA-256 of a module's state dict (names, dtypes, shapes, bytes): identical weights, identical hash."""
+    digest = hashlib.sha256(type(module).__name__.encode())
+    config = getattr(module, "config", None)
+    if config is not None:
+        digest.update(repr(config).encode())
+    for name, tensor in sorted(module.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _unwrap(dataset: Dataset) -> Dataset:
+    while hasattr(dataset, "dataset") and not hasattr(dataset, "transform"):  # SkipCorrupt and similar wrappers
+        dataset = dataset.dataset
+    return dataset
+
+
+def dataset_targets(dataset: Dataset) -> list[int]:
+    """Class labels of a labelled dataset without decoding its images (ImageFolder, CIFAR, STL-10, digits)."""
+    base = _unwrap(dataset)
+    targets = getattr(base, "targets", None)
+    if targets is None:
+        targets = getattr(base, "labels", None)
+    if targets is None:
+        raise ValueError(f"{type(base).__name__} exposes no 'targets' or 'labels'; cannot choose a labelled subset")
+    return [int(t) for t in targets]
+
+
+def describe_dataset(dataset: Dataset) -> dict[str, Any]:
+    """What identifies a dataset's content for caching: type, size, root, transform and its file list or labels."""
+    base = _unwrap(dataset)
+    samples = getattr(base, "samples", None)  # ImageFolder: (path, label) pairs
+    listing = samples if samples is not None else getattr(base, "targets", getattr(base, "labels", None))
+    listed = hashlib.sha256(json.dumps(listing, default=str).encode()).hexdigest() if listing is not None else None
+    root = getattr(base, "root", None)
+    return {
+        "type": type(base).__name__,
+        "size": len(dataset),
+        "root": os.path.abspath(root) if root else None,
+        "transform": repr(getattr(base, "transform", None)),
+        "listing": listed,
+    }
+
+
+def feature_key(
+    backbone: VisionTransformer,
+    dataset: Dataset,
+    pooling: str,
+    device: torch.device,
+    indices: Sequence[int] | None = None,
+    tag: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The cache key of one extraction (a JSON-serialisable dict)."""
+    chosen = None if indices is None else hashlib.sha256(json.dumps(list(map(int, indices))).encode()).hexdigest()
+    return {
+        "format": CACHE_FORMAT,
+        "weights": weights_fingerprint(backbone),
+        "dataset": describe_dataset(dataset),
+        "indices": chosen,
+        "pooling": pooling,
+        "precision": "bf16" if device.type == "cuda" else "fp32",
+        **(tag or {}),
+    }
+
+
+def default_cache_dir() -> Path:
+    """``$SSLVIT_CACHE`` or ``~/.cache/sslvit``, with ``features/`` below it."""
+    return Path(os.environ.get("SSLVIT_CACHE", Path.home() / ".cache" / "sslvit")) / "features"
+
+
+class FeatureCache:
+    """Features on disk, one ``<sha256 of key>.pt`` file per extraction (loaded with ``weights_only=True``)."""
+
+    def __init__(self, directory: str | Path | None = None) -> None:
+        self.directory = Path(directory) if directory is not None else default_cache_dir()
+
+    def path(self, key: dict[str, Any]) -> Path:
+        text = json.dumps(key, sort_keys=True)
+        return self.directory / f"{hashlib.sha256(text.encode()).hexdigest()[:40]}.pt"
+
+    def load(self, key: dict[str, Any]) -> Features | None:
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+        if stored.get("key") != json.dumps(key, sort_keys=True):
+            return None
+        return Features(stored["features"], stored["labels"], from_cache=True)
+
+    def save(self, key: dict[str, Any], features: Features) -> Path:
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        record = {"key": json.dumps(key, sort_keys=True), "features": features.features, "labels": features.labels}
+        torch.save(record, partial)
+        os.replace(partial, path)  # atomic: a reader never sees half a file
+        return path
+
+
+# ---- the whole dataset, possibly over several processes -------------------------------------------
+def _distributed() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _comm_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def _all_true(flag: bool) -> bool:
+    """True when ``flag`` is true on every rank (a cache hit must be unanimous, or ranks would diverge)."""
+    if _distributed()[1] == 1:
+        return flag
+    value = torch.tensor([int(flag)], device=_comm_device())
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
+
+
+def gather_in_order(local: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's ``[n_r, ...]`` tensor in rank order; shards may differ in size (no padding kept)."""
+    device = _comm_device()
+    local = local.to(device)
+    sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([local.shape[0]], device=device))
+    counts = [int(s.item()) for s in sizes]
+    padded = local.new_zeros((max(counts), *local.shape[1:]))
+    padded[: local.shape[0]] = local
+    parts = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:count] for part, count in zip(parts, counts, strict=True)])
+
+
+def extract_features(
+    backbone: VisionTransformer,
+    loader: DataLoader,
+    pooling: str = "cls",
+    device: torch.device | str | None = None,
+    indices: Sequence[int] | None = None,
+    cache: FeatureCache | None = None,
+    cache_tag: dict[str, Any] | None = None,
+) -> Features:
+    """Features of ``loader.dataset`` (or of ``indices`` into it), in dataset order.
+
+    ``loader`` supplies the dataset, batch size, workers and collate function; its sampler is not
+    used: every rank encodes the contiguous shard ``[rank * M / W, (rank + 1) * M / W)`` in order and
+    the shards are gathered, so the result is the same as in one process. The loader draws its seeds
+    from a private generator: extraction never advances the global RNG (training is unchanged by it).
+    With ``cache``, a stored result for the same key is returned without running the backbone;
+    ``cache_tag`` adds caller-known identity (dataset name, split) to the key.
+    """
+    device = torch.device(device) if device is not None else next(backbone.parameters()).device
+    dim = feature_dim(backbone, pooling)  # also validates the pooling before any work
+    dataset = loader.dataset
+    order = list(range(len(dataset))) if indices is None else [int(i) for i in indices]
+    key = feature_key(backbone, dataset, pooling, device, indices, cache_tag) if cache is not None else None
+    if cache is not None:
+        stored = cache.load(key)
+        if _all_true(stored is not None):
+            return stored
+
+    rank, world = _distributed()
+    shard = order[rank * len(order) // world : (rank + 1) * len(order) // world]
+    shard_loader = DataLoader(
+        Subset(dataset, shard),
+        batch_size=loader.batch_size or 256,
+        shuffle=False,
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        generator=torch.Generator().manual_seed(0),
+    )
+    chunks, labels = [torch.empty(0, dim, device=device)], [torch.empty(0, dtype=torch.long)]
+    with frozen(backbone):
+        for batch in shard_loader:  # (images, labels) or (images, labels, num_skipped)
+            chunks.append(encode(backbone, batch[0].to(device, non_blocking=True), pooling))
+            labels.append(torch.as_tensor(batch[1], dtype=torch.long))
+    features, targets = torch.cat(chunks), torch.cat(labels)
+    if world > 1:
+        features, targets = gather_in_order(features), gather_in_order(targets)
+    result = Features(features.cpu(), targets.cpu())
+    if cache is not None and rank == 0:
+        cache.save(key, result)
+    return result
+
+
+def dataset_features(
+    backbone: VisionTransformer,
+    datamodule: Any,
+    split: str,
+    pooling: str = "cls",
+    batch_size: int | None = None,
+    device: torch.device | str | None = None,
+    cache: FeatureCache | None = None,
+    indices: Sequence[int] | None = None,
+) -> Features:
+    """Features of a labelled split (``train`` or ``val``) of an :class:`~sslvit.data.SSLDataModule`,
+    with its deterministic evaluation transform (resize + center crop)."""
+    loader = datamodule.eval_dataloader(split, batch_size)
+    tag = {"dataset": datamodule.dataset_name, "split": split, "image_size": datamodule.image_size}
+    return extract_features(backbone, loader, pooling, device, indices, cache, tag)

@@ -1,0 +1,104 @@
+"""Online kNN during pretraining: a Lightning callback for every method (it reads ``pl_module.backbone``)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+
+from sslvit.data import class_balanced_subset
+from sslvit.errors import ConfigError
+from sslvit.eval.features import dataset_features, dataset_targets, last_blocks
+from sslvit.eval.knn import KNNClassifier
+
+
+class OnlineKNN(Callback):
+    """kNN top-1 of the backbone every ``every_n_epochs`` epochs and when training ends (``max_epochs``
+    or ``max_steps``): the val split is classified against a class-balanced subset of the labelled
+    train split, ``knn/top1`` goes to the progress bar and the logger, ``knn/top5`` to the logger.
+
+    Features come from :func:`sslvit.eval.features.extract_features` (eval mode, no gradients, the
+    global RNG untouched, so training is the same with or without this callback). Under DDP each
+    rank encodes a shard and receives all features; every rank computes the same accuracy, so the
+    metric is identical everywhere and can be monitored by a checkpoint callback.
+
+    Args:
+        every_n_epochs: evaluate after epochs ``n, 2n, ...``.
+        train_subset: images of the labelled train split in the bank (class-balanced, fixed seed);
+            None uses all of them.
+        k: neighbours that vote (DINO: 20); temperature: T of the vote weights exp(sim / T).
+        pooling: ``cls``, ``mean`` or ``cls_last<n>``.
+        batch_size: images per forward pass (default: the data module's batch size).
+    """
+
+    def __init__(
+        self,
+        every_n_epochs: int = 5,
+        train_subset: int | None = 10000,
+        k: int = 20,
+        temperature: float = 0.07,
+        pooling: str = "cls",
+        batch_size: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        if every_n_epochs < 1:
+            raise ConfigError(f"OnlineKNN.every_n_epochs must be >= 1, got {every_n_epochs}")
+        if train_subset is not None and train_subset < k:
+            raise ConfigError(f"OnlineKNN.train_subset={train_subset} must be at least k={k}")
+        self.every_n_epochs, self.train_subset, self.pooling = every_n_epochs, train_subset, pooling
+        self.batch_size, self.seed = batch_size, seed
+        self.knn = KNNClassifier(ks=(k,), k=k, temperature=temperature)
+        self._bank_indices: list[int] | None = None
+        self.history: list[dict[str, float]] = []
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        datamodule = getattr(trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "eval_dataloader"):
+            raise ConfigError(
+                "OnlineKNN needs the trainer's datamodule to be an sslvit.data.SSLDataModule (labelled train "
+                "and val splits through eval_dataloader); fit was given no such datamodule"
+            )
+        backbone = getattr(pl_module, "backbone", None)
+        if backbone is None:
+            raise ConfigError(f"OnlineKNN needs pl_module.backbone; {type(pl_module).__name__} has none")
+        last_blocks(self.pooling, len(backbone.blocks))  # a bad pooling fails before training starts
+        bank = self._bank(datamodule)
+        if len(bank) < self.knn.k:
+            raise ConfigError(f"OnlineKNN: the labelled train split has {len(bank)} images, fewer than k={self.knn.k}")
+
+    def _bank(self, datamodule: Any) -> list[int]:
+        """Indices of the train images in the bank (chosen once)."""
+        if self._bank_indices is None:
+            targets = dataset_targets(datamodule.build_dataset("train", None))
+            if self.train_subset is not None and self.train_subset < len(targets):
+                self._bank_indices = class_balanced_subset(targets, self.train_subset, self.seed)
+            else:
+                self._bank_indices = list(range(len(targets)))
+        return self._bank_indices
+
+    def evaluate(self, backbone: Any, datamodule: Any) -> dict[str, float]:
+        """kNN accuracy (percent) of the backbone as it is now: ``{"top1", "top5", "seconds"}``."""
+        start = time.perf_counter()
+        device = next(backbone.parameters()).device
+        size = self.batch_size or datamodule.batch_size
+        indices = self._bank(datamodule)
+        bank = dataset_features(backbone, datamodule, "train", self.pooling, size, device, indices=indices)
+        val = dataset_features(backbone, datamodule, "val", self.pooling, size, device)
+        result = self.knn.fit(bank.features, bank.labels).evaluate(val.features, val.labels)
+        return {"top1": result.top1, "top5": result.top5, "seconds": time.perf_counter() - start}
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch + 1
+        last = (trainer.max_epochs is not None and 0 < trainer.max_epochs <= epoch) or (
+            0 < trainer.max_steps <= trainer.global_step
+        )
+        if trainer.sanity_checking or (epoch % self.every_n_epochs and not last):
+            return
+        metrics = self.evaluate(pl_module.backbone, trainer.datamodule)
+        self.history.append({"epoch": epoch, "step": trainer.global_step, **metrics})
+        # Every rank holds the same value (features are gathered); sync_dist averages identical
+        # numbers, which keeps Lightning from warning about epoch-level metrics under DDP.
+        pl_module.log("knn/top1", metrics["top1"], prog_bar=True, on_epoch=True, sync_dist=True)
+        pl_module.log("knn/top5", metrics["top5"], on_epoch=True, sync_dist=True)

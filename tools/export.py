@@ -1,0 +1,39 @@
+"""Export the encoder of an MAE, BEiT or CPC checkpoint for timm (decoder and heads are left out).
+
+    python tools/export.py --checkpoint runs/.../last.ckpt --output exported/
+
+Writes exported/model.safetensors (timm key names) and exported/config.json (timm's hub format), then
+loads the folder with timm and prints the largest difference to the sslvit encoder's features.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from sslvit.checkpoint import EXPORT_CONFIG, EXPORT_WEIGHTS
+from sslvit.cli import USER_ERRORS
+from sslvit.export import export_checkpoint, timm_from_export, timm_max_difference
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="Lightning .ckpt of any sslvit method")
+    parser.add_argument("--output", default="exported", help="folder to write model.safetensors and config.json to")
+    parser.add_argument("--image-size", type=int, help="input size to export for (default: the evaluation size)")
+    args = parser.parse_args(argv)
+    try:
+        backbone, info = export_checkpoint(args.checkpoint, args.output, args.image_size)
+    except (*USER_ERRORS, FileNotFoundError) as err:
+        parser.error(str(err))
+    size, folder = info["export_image_size"], Path(args.output)
+    difference = timm_max_difference(backbone, timm_from_export(folder), size)
+    method = info.get("method") or "the checkpoint"
+    print(f"wrote {folder / EXPORT_WEIGHTS} and {folder / EXPORT_CONFIG}: the encoder of {method}, "
+          f"{size}x{size} px, {backbone.num_features} features")  # fmt: skip
+    print(f"timm check: largest |timm - sslvit| feature difference {difference:.2e}")
+    print(f'load it with: timm.create_model("local-dir:{folder}", pretrained=True)')
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""MAE reconstructions of a checkpoint as a PNG grid: original | masked | reconstruction | visible pasted back.
+
+    python tools/visualize_mae.py --checkpoint runs/.../last.ckpt --data-root ../shared/data/cifar10 \
+        --num-images 8 --output recon.png
+
+Images are spread evenly over the split (evaluation transform); the masks depend only on --seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from sslvit.cli import USER_ERRORS
+from sslvit.tooling import add_checkpoint_args, add_data_args, datamodule_from_args
+from sslvit.viz.figure import evenly_spaced_images, save_png
+from sslvit.viz.reconstruction import PATCH_STATS, load_mae, reconstruct, reconstruction_figure
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_checkpoint_args(parser, random_init=False)
+    add_data_args(parser)
+    parser.add_argument("--split", choices=["train", "val"], default="val")
+    parser.add_argument("--num-images", type=int, default=8, help="rows of the grid")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the masks: the same seed, the same masks")
+    parser.add_argument("--mask-ratio", type=float, help="fraction of patches to hide (default: the model's)")
+    parser.add_argument(
+        "--stats",
+        choices=PATCH_STATS,
+        default="patch",
+        help="with norm_pix_loss, un-normalize predictions with each original patch's mean/variance (patch, the "
+        "official demo) or with statistics of the visible patches only (visible)",
+    )
+    parser.add_argument("--panel-size", type=int, default=128, help="side of one panel in pixels")
+    parser.add_argument("--output", default="recon.png", help="PNG file to write")
+    args = parser.parse_args(argv)
+    try:
+        model, info = load_mae(args.checkpoint)
+        data = datamodule_from_args(args, info)
+        images = evenly_spaced_images(data.build_dataset(args.split, data.eval_transform()), args.num_images)
+        result = reconstruct(model, images, data.mean, data.std, args.seed, args.mask_ratio, args.stats)
+        path = save_png(reconstruction_figure(result, args.panel_size), args.output)
+    except (*USER_ERRORS, FileNotFoundError) as err:
+        parser.error(str(err))
+    print(f"wrote {path}: {len(images)} images, loss on hidden patches {result.loss:.4f}")
+
+
+if __name__ == "__main__":
+    main()
