@@ -12,6 +12,7 @@ import pickle
 import sys
 from pathlib import Path
 
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
@@ -86,16 +87,17 @@ class SSLCLI(LightningCLI):
             )
 
 
-def run_cli(args: list[str] | None = None, run: bool = True) -> SSLCLI:
+def run_cli(args: list[str] | None = None, run: bool = True, callbacks: list[Callback] = ()) -> SSLCLI:
     """Parse ``args`` (default: the command line), build model, data and trainer, run the subcommand.
 
     With ``run=False`` there are no subcommands: the classes are only built (used by tools).
+    ``callbacks`` are added to the trainer besides the configured ones (used by tools).
     """
     return SSLCLI(
         SSLMethod,
         SSLDataModule,
         subclass_mode_model=True,
-        trainer_defaults={"default_root_dir": "runs/default"},
+        trainer_defaults={"default_root_dir": "runs/default", "callbacks": list(callbacks)},
         save_config_kwargs={"overwrite": True},
         args=args,
         run=run,

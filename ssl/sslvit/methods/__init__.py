@@ -2,6 +2,7 @@
 
 from sslvit.methods.base import SSLMethod
 from sslvit.methods.beit import BEiT
+from sslvit.methods.cpc import CPC
 from sslvit.methods.mae import MAE
 
-__all__ = ["SSLMethod", "MAE", "BEiT"]
+__all__ = ["SSLMethod", "MAE", "BEiT", "CPC"]
