@@ -1,4 +1,4 @@
-"""Patches and masks: patchify / unpatchify, per-sample random masking, token gathering.
+"""Patches and masks: patchify / unpatchify, per-sample random and blockwise masking, token gathering.
 
 Conventions used everywhere in sslvit:
 - a patch grid of ``L = H/p * W/p`` patches in row-major order;
@@ -9,8 +9,11 @@ Conventions used everywhere in sslvit:
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from sslvit.errors import ConfigError
@@ -95,3 +98,88 @@ def random_masking(
 def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """x: [N, L, D], ids: [N, K] -> [N, K, D], the tokens at ``ids`` for each sample."""
     return torch.gather(x, 1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def default_min_block(num_patches: int) -> int:
+    """Smallest block BEiT draws, scaled with the grid: 16 of 196 patches (14x14) in the paper, 5 of 64 (8x8)."""
+    return max(1, round(16 * num_patches / 196))
+
+
+def blockwise_masking(
+    batch_size: int,
+    grid_size: tuple[int, int],
+    mask_ratio: float = 0.4,
+    min_block: int | None = None,
+    max_block: int | None = None,
+    min_aspect: float = 0.3,
+    seeds: Sequence[int] | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """BEiT's blockwise masking (Bao et al., 2021, Algorithm 1): rectangles of patches until the target is reached.
+
+    Per sample, blocks are drawn until ``L - num_kept(L, mask_ratio)`` patches are masked: a block's area
+    is uniform in ``[min_block, patches still to mask]`` (capped by ``max_block``), its log aspect ratio
+    uniform in ``[log min_aspect, -log min_aspect]``, and it must be smaller than the grid in both
+    directions; a block is placed only if it adds between 1 and the remaining count of new patches,
+    with up to 10 attempts. When all 10 fail the sample stops short of the target (rare; a few
+    patches at most), as in the official code.
+
+    Args:
+        grid_size: (rows, cols) of the patch grid, L = rows * cols.
+        min_block: smallest block area in patches; default :func:`default_min_block` (scales with L).
+        max_block: largest block area; default: no limit but the target.
+        seeds: one non-negative integer per sample; sample n's mask depends on ``seeds[n]`` alone
+            (methods derive them from the samples' keys, :mod:`sslvit.seeding`). Default: drawn
+            from the global torch RNG.
+
+    Returns:
+        mask [N, L] bool, True = masked, row-major like the patch grid.
+    """
+    rows, cols = grid_size
+    length = rows * cols
+    target = length - num_kept(length, mask_ratio)
+    min_block = default_min_block(length) if min_block is None else min_block
+    if min_block < 1 or (max_block is not None and max_block < min_block):
+        raise ConfigError(f"min_block ({min_block}) must be >= 1 and <= max_block ({max_block})")
+    if not 0.0 < min_aspect <= 1.0:
+        raise ConfigError(f"min_aspect must be in (0, 1], got {min_aspect}")
+    if seeds is None:
+        seeds = torch.randint(0, 2**62, (batch_size,)).tolist()
+    elif len(seeds) != batch_size:
+        raise ValueError(f"seeds must hold one integer per sample ({batch_size}), got {len(seeds)}")
+    # A Python loop over blocks with NumPy draws: far faster than drawing torch scalars one by one.
+    masks = [
+        block_mask(rows, cols, target, min_block, max_block or target, min_aspect, np.random.default_rng(seed))[0]
+        for seed in seeds
+    ]
+    return torch.from_numpy(np.stack(masks).reshape(batch_size, length)).to(device)
+
+
+def block_mask(
+    rows: int, cols: int, target: int, min_block: int, max_block: int, min_aspect: float, rng: np.random.Generator
+) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+    """One sample of :func:`blockwise_masking`: (mask [rows, cols] bool, blocks as (top, left, height, width))."""
+    mask = np.zeros((rows, cols), dtype=bool)
+    blocks: list[tuple[int, int, int, int]] = []
+    log_aspect = (math.log(min_aspect), -math.log(min_aspect))
+    count = 0
+    while count < target:
+        budget = min(target - count, max_block)
+        added = 0
+        for _ in range(10):
+            area = rng.uniform(min(min_block, budget), max(min_block, budget))  # as random.uniform(min_block, budget)
+            aspect = math.exp(rng.uniform(*log_aspect))
+            h, w = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+            if not (0 < h < rows and 0 < w < cols):
+                continue
+            top, left = int(rng.integers(0, rows - h + 1)), int(rng.integers(0, cols - w + 1))
+            new = h * w - int(mask[top : top + h, left : left + w].sum())
+            if 0 < new <= budget:
+                mask[top : top + h, left : left + w] = True
+                blocks.append((top, left, h, w))
+                added = new
+                break
+        if added == 0:
+            break
+        count += added
+    return mask, blocks
