@@ -1,5 +1,6 @@
 """The `sslvit` command end to end on a seconds-long config."""
 
+import csv
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,11 @@ def test_refuses_to_overwrite_a_run_and_resumes_with_last(tmp_path):
         fit(tmp_path)
     cli = fit(tmp_path, "--ckpt_path", "last", "--trainer.max_steps", "5")
     assert cli.trainer.global_step == 5
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["train/loss"]]
+    assert [int(r["step"]) for r in rows] == [0, 1, 2, 3, 4], "metrics of the first part survive the resume"
+    # the longer run's schedule applies: at step 3 the 3-step cosine had ended (lr 0), the 5-step one has not
+    assert float(rows[3]["train/lr"]) > 1e-5
 
 
 def test_bf16_mixed_precision_runs(tmp_path):

@@ -2,7 +2,7 @@
 
     python tools/benchmark.py --config configs/mae/cifar10_vit_tiny.yaml [--batch-size 128] [--steps 20]
         [--device cpu|cuda] [--compile] [--precision 32|bf16-mixed] [--loader] [--reference-mae PATH]
-        [--json out.json]
+        [--json out.json] [-- <extra sslvit fit settings, e.g. --model.init_args.mask_ratio=0.6>]
 
 A step is forward, backward and the optimizer update on synthetic images already on the device
 (the data pipeline is measured separately with ``--loader``). Times are medians over ``--steps``

@@ -7,6 +7,7 @@ writes: ``config.yaml``, ``metrics.csv``, TensorBoard events and ``checkpoints/l
 
 from __future__ import annotations
 
+import csv
 import os
 import pickle
 import sys
@@ -15,11 +16,34 @@ from pathlib import Path
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 from sslvit.checkpoint import CheckpointError, RunCheckpoint
 from sslvit.data import DatasetUnavailableError, SSLDataModule
 from sslvit.errors import ConfigError, CorruptImageError
 from sslvit.methods.base import NonFiniteLossError, SSLMethod
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer, but a resumed run appends to ``metrics.csv`` instead of deleting it."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+                self.metrics_keys = next(csv.reader(file), [])
+
+
+class RunCSVLogger(CSVLogger):
+    """CSV metrics in the run directory, kept across resumes (rows after the resumed step repeat)."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
 
 
 class SSLCLI(LightningCLI):
@@ -50,7 +74,7 @@ class SSLCLI(LightningCLI):
         logger = self._get(self.config_init, "trainer", {}).get("logger")
         if logger in (None, True):  # default: CSV + TensorBoard, both directly in the run directory
             root = str(self.run_dir())
-            kwargs["logger"] = [CSVLogger(root, name="", version=""), TensorBoardLogger(root, name="", version="")]
+            kwargs["logger"] = [RunCSVLogger(root, name="", version=""), TensorBoardLogger(root, name="", version="")]
         return super().instantiate_trainer(**kwargs)
 
     def after_instantiate_classes(self) -> None:
@@ -61,7 +85,7 @@ class SSLCLI(LightningCLI):
         if size != self.model.input_size:
             raise ConfigError(
                 f"data.image_size={size} but the model expects {self.model.input_size}px images "
-                f"(model.backbone.img_size): set both to the same value"
+                f"({self.model.input_size_key}): set both to the same value"
             )
 
     def _load_checkpoints_safely(self) -> None:

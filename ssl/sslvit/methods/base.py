@@ -101,6 +101,9 @@ class SSLMethod(L.LightningModule):
         """Side of the images the data module must deliver (the backbone's, unless a method says otherwise)."""
         return self.backbone_config.img_size
 
+    #: the setting that decides :attr:`input_size`, named in error messages
+    input_size_key = "model.backbone.img_size"
+
     # ---- steps ----
     @staticmethod
     def unpack(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,7 +125,7 @@ class SSLMethod(L.LightningModule):
                 "fp32/bf16 precision instead of fp16"
             )
         # sync_dist: under DDP the logged values are those of the global batch.
-        self.log_dict({f"train/{k}": v for k, v in out.items()}, prog_bar=True, on_step=True, sync_dist=True)
+        self._log_metrics("train", out, on_step=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True)
         if isinstance(batch, dict) and "skipped" in batch:  # data.skip_corrupt: unreadable images dropped
             self.log("data/skipped_images", batch["skipped"].float(), on_step=False, on_epoch=True, reduce_fx="sum")
@@ -131,7 +134,7 @@ class SSLMethod(L.LightningModule):
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         images, keys = self.unpack(batch)  # val keys do not change across epochs: comparable val/loss
         out = self.compute_loss(images, keys)
-        self.log_dict({f"val/{k}": v for k, v in out.items()}, prog_bar=True, sync_dist=True)
+        self._log_metrics("val", out)
 
     def configure_model(self) -> None:
         # Per block (in place), so parameter names and checkpoints are the same as eager ones.
@@ -141,6 +144,22 @@ class SSLMethod(L.LightningModule):
                     module.compile()
             self._compiled = True
 
+    def on_train_start(self) -> None:
+        # After a resume, the optimizer holds the learning rate of the checkpoint's schedule; set it
+        # from this run's schedule at the restored step (a no-op when the two agree).
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+                groups = scheduler.optimizer.param_groups
+                for group, base, factor in zip(groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
+                    group["lr"] = base * factor(scheduler.last_epoch)
+
+    def _log_metrics(self, stage: str, out: dict[str, torch.Tensor], **kwargs: Any) -> None:
+        """Everything to the loggers; the loss (and accuracy, if any) also to the progress bar."""
+        for key, value in out.items():
+            shown = key in ("loss", "accuracy")
+            self.log(f"{stage}/{key}", value, prog_bar=shown, sync_dist=True, **kwargs)
+
     # ---- exact resume: the global RNG (drop-path, dropout) travels with the checkpoint ----
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["rng_state"] = capture_rng_state()
@@ -148,6 +167,11 @@ class SSLMethod(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "rng_state" in checkpoint:
             restore_rng_state(checkpoint["rng_state"])
+        # The schedule's shape comes from this run's settings, not the checkpoint's: a run resumed
+        # with a larger max_steps continues on the longer cosine instead of staying at its end.
+        for scheduler in checkpoint.get("lr_schedulers", []):
+            if "lr_lambdas" in scheduler:
+                scheduler["lr_lambdas"] = [None] * len(scheduler["lr_lambdas"])
 
     # ---- optimizer ----
     def global_batch_size(self) -> int:
@@ -193,7 +217,12 @@ class SSLMethod(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         h = self.hparams
-        total = int(self.trainer.estimated_stepping_batches)  # also loads the training data
+        total = self.trainer.estimated_stepping_batches  # also loads the training data
+        if not math.isfinite(total):
+            raise ConfigError(
+                "the warmup + cosine schedule needs a finite length: set trainer.max_steps or trainer.max_epochs"
+            )
+        total = int(total)
         lr = self.effective_lr()
         optimizer = self.build_optimizer(lr)
         if h.get("warmup_steps") is not None:

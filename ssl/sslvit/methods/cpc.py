@@ -138,6 +138,8 @@ class CPC(SSLMethod):
         """The data module delivers whole images; the backbone sees patches of them."""
         return self.grid.image_size
 
+    input_size_key = "model.image_size"
+
     # ---- the model ----
     def encode_patches(self, images: torch.Tensor, augment_keys: torch.Tensor | None = None) -> torch.Tensor:
         """images [N, C, S, S] -> latents z [N, G, G, D], each patch encoded on its own by the backbone.
