@@ -2,94 +2,164 @@
 
     python tools/benchmark.py --config configs/mae/cifar10_vit_tiny.yaml [--batch-size 128] [--steps 20]
         [--device cpu|cuda] [--compile] [--precision 32|bf16-mixed] [--loader] [--reference-mae PATH]
-        [--json out.json] [-- <extra sslvit fit settings, e.g. --model.init_args.mask_ratio=0.6>]
+        [--levers] [--json out.json] [-- <extra sslvit fit settings, e.g. --model.init_args.mask_ratio=0.6>]
 
 A step is forward, backward and the optimizer update on synthetic images already on the device
-(the data pipeline is measured separately with ``--loader``). Times are medians over ``--steps``
-steps after ``--warmup`` steps. ``--reference-mae`` points at a checkout of facebookresearch/mae
-(not part of sslvit): its ``MaskedAutoencoderViT``, built with the same sizes, is measured in the
-same run, interleaved with sslvit's model so both see the same machine noise, and its loss on the
-same weights and masks is compared with ours.
+(``--loader`` measures the data pipeline alone). Every measured variant runs in its own process
+(settings such as the allocator are per process); the processes take turns, one step each, so all
+of them see the same machine load, and each reports the median over ``--steps`` steps after
+``--warmup`` steps.
+
+``--reference-mae PATH`` adds facebookresearch/mae's ``MaskedAutoencoderViT`` from a checkout of that
+repository (not part of sslvit), built with the same sizes and weights and run as its training
+script runs it (explicit attention as in timm 0.3, torch's default AdamW, default allocator); its
+loss on the same weights and masks is compared with sslvit's. ``--levers`` measures sslvit with
+its speed levers switched on one by one.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch.utils.flop_counter import FlopCounterMode
-
-from sslvit.cli import run_cli
-from sslvit.seeding import random_keys
-
 # Dense bf16 tensor-core peaks (TFLOP/s) for MFU; override with --peak-tflops.
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "V100": 125.0}
+SSLVIT = {"kind": "sslvit", "fused_attention": True, "optimizer": "fused", "malloc": True, "compile": False}
+LEVERS = [  # each row adds one lever to the row above
+    ("sslvit, no levers", {"fused_attention": False, "optimizer": "loop", "malloc": False}),
+    ("+ fused attention", {"optimizer": "loop", "malloc": False}),
+    ("+ fused AdamW", {"malloc": False}),
+    ("+ allocator tuning", {}),
+    ("+ torch.compile", {"compile": True}),
+]
 
 
-def build(config: str, overrides: list[str]) -> tuple[Any, Any]:
-    """Model and data module exactly as `sslvit fit --config` would build them."""
-    cli = run_cli(["--config", config, "--trainer.logger", "false", *overrides], run=False)
-    return cli.model, cli.datamodule
+# ---- worker: one variant in its own process ------------------------------------------------
+def build_worker(args: argparse.Namespace, variant: dict[str, Any]):
+    import torch
 
+    from sslvit.cli import run_cli
+    from sslvit.runtime import tune_cpu_allocator
+    from sslvit.seeding import random_keys
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    if variant.get("malloc"):
+        tune_cpu_allocator()
+    overrides = [*args.overrides, "--trainer.logger", "false"]
+    if args.batch_size:
+        overrides.append(f"--data.batch_size={args.batch_size}")
+    if variant.get("compile"):
+        overrides.append("--model.init_args.compile=true")
+    cli = run_cli(["--config", args.config, *overrides], run=False)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    model = cli.model.to(device).train()
+    model.configure_model()
+    batch, size = cli.datamodule.batch_size, model.input_size
+    images, keys = torch.randn(batch, 3, size, size, device=device), random_keys(batch)
+    info: dict[str, Any] = {"batch_size": batch, "image_size": size, "method": type(model).__name__}
+    if variant["kind"] == "reference":
+        ref = reference_mae(args.reference_mae, model, device).train()
+        info["loss_check"] = same_loss_check(model, ref, images)
+        ratio = model.hparams.mask_ratio
+        loss_fn, optimizer = (lambda: ref(images, ratio)[0]), torch.optim.AdamW(ref.parameters(), lr=1e-4)
+    else:
+        if not variant["fused_attention"]:
+            for module in model.modules():
+                if hasattr(module, "fused_attn"):
+                    module.fused_attn = False
+        loss_fn = lambda: model.compute_loss(images, keys)["loss"]  # noqa: E731
+        optimizer = (
+            model.build_optimizer(1e-4)
+            if variant["optimizer"] == "fused"
+            else torch.optim.AdamW(model.param_groups(0.05), lr=1e-4, foreach=False)
+        )
+    dtype = torch.bfloat16 if args.precision == "bf16-mixed" else None
+    autocast = dict(device_type=device.type, dtype=dtype, enabled=dtype is not None)
 
-
-class Stepper:
-    """One optimizer step of a model on a fixed batch; ``loss_fn(images, keys) -> loss``."""
-
-    def __init__(self, model, loss_fn, optimizer, images, keys, precision: str) -> None:
-        self.model, self.loss_fn, self.optimizer, self.images, self.keys = model, loss_fn, optimizer, images, keys
-        dtype = torch.bfloat16 if precision == "bf16-mixed" else None
-        self.autocast = dict(device_type=images.device.type, dtype=dtype, enabled=dtype is not None)
-
-    def __call__(self) -> float:
-        with torch.autocast(**self.autocast):
-            loss = self.loss_fn(self.images, self.keys)
+    def step() -> None:
+        with torch.autocast(**autocast):
+            loss = loss_fn()
         loss.backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return loss
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
 
-    def flops(self) -> int:
-        with FlopCounterMode(display=False) as counter, torch.autocast(**self.autocast):
-            self.loss_fn(self.images, self.keys).backward()
-        self.optimizer.zero_grad(set_to_none=True)
-        return counter.get_total_flops()
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.autocast(**autocast):
+        loss_fn().backward()
+    optimizer.zero_grad(set_to_none=True)
+    info["flops_per_image"] = counter.get_total_flops() / batch
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    return step, sync, info
 
 
-def time_steps(step: Stepper, n: int, device: torch.device) -> list[float]:
-    times = []
-    for _ in range(n):
-        sync(device)
+def run_worker(args: argparse.Namespace) -> None:
+    variant = json.loads(args.worker)
+    step, sync, info = build_worker(args, variant)
+    for _ in range(args.warmup):
+        step()
+    print("@@" + json.dumps(info), flush=True)
+    for line in sys.stdin:
+        if line.strip() != "step":
+            break
+        sync()
         start = time.perf_counter()
         step()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return times
+        sync()
+        print("@@" + json.dumps({"seconds": time.perf_counter() - start}), flush=True)
 
 
-def reference_mae(path: str, model, device: torch.device):
+class Worker:
+    """A variant's process; ``step()`` runs one timed training step there and returns its seconds."""
+
+    def __init__(self, name: str, variant: dict[str, Any], argv: list[str]) -> None:
+        self.name, self.times = name, []
+        env = dict(os.environ, SSLVIT_MALLOC_TUNING="1" if variant.get("malloc") else "0")
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "--worker", json.dumps(variant), *argv],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
+        self.info = self._read()
+
+    def _read(self) -> dict[str, Any]:
+        for line in self.process.stdout:
+            if line.startswith("@@"):
+                return json.loads(line[2:])
+        raise RuntimeError(f"benchmark worker {self.name!r} exited with {self.process.wait()}")
+
+    def step(self) -> None:
+        self.process.stdin.write("step\n")
+        self.process.stdin.flush()
+        self.times.append(self._read()["seconds"])
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait()
+
+
+# ---- the reference implementation --------------------------------------------------------
+def reference_mae(path: str, model, device):
     """facebookresearch/mae's MaskedAutoencoderViT with sslvit's sizes and (copied) weights."""
-    import timm.models.vision_transformer as tvit
+    from functools import partial
 
-    class ReferenceBlock(tvit.Block):  # the official code passes timm 0.3's `qk_scale` and used explicit attention
+    import timm.models.vision_transformer as tvit
+    import torch
+
+    class ReferenceBlock(tvit.Block):  # the official code passes timm 0.3's `qk_scale`, used explicit attention
         def __init__(self, *args, qk_scale=None, **kwargs):
             super().__init__(*args, **kwargs)
             self.attn.fused_attn = False
 
     tvit.Block = ReferenceBlock
     sys.path.insert(0, str(Path(path).resolve()))
-    from functools import partial
-
     import models_mae
 
     cfg, h = model.backbone_config, model.hparams
@@ -104,15 +174,35 @@ def reference_mae(path: str, model, device: torch.device):
     return ref
 
 
-def loader_throughput(datamodule, steps: int) -> dict[str, float]:
+def same_loss_check(model, ref, images) -> dict[str, float]:
+    """Both models on the same weights and masks (the official code draws its noise with torch.rand)."""
+    import torch
+
+    n, length = images.shape[0], model.backbone_config.grid_size**2
+    with torch.no_grad():
+        torch.manual_seed(1)
+        ref_loss = ref(images, model.hparams.mask_ratio)[0].item()
+        torch.manual_seed(1)
+        ours = model(images, noise=torch.rand(n, length, device=images.device))[0].item()
+    return {"sslvit": ours, "reference": ref_loss, "abs_diff": abs(ours - ref_loss)}
+
+
+def loader_throughput(args: argparse.Namespace) -> dict[str, Any]:
+    from sslvit.cli import run_cli
+
+    overrides = [*args.overrides] + ([f"--data.batch_size={args.batch_size}"] if args.batch_size else [])
+    datamodule = run_cli(["--config", args.config, "--trainer.logger", "false", *overrides], run=False).datamodule
     datamodule.setup("fit")
-    loader = datamodule.train_dataloader()
-    iterator = iter(loader)
+    iterator = iter(datamodule.train_dataloader())
     next(iterator)  # workers start
     start, images = time.perf_counter(), 0
-    for _ in range(steps):
-        images += next(iterator)["images"].shape[0]
-    return {"loader_images_per_s": images / (time.perf_counter() - start)}
+    for _ in range(args.steps):
+        batch = next(iterator)
+        images += len(batch["keys"])
+        if "images" in batch and batch["images"].ndim == 1:  # data.on_device: the crops are made here
+            datamodule.augment_on_device(batch["images"], batch["keys"])
+    return {"batch_size": datamodule.batch_size, "num_workers": datamodule.num_workers,
+            "loader_images_per_s": images / (time.perf_counter() - start)}  # fmt: skip
 
 
 def main() -> None:
@@ -121,89 +211,79 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, help="default: the config's data.batch_size")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks")
     parser.add_argument("--precision", default="32", choices=["32", "bf16-mixed"])
     parser.add_argument("--loader", action="store_true", help="measure the data pipeline alone")
     parser.add_argument("--reference-mae", help="a checkout of facebookresearch/mae to measure side by side")
+    parser.add_argument("--levers", action="store_true", help="sslvit with its speed levers added one by one")
     parser.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: known GPUs' bf16 peak)")
     parser.add_argument("--json", help="also write the results here")
-    parser.add_argument(
-        "overrides", nargs="*", help="extra `sslvit fit` settings, e.g. --model.init_args.mask_ratio=0.6"
-    )
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs="*", help="extra `sslvit fit` settings, after --")
     args = parser.parse_args()
+    if args.device is None:
+        import torch
 
-    overrides = list(args.overrides)
-    if args.batch_size:
-        overrides.append(f"--data.batch_size={args.batch_size}")
-    if args.compile:
-        overrides.append("--model.init_args.compile=true")
-    model, datamodule = build(args.config, overrides)
-    result: dict[str, Any] = {"config": args.config, "method": type(model).__name__, "device": args.device}
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.worker:
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        return run_worker(args)
     if args.loader:
-        result |= {"batch_size": datamodule.batch_size, "num_workers": datamodule.num_workers}
-        result |= loader_throughput(datamodule, args.steps)
+        result = {"config": args.config, **loader_throughput(args)}
         print(json.dumps(result, indent=2))
         return
 
-    device = torch.device(args.device)
-    torch.manual_seed(0)
-    model = model.to(device).train()
-    model.configure_model()
-    size, batch = model.input_size, datamodule.batch_size
-    images = torch.randn(batch, 3, size, size, device=device)
-    keys = random_keys(batch)
-    # sslvit's optimizer as training builds it; the reference's as its main_pretrain.py does (torch's default AdamW)
-    rows = {"sslvit": Stepper(model, lambda x, k: model.compute_loss(x, k)["loss"],
-                              model.build_optimizer(1e-4), images, keys, args.precision)}  # fmt: skip
+    argv = ["--config", args.config, "--steps", str(args.steps), "--warmup", str(args.warmup), "--device",
+            args.device, "--precision", args.precision]  # fmt: skip
+    if args.batch_size:
+        argv += ["--batch-size", str(args.batch_size)]
     if args.reference_mae:
-        ref = reference_mae(args.reference_mae, model, device).train()
-        ratio = model.hparams.mask_ratio
-        ref_optimizer = torch.optim.AdamW(ref.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
-        rows["facebookresearch/mae"] = Stepper(ref, lambda x, k: ref(x, ratio)[0], ref_optimizer, images, keys,
-                                               args.precision)  # fmt: skip
-        result["loss_check"] = same_loss_check(model, ref, images)
+        argv += ["--reference-mae", args.reference_mae]
+    argv += ["--", *args.overrides]
+    variants = [("sslvit", {**SSLVIT, "compile": args.compile})]
+    if args.levers:
+        variants = [(name, {**SSLVIT, **change}) for name, change in LEVERS]
+    if args.reference_mae:
+        variants.insert(0, ("facebookresearch/mae", {"kind": "reference", "malloc": False}))
+    workers = [Worker(name, variant, argv) for name, variant in variants]
+    for _ in range(args.steps):  # round robin: every variant sees the same machine load
+        for worker in workers:
+            worker.step()
+    for worker in workers:
+        worker.close()
+    report(args, workers)
 
-    flops = rows["sslvit"].flops() / batch
-    for step in rows.values():
-        time_steps(step, args.warmup, device)
-    times: dict[str, list[float]] = {name: [] for name in rows}
-    for _ in range(args.steps):  # interleaved, so both see the same machine load
-        for name, step in rows.items():
-            times[name] += time_steps(step, 1, device)
 
-    result |= {"batch_size": batch, "image_size": size, "precision": args.precision, "compile": args.compile,
-               "threads": torch.get_num_threads(), "gflop_per_image": flops / 1e9, "rows": {}}  # fmt: skip
-    peak = args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if device.type == "cuda"
-                                     and k in torch.cuda.get_device_name(device)), None)  # fmt: skip
-    print(f"{'model':<22}{'images/s':>10}{'ms/step':>10}{'GFLOP/s':>10}" + ("{:>8}".format("MFU") if peak else ""))
-    for name, ts in times.items():
-        median = statistics.median(ts)
+def report(args: argparse.Namespace, workers: list[Worker]) -> None:
+    info = workers[-1].info
+    batch, flops = info["batch_size"], info["flops_per_image"]
+    peak = args.peak_tflops
+    if peak is None and args.device.startswith("cuda"):
+        import torch
+
+        peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in torch.cuda.get_device_name()), None)
+    result: dict[str, Any] = {"config": args.config, "method": info["method"], "device": args.device,
+                              "batch_size": batch, "image_size": info["image_size"], "precision": args.precision,
+                              "gflop_per_image": flops / 1e9, "rows": {}}  # fmt: skip
+    baseline = workers[0].name
+    print(f"{'variant':<24}{'images/s':>10}{'ms/step':>10}{'GFLOP/s':>10}{'vs ' + baseline[:18]:>22}"
+          + (f"{'MFU':>8}" if peak else ""))  # fmt: skip
+    for worker in workers:
+        median = statistics.median(worker.times)
         row = {"images_per_s": batch / median, "ms_per_step": median * 1e3, "gflops": flops * batch / median / 1e9}
+        row["speedup"] = statistics.median(workers[0].times) / median
         if peak:
             row["mfu"] = row["gflops"] / (peak * 1e3)
-        result["rows"][name] = row
-        print(f"{name:<22}{row['images_per_s']:>10.1f}{row['ms_per_step']:>10.1f}{row['gflops']:>10.1f}"
-              + (f"{row['mfu']:>8.1%}" if peak else ""))  # fmt: skip
-    if len(times) > 1:
-        speedup = result["rows"]["sslvit"]["images_per_s"] / result["rows"]["facebookresearch/mae"]["images_per_s"]
-        result["speedup_vs_reference"] = speedup
-        print(f"speed-up vs facebookresearch/mae: {speedup:.2f}x; loss check: {result['loss_check']}")
-    print(f"FLOPs per image (forward + backward): {flops / 1e9:.3f} GFLOP")
+        result["rows"][worker.name] = row
+        print(f"{worker.name:<24}{row['images_per_s']:>10.1f}{row['ms_per_step']:>10.1f}{row['gflops']:>10.1f}"
+              f"{row['speedup']:>21.2f}x" + (f"{row['mfu']:>8.1%}" if peak else ""))  # fmt: skip
+    if "loss_check" in workers[0].info:
+        result["loss_check"] = workers[0].info["loss_check"]
+        print(f"same weights and masks, loss: {result['loss_check']}")
+    print(f"FLOPs per image (forward + backward, torch's counter): {flops / 1e9:.3f} GFLOP")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-
-
-def same_loss_check(model, ref, images: torch.Tensor) -> dict[str, float]:
-    """Both models on the same weights and the same masks (the official code draws noise with torch.rand)."""
-    n, length = images.shape[0], model.backbone_config.grid_size**2
-    with torch.no_grad():
-        torch.manual_seed(1)
-        ref_loss = ref(images, model.hparams.mask_ratio)[0].item()
-        torch.manual_seed(1)
-        noise = torch.rand(n, length, device=images.device)
-        ours = model(images, noise=noise)[0].item()
-    return {"sslvit": ours, "reference": ref_loss, "abs_diff": abs(ours - ref_loss)}
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from sslvit.backbone import VisionTransformer
 from sslvit.checkpoint import load_backbone
 from sslvit.data import IMAGENET_MEAN, IMAGENET_STD, SSLDataModule
 from sslvit.errors import ConfigError
+from sslvit.runtime import tune_cpu_allocator
 
 
 def add_checkpoint_args(parser: argparse.ArgumentParser, random_init: bool = True) -> None:
@@ -43,6 +44,7 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
 
 def backbone_from_args(args: argparse.Namespace) -> tuple[VisionTransformer, dict[str, Any]]:
     """The checkpoint's encoder (eval mode); with ``--random-init`` the same architecture, untrained."""
+    tune_cpu_allocator()
     backbone, info = load_backbone(args.checkpoint)
     if getattr(args, "random_init", False):
         backbone = VisionTransformer(backbone.config).eval()

@@ -16,6 +16,7 @@ from torch import nn
 
 from sslvit.backbone import VisionTransformer, ViTConfig
 from sslvit.errors import ConfigError
+from sslvit.runtime import tune_cpu_allocator
 from sslvit.seeding import capture_rng_state, random_keys, restore_rng_state
 
 
@@ -143,6 +144,9 @@ class SSLMethod(L.LightningModule):
                 if isinstance(module, Block):
                     module.compile()
             self._compiled = True
+
+    def on_fit_start(self) -> None:
+        tune_cpu_allocator()
 
     def on_train_start(self) -> None:
         # After a resume, the optimizer holds the learning rate of the checkpoint's schedule; set it
