@@ -264,11 +264,13 @@ class SSLDataModule(L.LightningDataModule):
         generator = torch.Generator().manual_seed(self.hparams.seed)
         return loader_class(
             dataset, batch_size=self.batch_size, sampler=sampler, drop_last=shuffle, generator=generator,
-            collate_fn=CollateKeyed(count_skipped=self.hparams.skip_corrupt), **self._worker_settings(),
+            collate_fn=CollateKeyed(count_skipped=self.hparams.skip_corrupt),
+            # device-resident images: the loader only hands out indices, worker processes would only cost
+            **self._worker_settings(0 if self.hparams.on_device and split == "pretrain" else None),
         )  # fmt: skip
 
-    def _worker_settings(self) -> dict[str, Any]:
-        workers = self.num_workers
+    def _worker_settings(self, workers: int | None = None) -> dict[str, Any]:
+        workers = self.num_workers if workers is None else workers
         return dict(
             num_workers=workers,
             pin_memory=self.hparams.pin_memory and torch.cuda.is_available(),
