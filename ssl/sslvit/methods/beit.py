@@ -118,6 +118,7 @@ class BEiT(SSLMethod):
             )
 
     def on_fit_start(self) -> None:
+        super().on_fit_start()
         # After a resumed checkpoint is restored (so resuming never refits), before the sanity check.
         if bool(self.tokenizer.fitted):
             return
