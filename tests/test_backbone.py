@@ -60,6 +60,17 @@ def test_visible_encoding_sees_only_kept_patches(tiny_vit):
     assert not torch.allclose(model.forward_visible(changed, m.ids_keep), out)
 
 
+def test_embedding_only_kept_patches_equals_the_convolution_at_those_patches(tiny_vit):
+    """The MAE path embeds kept patches with a matmul; it must be timm's conv, read at those patches."""
+    model = VisionTransformer(tiny_vit)
+    images = torch.randn(3, 3, 16, 16)
+    ids = torch.stack([torch.randperm(16)[:5] for _ in range(3)])  # any order, different per sample
+    full = model.patch_embed(images)  # [N, L, D] by the convolution
+    expected = torch.stack([full[n, ids[n]] for n in range(3)])
+    assert torch.allclose(model.embed_patches(images, ids), expected, atol=1e-6)
+    assert torch.equal(model.embed_patches(images), full)
+
+
 def test_visible_encoding_equals_full_encoding_of_the_same_tokens(tiny_vit):
     """With every patch kept (in grid order), the subset path is the full path."""
     model = VisionTransformer(tiny_vit).eval()

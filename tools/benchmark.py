@@ -1,8 +1,9 @@
 """Training-step throughput of a method config: images/s, FLOPs per image, GFLOP/s, MFU on CUDA.
 
     python tools/benchmark.py --config configs/mae/cifar10_vit_tiny.yaml [--batch-size 128] [--steps 20]
-        [--device cpu|cuda] [--compile] [--precision 32|bf16-mixed] [--loader] [--reference-mae PATH]
-        [--levers] [--json out.json] [-- <extra sslvit fit settings, e.g. --model.init_args.mask_ratio=0.6>]
+        [--device cpu|cuda] [--compile [model|blocks]] [--precision 32|bf16-mixed] [--loader] [--reference-mae PATH]
+        [--levers] [--profile ROWS] [--json out.json]
+        [-- <extra sslvit fit settings, e.g. --model.init_args.mask_ratio=0.6>]
 
 A step is forward, backward and the optimizer update on synthetic images already on the device
 (``--loader`` measures the data pipeline alone). Every measured variant runs in its own process
@@ -38,7 +39,7 @@ LEVERS = [  # each row adds one lever to the row above
     ("+ fused attention", {"optimizer": "loop", "malloc": False}),
     ("+ fused AdamW", {"malloc": False}),
     ("+ allocator tuning", {}),
-    ("+ torch.compile", {"compile": True}),
+    ("+ torch.compile", {"compile": "model"}),
 ]
 
 
@@ -56,12 +57,11 @@ def build_worker(args: argparse.Namespace, variant: dict[str, Any]):
     if args.batch_size:
         overrides.append(f"--data.batch_size={args.batch_size}")
     if variant.get("compile"):
-        overrides.append("--model.init_args.compile=true")
+        overrides.append(f"--model.init_args.compile={variant['compile']}")
     cli = run_cli(["--config", args.config, *overrides], run=False)
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = cli.model.to(device).train()
-    model.configure_model()
     batch, size = cli.datamodule.batch_size, model.input_size
     images, keys = torch.randn(batch, 3, size, size, device=device), random_keys(batch)
     info: dict[str, Any] = {"batch_size": batch, "image_size": size, "method": type(model).__name__}
@@ -97,6 +97,8 @@ def build_worker(args: argparse.Namespace, variant: dict[str, Any]):
         loss_fn().backward()
     optimizer.zero_grad(set_to_none=True)
     info["flops_per_image"] = counter.get_total_flops() / batch
+    # Compile only now: a first call under the FLOP counter's dispatch mode can leave dynamo running it eagerly.
+    model.configure_model()
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     return step, sync, info
 
@@ -106,6 +108,12 @@ def run_worker(args: argparse.Namespace) -> None:
     step, sync, info = build_worker(args, variant)
     for _ in range(args.warmup):
         step()
+    if args.profile:
+        profile_steps(step, sync, args.profile)
+    if variant.get("compile"):  # a silent fall-back to eager would otherwise pass for "compile gains nothing"
+        from torch._dynamo.utils import counters
+
+        info["compiled_graphs"] = counters["stats"]["unique_graphs"]
     print("@@" + json.dumps(info), flush=True)
     for line in sys.stdin:
         if line.strip() != "step":
@@ -115,6 +123,21 @@ def run_worker(args: argparse.Namespace) -> None:
         step()
         sync()
         print("@@" + json.dumps({"seconds": time.perf_counter() - start}), flush=True)
+
+
+def profile_steps(step, sync, rows: int, steps: int = 3) -> None:
+    """torch.profiler over a few steps: the ``rows`` most expensive operators, to stderr."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        sync()
+    table = prof.key_averages().table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total", row_limit=rows)
+    print(f"profile of {steps} steps:\n{table}", file=sys.stderr, flush=True)
 
 
 class Worker:
@@ -188,21 +211,34 @@ def same_loss_check(model, ref, images) -> dict[str, float]:
 
 
 def loader_throughput(args: argparse.Namespace) -> dict[str, Any]:
+    """Batches per second of the training loader, delivered on ``--device`` (crops made there with data.on_device)."""
+    import torch
+
     from sslvit.cli import run_cli
 
     overrides = [*args.overrides] + ([f"--data.batch_size={args.batch_size}"] if args.batch_size else [])
     datamodule = run_cli(["--config", args.config, "--trainer.logger", "false", *overrides], run=False).datamodule
     datamodule.setup("fit")
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def deliver(batch: dict[str, torch.Tensor]) -> None:
+        tensors = {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        if tensors["images"].ndim == 1:  # data.on_device: the loader gave dataset indices, crops are made here
+            datamodule.augment_on_device(tensors["images"], tensors["keys"])
+
     iterator = iter(datamodule.train_dataloader())
-    next(iterator)  # workers start
+    deliver(next(iterator))  # workers start, resident images move to the device
+    sync()
     start, images = time.perf_counter(), 0
     for _ in range(args.steps):
         batch = next(iterator)
         images += len(batch["keys"])
-        if "images" in batch and batch["images"].ndim == 1:  # data.on_device: the crops are made here
-            datamodule.augment_on_device(batch["images"], batch["keys"])
-    return {"batch_size": datamodule.batch_size, "num_workers": datamodule.num_workers,
-            "loader_images_per_s": images / (time.perf_counter() - start)}  # fmt: skip
+        deliver(batch)
+    sync()
+    seconds = time.perf_counter() - start
+    return {"device": args.device, "batch_size": datamodule.batch_size, "on_device": datamodule.hparams.on_device,
+            "num_workers": datamodule.num_workers, "loader_images_per_s": images / seconds}  # fmt: skip
 
 
 def main() -> None:
@@ -212,12 +248,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks")
+    parser.add_argument("--compile", nargs="?", const="model", choices=["model", "blocks"],
+                        help="torch.compile the whole model (default) or each transformer block")  # fmt: skip
     parser.add_argument("--precision", default="32", choices=["32", "bf16-mixed"])
     parser.add_argument("--loader", action="store_true", help="measure the data pipeline alone")
     parser.add_argument("--reference-mae", help="a checkout of facebookresearch/mae to measure side by side")
     parser.add_argument("--levers", action="store_true", help="sslvit with its speed levers added one by one")
     parser.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: known GPUs' bf16 peak)")
+    parser.add_argument("--profile", type=int, default=0, metavar="ROWS",
+                        help="print torch.profiler's ROWS most expensive operators of each variant")  # fmt: skip
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="extra `sslvit fit` settings, after --")
@@ -232,16 +271,18 @@ def main() -> None:
     if args.loader:
         result = {"config": args.config, **loader_throughput(args)}
         print(json.dumps(result, indent=2))
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
         return
 
     argv = ["--config", args.config, "--steps", str(args.steps), "--warmup", str(args.warmup), "--device",
-            args.device, "--precision", args.precision]  # fmt: skip
+            args.device, "--precision", args.precision, "--profile", str(args.profile)]  # fmt: skip
     if args.batch_size:
         argv += ["--batch-size", str(args.batch_size)]
     if args.reference_mae:
         argv += ["--reference-mae", args.reference_mae]
     argv += ["--", *args.overrides]
-    variants = [("sslvit", {**SSLVIT, "compile": args.compile})]
+    variants = [("sslvit", {**SSLVIT, "compile": args.compile or False})]
     if args.levers:
         variants = [(name, {**SSLVIT, **change}) for name, change in LEVERS]
     if args.reference_mae:
@@ -271,8 +312,12 @@ def report(args: argparse.Namespace, workers: list[Worker]) -> None:
           + (f"{'MFU':>8}" if peak else ""))  # fmt: skip
     for worker in workers:
         median = statistics.median(worker.times)
-        row = {"images_per_s": batch / median, "ms_per_step": median * 1e3, "gflops": flops * batch / median / 1e9}
+        own_flops = worker.info["flops_per_image"]  # each variant's own count (sslvit embeds only kept patches)
+        row = {"images_per_s": batch / median, "ms_per_step": median * 1e3, "gflop_per_image": own_flops / 1e9,
+               "gflops": own_flops * batch / median / 1e9}  # fmt: skip
         row["speedup"] = statistics.median(workers[0].times) / median
+        if "compiled_graphs" in worker.info:
+            row["compiled_graphs"] = worker.info["compiled_graphs"]
         if peak:
             row["mfu"] = row["gflops"] / (peak * 1e3)
         result["rows"][worker.name] = row
@@ -281,7 +326,8 @@ def report(args: argparse.Namespace, workers: list[Worker]) -> None:
     if "loss_check" in workers[0].info:
         result["loss_check"] = workers[0].info["loss_check"]
         print(f"same weights and masks, loss: {result['loss_check']}")
-    print(f"FLOPs per image (forward + backward, torch's counter): {flops / 1e9:.3f} GFLOP")
+    counts = ", ".join(f"{w.name} {w.info['flops_per_image'] / 1e9:.3f}" for w in workers)
+    print(f"GFLOP per image (forward + backward, torch's counter): {counts}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 
