@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from sslvit.checkpoint import CheckpointError, load_official_mae
+from sslvit.errors import ConfigError
 from sslvit.losses import normalize_patches
 from sslvit.masking import patchify
 from sslvit.methods.mae import MAE
@@ -128,3 +129,8 @@ def test_official_checkpoint_mismatch_lists_keys(tiny_vit, tmp_path):
     text = str(err.value)
     assert "backbone.head.weight" in text and "backbone.blocks.1.norm1.weight" in text
     assert "decoder_pred.weight: checkpoint (7, 32) vs model (48, 32)" in text
+
+
+def test_unknown_compile_mode_is_a_clear_config_error(tiny_vit):
+    with pytest.raises(ConfigError, match="model.compile must be false, true, 'model' or 'blocks', got 'fast'"):
+        MAE(backbone=tiny_vit, compile="fast")

@@ -80,6 +80,8 @@ class SSLMethod(L.LightningModule):
                 raise ConfigError(f"model.{key} must be non-negative, got {value}")
         if lr is not None and lr <= 0:
             raise ConfigError(f"model.lr must be positive when set, got {lr}")
+        if compile not in (False, True, "model", "blocks"):
+            raise ConfigError(f"model.compile must be false, true, 'model' or 'blocks', got {compile!r}")
         if not all(0.0 <= b < 1.0 for b in betas):
             raise ConfigError(f"model.betas must lie in [0, 1), got {tuple(betas)}")
         # Collects the arguments of the whole __init__ chain (the subclass's too). The backbone is
