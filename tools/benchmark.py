@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,13 @@ LEVERS = [  # each row adds one lever to the row above
     ("+ allocator tuning", {}),
     ("+ torch.compile", {"compile": "model"}),
 ]
+
+
+def device_sync(device) -> Callable[[], None]:
+    """What waits for the device's queued work before a clock is read (nothing to wait for on a CPU)."""
+    import torch
+
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
 
 # ---- worker: one variant in its own process ------------------------------------------------
@@ -99,7 +107,7 @@ def build_worker(args: argparse.Namespace, variant: dict[str, Any]):
     info["flops_per_image"] = counter.get_total_flops() / batch
     # Compile only now: a first call under the FLOP counter's dispatch mode can leave dynamo running it eagerly.
     model.configure_model()
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = device_sync(device)
     return step, sync, info
 
 
@@ -220,7 +228,7 @@ def loader_throughput(args: argparse.Namespace) -> dict[str, Any]:
     datamodule = run_cli(["--config", args.config, "--trainer.logger", "false", *overrides], run=False).datamodule
     datamodule.setup("fit")
     device = torch.device(args.device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = device_sync(device)
 
     def deliver(batch: dict[str, torch.Tensor]) -> None:
         tensors = {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
