@@ -26,7 +26,7 @@ quickstart: install
 		--trainer.default_root_dir runs/quickstart-$$(date +%Y%m%d-%H%M%S)
 
 lint: install
-	$(PY) -m ruff check ssl tools tests
+	$(PY) -m ruff check ssl tools benchmarks tests
 
 clean:
 	rm -rf $(VENV) .pytest_cache

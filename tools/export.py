@@ -11,21 +11,25 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sslvit.checkpoint import EXPORT_CONFIG, EXPORT_WEIGHTS
-from sslvit.cli import USER_ERRORS
-from sslvit.export import export_checkpoint, timm_from_export, timm_max_difference
+from sslvit.checkpoints import EXPORT_CONFIG, EXPORT_WEIGHTS, export_checkpoint, timm_from_export, timm_max_difference
+from sslvit.errors import USER_ERRORS, one_line
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="Lightning .ckpt of any sslvit method")
     parser.add_argument("--output", default="exported", help="folder to write model.safetensors and config.json to")
     parser.add_argument("--image-size", type=int, help="input size to export for (default: the evaluation size)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         backbone, info = export_checkpoint(args.checkpoint, args.output, args.image_size)
-    except (*USER_ERRORS, FileNotFoundError) as err:
-        parser.error(str(err))
+    except USER_ERRORS as err:
+        parser.error(one_line(err))
     size, folder = info["export_image_size"], Path(args.output)
     difference = timm_max_difference(backbone, timm_from_export(folder), size)
     method = info.get("method") or "the checkpoint"

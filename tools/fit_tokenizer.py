@@ -21,8 +21,8 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from sslvit.data import SSLDataModule
 from sslvit.errors import ConfigError
 from sslvit.methods import BEiT
-from sslvit.tokenizer_fit import describe, fit_tokenizer_on_data
-from sslvit.tokenizers import TOKENIZER_JSON
+from sslvit.methods.beit.tokenizer import TOKENIZER_JSON
+from sslvit.methods.beit.tokenizer_fit import describe, fit_tokenizer_on_data
 
 IGNORED_SECTIONS = ("seed_everything", "trainer", "checkpoint", "ckpt_path", "optimizer", "lr_scheduler")
 

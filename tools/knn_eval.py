@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from sslvit.cli import USER_ERRORS
+from sslvit.cli.tool_args import Evaluation, add_feature_args, write_json
+from sslvit.errors import USER_ERRORS, one_line
 from sslvit.eval.knn import DEFAULT_KS, KNNClassifier, KNNResult
-from sslvit.eval.tool_args import Evaluation, add_feature_args, write_json
 
 
 def table(result: KNNResult) -> str:
@@ -26,7 +26,7 @@ def table(result: KNNResult) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_feature_args(parser)
     parser.add_argument("--k", type=int, default=20, help="the k whose accuracy is top1/top5 (default 20)")
@@ -37,6 +37,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--index", choices=["flat", "ivf"], default="flat", help="exact (flat) or inverted-file (ivf)")
     parser.add_argument("--nlist", type=int, help="IVF cells (default sqrt(bank size))")
     parser.add_argument("--nprobe", type=int, default=32, help="IVF cells searched per query")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         evaluation = Evaluation.from_args(args)
@@ -45,8 +50,8 @@ def main(argv: list[str] | None = None) -> dict:
         start = time.perf_counter()
         result = knn.fit(train.features, train.labels).evaluate(val.features, val.labels)
         evaluation.seconds["knn"] = time.perf_counter() - start
-    except (*USER_ERRORS, FileNotFoundError) as err:
-        parser.error(str(err))
+    except USER_ERRORS as err:
+        parser.error(one_line(err))
 
     index = "exact inner product (faiss IndexFlatIP)" if args.index == "flat" else f"IVF, nprobe {knn.index.nprobe}"
     print(evaluation.headline(train, val))

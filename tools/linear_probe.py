@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import argparse
 
-from sslvit.cli import USER_ERRORS
+from sslvit.cli.tool_args import Evaluation, add_feature_args, write_json
+from sslvit.errors import USER_ERRORS, one_line
 from sslvit.eval.linear import DEFAULT_BASE_LRS, LinearProbeResult, linear_probe, linear_probe_protocol
-from sslvit.eval.tool_args import Evaluation, add_feature_args, write_json
 
 
 def table(result: LinearProbeResult) -> str:
@@ -26,7 +26,7 @@ def table(result: LinearProbeResult) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_feature_args(parser)
     parser.add_argument("--protocol", action="store_true", help="augmented images through the encoder every epoch")
@@ -40,6 +40,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--crop-scale", type=float, nargs=2, default=[0.08, 1.0], help="--protocol RandomResizedCrop area range"
     )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = build_parser()
     args = parser.parse_args(argv)
     common = dict(base_lrs=args.lrs, warmup_epochs=args.warmup_epochs, optimizer=args.optimizer, seed=args.seed)
     try:
@@ -63,8 +68,8 @@ def main(argv: list[str] | None = None) -> dict:
                 train, val, epochs=args.epochs or 100, batch_size=args.probe_batch_size or 1024, device=device,
                 **common,
             )  # fmt: skip
-    except (*USER_ERRORS, FileNotFoundError) as err:
-        parser.error(str(err))
+    except USER_ERRORS as err:
+        parser.error(one_line(err))
 
     evaluation.seconds["probe"] = result.seconds
     s = result.settings

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 
-from sslvit.cli import USER_ERRORS
-from sslvit.tooling import add_checkpoint_args, add_data_args, backbone_from_args, datamodule_from_args
+from sslvit.cli.tool_args import add_checkpoint_args, add_data_args, backbone_from_args, datamodule_from_args
+from sslvit.errors import USER_ERRORS, one_line
 from sslvit.viz.features import features_figure
 from sslvit.viz.figure import evenly_spaced_images, save_png
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_checkpoint_args(parser)
     add_data_args(parser)
@@ -25,6 +25,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-heads", type=int, help="show at most this many per-head attention maps")
     parser.add_argument("--panel-size", type=int, default=96, help="side of one panel in pixels")
     parser.add_argument("--output", default="features.png", help="PNG file to write")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         backbone, info = backbone_from_args(args)
@@ -32,8 +37,8 @@ def main(argv: list[str] | None = None) -> None:
         images = evenly_spaced_images(data.build_dataset(args.split, data.eval_transform()), args.num_images)
         fig = features_figure(backbone, images, data.mean, data.std, args.panel_size, args.max_heads)
         path = save_png(fig, args.output)
-    except (*USER_ERRORS, FileNotFoundError) as err:
-        parser.error(str(err))
+    except USER_ERRORS as err:
+        parser.error(one_line(err))
     print(f"wrote {path}: {len(images)} images at {images.shape[-1]}px")
 
 

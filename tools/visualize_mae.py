@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 
-from sslvit.cli import USER_ERRORS
-from sslvit.tooling import add_checkpoint_args, add_data_args, datamodule_from_args
+from sslvit.cli.tool_args import add_checkpoint_args, add_data_args, datamodule_from_args
+from sslvit.errors import USER_ERRORS, one_line
 from sslvit.viz.figure import evenly_spaced_images, save_png
 from sslvit.viz.reconstruction import PATCH_STATS, load_mae, reconstruct, reconstruction_figure
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_checkpoint_args(parser, random_init=False)
     add_data_args(parser)
@@ -33,6 +33,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--panel-size", type=int, default=128, help="side of one panel in pixels")
     parser.add_argument("--output", default="recon.png", help="PNG file to write")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         model, info = load_mae(args.checkpoint)
@@ -40,8 +45,8 @@ def main(argv: list[str] | None = None) -> None:
         images = evenly_spaced_images(data.build_dataset(args.split, data.eval_transform()), args.num_images)
         result = reconstruct(model, images, data.mean, data.std, args.seed, args.mask_ratio, args.stats)
         path = save_png(reconstruction_figure(result, args.panel_size), args.output)
-    except (*USER_ERRORS, FileNotFoundError) as err:
-        parser.error(str(err))
+    except USER_ERRORS as err:
+        parser.error(one_line(err))
     print(f"wrote {path}: {len(images)} images, loss on hidden patches {result.loss:.4f}")
 
 

@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from sslvit.backbone import VisionTransformer
+from sslvit.distributed import all_true, gather_in_order, rank_and_world
 from sslvit.errors import ConfigError
+from sslvit.nn.backbone import VisionTransformer
 
 CACHE_FORMAT = 1
 _LAST_N = re.compile(r"cls_last(\d+)")
@@ -206,39 +206,6 @@ class FeatureCache:
 
 
 # ---- the whole dataset, possibly over several processes -------------------------------------------
-def _distributed() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _comm_device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-
-
-def _all_true(flag: bool) -> bool:
-    """True when ``flag`` is true on every rank (a cache hit must be unanimous, or ranks would diverge)."""
-    if _distributed()[1] == 1:
-        return flag
-    value = torch.tensor([int(flag)], device=_comm_device())
-    dist.all_reduce(value, op=dist.ReduceOp.MIN)
-    return bool(value.item())
-
-
-def gather_in_order(local: torch.Tensor) -> torch.Tensor:
-    """Concatenate every rank's ``[n_r, ...]`` tensor in rank order; shards may differ in size (no padding kept)."""
-    device = _comm_device()
-    local = local.to(device)
-    sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, torch.tensor([local.shape[0]], device=device))
-    counts = [int(s.item()) for s in sizes]
-    padded = local.new_zeros((max(counts), *local.shape[1:]))
-    padded[: local.shape[0]] = local
-    parts = [torch.empty_like(padded) for _ in counts]
-    dist.all_gather(parts, padded)
-    return torch.cat([part[:count] for part, count in zip(parts, counts, strict=True)])
-
-
 def extract_features(
     backbone: VisionTransformer,
     loader: DataLoader,
@@ -264,10 +231,10 @@ def extract_features(
     key = feature_key(backbone, dataset, pooling, device, indices, cache_tag) if cache is not None else None
     if cache is not None:
         stored = cache.load(key)
-        if _all_true(stored is not None):
+        if all_true(stored is not None):
             return stored
 
-    rank, world = _distributed()
+    rank, world = rank_and_world()
     shard = order[rank * len(order) // world : (rank + 1) * len(order) // world]
     shard_loader = DataLoader(
         Subset(dataset, shard),

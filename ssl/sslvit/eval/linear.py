@@ -29,7 +29,7 @@ from torchvision import transforms as T
 from sslvit.errors import ConfigError
 from sslvit.eval.features import Features, dataset_targets, encode, feature_dim
 from sslvit.eval.knn import topk_accuracy
-from sslvit.methods.base import WarmupCosine
+from sslvit.optim import WarmupCosine
 
 OptimizerName = Literal["lars", "sgd"]
 # Base learning rates (per 256 images) tried in parallel. LARS steps are relative to the weight

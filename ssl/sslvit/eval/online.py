@@ -8,7 +8,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
-from sslvit.data import class_balanced_subset
+from sslvit.data.datasets import class_balanced_subset
 from sslvit.errors import ConfigError
 from sslvit.eval.features import dataset_features, dataset_targets, last_blocks
 from sslvit.eval.knn import KNNClassifier

@@ -14,37 +14,18 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from sslvit.backbone import VisionTransformer, ViTConfig
-from sslvit.errors import ConfigError
+from sslvit.errors import ConfigError, NonFiniteLossError
+from sslvit.nn.backbone import VisionTransformer, ViTConfig
+from sslvit.optim import WarmupCosine, adamw, param_groups
 from sslvit.runtime import tune_cpu_allocator
 from sslvit.seeding import capture_rng_state, random_keys, restore_rng_state
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; raised before the weights are updated with it."""
-
-
-class WarmupCosine:
-    """Learning-rate factor per optimizer step: linear warmup, then cosine decay to ``min_ratio``.
-
-    A plain object (not a lambda) so that LambdaLR can save and restore its state.
-    """
-
-    def __init__(self, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> None:
-        self.warmup_steps, self.total_steps, self.min_ratio = warmup_steps, max(total_steps, 1), min_ratio
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
-        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
-        return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 class SSLMethod(L.LightningModule):
     """Base of MAE, BEiT and CPC.
 
     Args:
-        backbone: architecture of the shared ViT (see :class:`sslvit.backbone.ViTConfig`).
+        backbone: architecture of the shared ViT (see :class:`sslvit.nn.ViTConfig`).
         base_lr: learning rate per 256 images; the optimizer uses
             ``base_lr * global_batch / 256`` with ``global_batch = batch x devices x nodes x accumulation``.
         lr: absolute learning rate; overrides ``base_lr`` scaling when set.
@@ -207,25 +188,11 @@ class SSLMethod(L.LightningModule):
 
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         """Two groups: decay for weight matrices; none for biases, norms, layer scales, tokens, positions."""
-        decay, no_decay = [], []
-        for name, param in self.named_parameters():
-            if not param.requires_grad:
-                continue
-            skip = param.ndim <= 1 or name.endswith(("cls_token", "mask_token", "pos_embed"))
-            (no_decay if skip else decay).append(param)
-        return [
-            {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
+        return param_groups(self.named_parameters(), weight_decay)
 
     def build_optimizer(self, lr: float) -> torch.optim.Optimizer:
         """AdamW over :meth:`param_groups`; the fused single-kernel implementation where torch has one."""
-        h = self.hparams
-        groups = self.param_groups(h.get("weight_decay", 0.05))
-        try:
-            return torch.optim.AdamW(groups, lr=lr, betas=tuple(h.betas), fused=True)
-        except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
-            return torch.optim.AdamW(groups, lr=lr, betas=tuple(h.betas))
+        return adamw(self.param_groups(self.hparams.get("weight_decay", 0.05)), lr, self.hparams.betas)
 
     def configure_optimizers(self) -> Any:
         h = self.hparams

@@ -10,13 +10,13 @@ import torch
 from timm.layers import LayerNorm
 from torch import nn
 
-from sslvit.backbone import ViTConfig
-from sslvit.checkpoint import load_official_mae
+from sslvit.checkpoints.official import load_official_mae
 from sslvit.errors import ConfigError
-from sslvit.losses import masked_mse, normalize_patches
-from sslvit.masking import gather_tokens, patchify, random_masking
 from sslvit.methods.base import SSLMethod
-from sslvit.pos_embed import sincos_pos_embed_2d
+from sslvit.nn.backbone import ViTConfig
+from sslvit.nn.losses import masked_mse, normalize_patches
+from sslvit.nn.masking import gather_tokens, patchify, random_masking
+from sslvit.nn.pos_embed import sincos_pos_embed_2d
 from sslvit.seeding import keyed_rand
 
 MASK_SALT = 0x4D41_45  # 'MAE': the stream of keyed random numbers used for masks

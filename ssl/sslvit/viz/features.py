@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 
-from sslvit.backbone import VisionTransformer
-from sslvit.data import IMAGENET_MEAN, IMAGENET_STD
+from sslvit.constants import IMAGENET_MEAN, IMAGENET_STD
+from sslvit.nn.backbone import VisionTransformer
 from sslvit.viz.figure import image_grid, to_pixels
 
 

@@ -24,16 +24,17 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
 
-from sslvit.checkpoint import CheckpointError, check_state_dict, safe_load
-from sslvit.data import IMAGENET_MEAN, IMAGENET_STD, SSLDataModule
-from sslvit.errors import ConfigError
-from sslvit.masking import num_kept, patchify, unpatchify
+from sslvit.constants import IMAGENET_MEAN, IMAGENET_STD
+from sslvit.data import SSLDataModule
+from sslvit.errors import CheckpointError, ConfigError
+from sslvit.methods.loading import load_method
 from sslvit.methods.mae import MAE
+from sslvit.nn.masking import num_kept, patchify, unpatchify
 from sslvit.viz.figure import GREY, evenly_spaced_images, figure_to_array, image_grid, save_png, to_pixels
 
 PatchStats = Literal["patch", "visible"]
 PATCH_STATS = ("patch", "visible")
-NORM_PIX_EPS = 1e-6  # the eps of sslvit.losses.normalize_patches (a test checks that they agree)
+NORM_PIX_EPS = 1e-6  # the eps of sslvit.nn.losses.normalize_patches (a test checks that they agree)
 COLUMN_TITLES = ("original", "masked input\n({} of {} hidden)", "reconstruction", "reconstruction +\nvisible patches")
 STATS_NOTES = {
     "patch": "norm-pix predictions un-normalized with the mean/variance of each original patch (the official "
@@ -46,33 +47,19 @@ STATS_NOTES = {
 def load_mae(path: str | Path) -> tuple[MAE, dict[str, Any]]:
     """A full MAE (encoder and decoder) from a Lightning checkpoint, in eval mode on the CPU.
 
-    Rebuilt from ``hyper_parameters`` and ``state_dict`` read with ``weights_only=True``. Returns the
-    model and ``{"image_size", "mean", "std", "eval_crop_fraction", "hparams"}`` for the data.
+    Returns the model and ``{"image_size", "mean", "std", "eval_crop_fraction", ...}`` for the data;
+    the image size is the model's, since the decoder's positions are fixed to its grid.
     """
-    ckpt = safe_load(path)
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise CheckpointError(f"{path} is not a Lightning checkpoint (no 'state_dict')")
-    state, hparams = ckpt["state_dict"], dict(ckpt.get("hyper_parameters", {}))
-    method = hparams.pop("_class_path", None) or "a model without a class path"
-    hparams.pop("_instantiator", None)
-    if "decoder_pred.weight" not in state or "backbone" not in hparams:
+    try:
+        model, info = load_method(path, expected=MAE)
+    except CheckpointError as err:
         raise ConfigError(
-            f"{path} holds {method}, not an MAE with its decoder: reconstructions need an MAE checkpoint "
+            f"{err}: reconstructions need an MAE checkpoint with its decoder "
             "(feature maps work for every method: tools/visualize_features.py)"
-        )
-    hparams["init_from"] = None  # the weights come from this checkpoint, not the original file
-    model = MAE(**hparams)
-    check_state_dict(model.state_dict(), state, f"checkpoint {path}")
-    model.load_state_dict(state)
-    data = ckpt.get("datamodule_hyper_parameters", {})
-    info = {
-        "image_size": model.backbone_config.img_size,  # fixed: the decoder's positions are those of this grid
-        "mean": tuple(data.get("mean", IMAGENET_MEAN)),
-        "std": tuple(data.get("std", IMAGENET_STD)),
-        "eval_crop_fraction": data.get("eval_crop_fraction", 1.0),
-        "hparams": ckpt.get("hyper_parameters", {}),
-    }
-    return model.eval(), info
+        ) from None
+    info = {"eval_crop_fraction": 1.0, **info, "image_size": model.backbone_config.img_size}
+    info["mean"], info["std"] = tuple(info.get("mean", IMAGENET_MEAN)), tuple(info.get("std", IMAGENET_STD))
+    return model, info
 
 
 def unnormalize_patches(
@@ -85,7 +72,7 @@ def unnormalize_patches(
         patches: [N, L, P] the original patches (the model's input, patchified).
         mask: [N, L], 1 = hidden; needed for ``stats="visible"``.
         stats: ``"patch"`` uses every patch's own mean/variance (inverts
-            :func:`sslvit.losses.normalize_patches` exactly); ``"visible"`` gives hidden patches the
+            :func:`sslvit.nn.losses.normalize_patches` exactly); ``"visible"`` gives hidden patches the
             mean/variance averaged over the visible patches of the same image.
     Returns:
         [N, L, P] ``pred * sqrt(var + eps) + mean``.

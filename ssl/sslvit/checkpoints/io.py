@@ -1,0 +1,62 @@
+"""Reading weights safely, and comparing a state dict with the model it should fill.
+
+Every file goes through ``torch.load(weights_only=True)`` or safetensors: a pickle that would run
+code when unpickled is refused with a clear message, and nothing in it is executed.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sslvit.errors import CheckpointError
+
+
+def safe_load(path: str | Path) -> dict[str, Any]:
+    """Load a ``.ckpt``/``.pth``/``.pt`` with ``weights_only=True``, or a ``.safetensors`` file, on the CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        detail = str(err).strip().splitlines()[0][:300]
+        raise CheckpointError(
+            f"refused to load {path}: it holds pickled objects beyond tensors and plain containers, and "
+            f"unpickling them could run arbitrary code ({detail}). sslvit checkpoints never need that; "
+            "if you trust the file, convert it to a plain state dict or safetensors first"
+        ) from None
+
+
+def check_state_dict(
+    expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor], source: str, required: set[str] | None = None
+) -> None:
+    """Raise a CheckpointError listing missing keys, unexpected keys and shape mismatches."""
+    required = set(expected) if required is None else required
+    missing = sorted(required - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    shapes = sorted(
+        f"{k}: checkpoint {tuple(given[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in set(given) & set(expected)
+        if given[k].shape != expected[k].shape
+    )
+    if missing or unexpected or shapes:
+
+        def listing(title: str, items: list[str]) -> str:
+            more = f" ... and {len(items) - 20} more" if len(items) > 20 else ""
+            return f"\n  {title} ({len(items)}): {', '.join(items[:20])}{more}" if items else ""
+
+        raise CheckpointError(
+            f"{source} does not match the model architecture:"
+            + listing("missing keys", missing)
+            + listing("unexpected keys", unexpected)
+            + listing("shape mismatches", shapes)
+            + "\nCheck that the model settings (arch, patch size, image size, decoder) match the checkpoint."
+        )

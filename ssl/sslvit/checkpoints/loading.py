@@ -1,0 +1,118 @@
+"""The trained encoder of any sslvit checkpoint: a Lightning ``.ckpt`` of any method, or an exported folder.
+
+Both formats carry the architecture (``ViTConfig``) and the preprocessing the encoder was trained
+with (image size, mean, std, evaluation crop), which the evaluation tools use as their defaults.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sslvit.checkpoints.io import check_state_dict, safe_load
+from sslvit.checkpoints.official import BACKBONE_PREFIX
+from sslvit.errors import CheckpointError
+from sslvit.nn.backbone import VisionTransformer, ViTConfig
+
+EXPORT_WEIGHTS, EXPORT_CONFIG = "model.safetensors", "config.json"
+
+
+@dataclass
+class LightningCheckpoint:
+    """What sslvit reads from a Lightning checkpoint of one of its methods."""
+
+    path: Path
+    state_dict: dict[str, torch.Tensor]
+    hparams: dict[str, Any]  # the method's __init__ arguments, plus Lightning's ``_class_path``
+    data: dict[str, Any] = field(default_factory=dict)  # the data module's __init__ arguments
+    global_step: int | None = None
+
+    @property
+    def class_path(self) -> str | None:
+        return self.hparams.get("_class_path")
+
+    def backbone_config(self) -> ViTConfig:
+        return ViTConfig.from_dict(self.hparams["backbone"])
+
+    def data_info(self) -> dict[str, Any]:
+        """Evaluation defaults from the data the model was trained on: image size, mean, std, crop."""
+        config = self.backbone_config()
+        return {
+            "image_size": self.data.get("image_size", config.img_size),
+            **{k: self.data[k] for k in ("mean", "std", "eval_crop_fraction") if k in self.data},
+        }
+
+
+def read_lightning_checkpoint(path: str | Path) -> LightningCheckpoint:
+    """Read a Lightning checkpoint written by an sslvit method (safely: tensors and plain containers only)."""
+    path = Path(path)
+    ckpt = safe_load(path)
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path} is not a Lightning checkpoint (no 'state_dict'); for plain weights export them")
+    hparams = dict(ckpt.get("hyper_parameters", {}))
+    if "backbone" not in hparams:
+        raise CheckpointError(
+            f"{path} was not written by an sslvit method: its hyper_parameters have no 'backbone' "
+            f"(found {sorted(hparams)[:10]}), so the architecture is unknown"
+        )
+    return LightningCheckpoint(
+        path=path,
+        state_dict=ckpt["state_dict"],
+        hparams=hparams,
+        data=dict(ckpt.get("datamodule_hyper_parameters", {})),
+        global_step=ckpt.get("global_step"),
+    )
+
+
+def _lightning_backbone(path: Path) -> tuple[ViTConfig, dict[str, torch.Tensor], dict[str, Any]]:
+    ckpt = read_lightning_checkpoint(path)
+    prefix = len(BACKBONE_PREFIX)
+    state = {k[prefix:]: v for k, v in ckpt.state_dict.items() if k.startswith(BACKBONE_PREFIX)}
+    info = {
+        "source": "lightning",
+        "method": ckpt.class_path,
+        "hparams": ckpt.hparams,
+        "global_step": ckpt.global_step,
+        **ckpt.data_info(),
+    }
+    return ckpt.backbone_config(), state, info
+
+
+def _exported_backbone(folder: Path) -> tuple[ViTConfig, dict[str, torch.Tensor], dict[str, Any]]:
+    config_file, weights = folder / EXPORT_CONFIG, folder / EXPORT_WEIGHTS
+    if not config_file.is_file() or not weights.is_file():
+        raise CheckpointError(f"{folder} is not an exported encoder: it needs {EXPORT_CONFIG} and {EXPORT_WEIGHTS}")
+    config = json.loads(config_file.read_text())
+    backbone = config.get("sslvit_backbone")
+    if backbone is None:
+        raise CheckpointError(f"{config_file} has no 'sslvit_backbone' entry; was it written by sslvit's export?")
+    pre = config.get("pretrained_cfg", {})
+    info = {"source": "exported", "hparams": config, "image_size": pre.get("input_size", [backbone["img_size"]])[-1]}
+    info.update({k: pre[k] for k in ("mean", "std") if k in pre})
+    if "crop_pct" in pre:
+        info["eval_crop_fraction"] = pre["crop_pct"]
+    return ViTConfig.from_dict(backbone), safe_load(weights), info
+
+
+def load_backbone(path: str | Path) -> tuple[VisionTransformer, dict[str, Any]]:
+    """The trained encoder of any sslvit checkpoint: a Lightning ``.ckpt`` or an exported folder.
+
+    Returns the backbone (in eval mode, on the CPU) and a dict describing where it came from.
+    """
+    path = Path(path)
+    if path.is_dir():
+        config, state, info = _exported_backbone(path)
+    elif path.is_file():
+        config, state, info = _lightning_backbone(path)
+    else:
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if not state:
+        raise CheckpointError(f"{path} holds no backbone weights ('{BACKBONE_PREFIX}*' keys)")
+    model = VisionTransformer(config)
+    check_state_dict(model.state_dict(), state, f"checkpoint {path}")
+    model.load_state_dict(state)
+    return model.eval(), info

@@ -1,0 +1,118 @@
+"""The ``sslvit`` command: LightningCLI with ``fit`` and ``validate``.
+
+The method is chosen by ``model.class_path`` (any :class:`~sslvit.methods.SSLMethod`); its typed
+``__init__`` is the schema. A run directory (``trainer.default_root_dir``) holds everything a run
+writes: ``config.yaml``, ``metrics.csv``, TensorBoard events and ``checkpoints/last.ckpt``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from sslvit.cli.run_dir import RunCheckpoint, RunCSVLogger
+from sslvit.data import SSLDataModule
+from sslvit.errors import ConfigError, find_user_error, one_line
+from sslvit.methods.base import SSLMethod
+
+
+class SSLCLI(LightningCLI):
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        # Only what a self-supervised method defines steps for: `test` and `predict` would need a
+        # test_step / predict_step, which no pretraining objective has (evaluation is tools/*).
+        return {name: keys for name, keys in LightningCLI.subcommands().items() if name in ("fit", "validate")}
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # Always-present checkpointing, configurable under `checkpoint.*`: per epoch, plus last.ckpt
+        # refreshed every `checkpoint.last_every_n_steps` steps.
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.save_last": True,
+                "checkpoint.save_on_train_epoch_end": True,
+                "checkpoint.filename": "epoch{epoch:03d}-step{step:07d}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+
+    def run_dir(self) -> Path:
+        return Path(self.config[self.subcommand].trainer.default_root_dir)
+
+    def before_instantiate_classes(self) -> None:
+        if self.subcommand is None:
+            return
+        config = self.config[self.subcommand]
+        if config.checkpoint.dirpath is None:
+            config.checkpoint.dirpath = str(self.run_dir() / "checkpoints")
+
+    def instantiate_trainer(self, **kwargs):
+        logger = self._get(self.config_init, "trainer", {}).get("logger")
+        if logger in (None, True):  # default: CSV + TensorBoard, both directly in the run directory
+            root = str(self.run_dir())
+            kwargs["logger"] = [RunCSVLogger(root, name="", version=""), TensorBoardLogger(root, name="", version="")]
+        return super().instantiate_trainer(**kwargs)
+
+    def after_instantiate_classes(self) -> None:
+        if self.subcommand is None:
+            return
+        # Settings that only make sense together are checked before any data is touched.
+        size = self.datamodule.image_size
+        if size != self.model.input_size:
+            raise ConfigError(
+                f"data.image_size={size} but the model expects {self.model.input_size}px images "
+                f"({self.model.input_size_key}): set both to the same value"
+            )
+
+    def _load_checkpoints_safely(self) -> None:
+        # Resuming goes through torch.load(weights_only=True) unless the user explicitly says otherwise.
+        config = self.config_init[self.subcommand]
+        if "weights_only" in config and config.weights_only is None:
+            config.weights_only = True
+
+    def before_validate(self) -> None:
+        self._load_checkpoints_safely()
+
+    def before_fit(self) -> None:
+        self._load_checkpoints_safely()
+        ckpt_path = self.config.fit.ckpt_path
+        last = Path(self.config.fit.checkpoint.dirpath) / "last.ckpt"
+        if ckpt_path is None and last.exists():
+            raise FileExistsError(
+                f"the run directory {self.run_dir()} already holds {last}; starting afresh would overwrite it. "
+                "Resume it with --ckpt_path last, or choose a new --trainer.default_root_dir"
+            )
+
+
+def run_cli(args: list[str] | None = None, run: bool = True, callbacks: list[Callback] = ()) -> SSLCLI:
+    """Parse ``args`` (default: the command line), build model, data and trainer, run the subcommand.
+
+    With ``run=False`` there are no subcommands: the classes are only built (used by tools).
+    ``callbacks`` are added to the trainer besides the configured ones (used by tools).
+    """
+    return SSLCLI(
+        SSLMethod,
+        SSLDataModule,
+        subclass_mode_model=True,
+        trainer_defaults={"default_root_dir": "runs/default", "callbacks": list(callbacks)},
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+    )
+
+
+def main() -> None:
+    """Entry point of the ``sslvit`` console script (``SSLVIT_TRACEBACK=1`` shows full tracebacks)."""
+    try:
+        run_cli()
+    except Exception as err:
+        cause = find_user_error(err)  # jsonargparse and Lightning wrap the errors raised inside them
+        if cause is None or os.environ.get("SSLVIT_TRACEBACK"):
+            raise
+        print(f"sslvit: error: {one_line(cause)}", file=sys.stderr)
+        sys.exit(2)

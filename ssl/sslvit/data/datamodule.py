@@ -1,0 +1,261 @@
+"""One LightningDataModule for every method: datasets, transforms, loaders.
+
+Splits: ``pretrain`` is what self-supervised training reads (for STL-10 the labelled train split
+plus the 100k unlabelled images), ``train`` and ``val`` are the labelled splits that evaluators
+(kNN, linear probe) use. Training and validation batches are dicts (``images``, ``labels``,
+per-sample ``keys``; see :mod:`sslvit.data.sampling`); evaluation loaders give ``(images, labels)``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision import datasets as tvd
+from torchvision import transforms as T
+
+from sslvit.constants import IMAGENET_MEAN, IMAGENET_STD
+from sslvit.data.datasets import SPLITS, DigitsDataset, Split, class_balanced_subset, load_rgb
+from sslvit.data.device_augment import ResidentIndices, augment_batch, decode_all
+from sslvit.data.sampling import CollateKeyed, KeyedDataset, KeyedSampler, ResumableLoader
+from sslvit.errors import ConfigError, DatasetUnavailableError
+
+DATASETS = ("digits", "cifar10", "cifar100", "stl10", "imagefolder")
+DatasetName = Literal["digits", "cifar10", "cifar100", "stl10", "imagefolder"]
+TORCHVISION_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python", "stl10": "stl10_binary"}
+
+
+# ---- the data module ----------------------------------------------------------------------------
+class SSLDataModule(L.LightningDataModule):
+    """Images for self-supervised pretraining and for evaluation.
+
+    Args:
+        dataset: ``digits`` (offline, ships with scikit-learn), ``cifar10``, ``cifar100``,
+            ``stl10`` (torchvision, downloaded into ``root`` when possible) or ``imagefolder``
+            (``root/train/<class>/*`` and ``root/val/<class>/*``).
+        root: where the data lives (or is downloaded to).
+        image_size: side of the training images; must equal the model's ``backbone.img_size``.
+        batch_size: images per device per step.
+        num_workers: loader processes per device.
+        crop_scale, crop_ratio: RandomResizedCrop area and aspect ranges of the training transform
+            (MAE: scale 0.2-1.0, bicubic).
+        hflip: random horizontal flips in the training transform.
+        color_jitter: strength of brightness/contrast/saturation jitter (0 disables it).
+        eval_crop_fraction: evaluation transform resizes to ``image_size / eval_crop_fraction``
+            then center-crops ``image_size`` (0.875 is the ImageNet 256 -> 224 convention).
+        train_subset: pretrain on a fixed class-balanced subset of this many images.
+        skip_corrupt: skip unreadable images (counted, logged) instead of stopping with an error.
+        on_device: keep the pretraining images as one uint8 tensor on the training device and
+            crop/flip whole batches there (:mod:`sslvit.data.device_augment`): for datasets that fit in
+            memory with images of one size (CIFAR, STL-10), so the loader is never the bottleneck.
+        download: let torchvision download cifar10/cifar100/stl10 when they are missing.
+    """
+
+    def __init__(
+        self,
+        dataset: DatasetName = "digits",
+        root: str = "data",
+        image_size: int = 32,
+        batch_size: int = 128,
+        num_workers: int = 2,
+        crop_scale: tuple[float, float] = (0.2, 1.0),
+        crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        hflip: bool = True,
+        color_jitter: float = 0.0,
+        eval_crop_fraction: float = 1.0,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        train_subset: int | None = None,
+        skip_corrupt: bool = False,
+        on_device: bool = False,
+        download: bool = True,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if dataset not in DATASETS:
+            raise ConfigError(f"data.dataset={dataset!r} is unknown; choose one of {list(DATASETS)}")
+        if image_size <= 0 or batch_size <= 0 or num_workers < 0:
+            raise ConfigError(
+                f"data.image_size ({image_size}) and data.batch_size ({batch_size}) must be positive "
+                f"and data.num_workers ({num_workers}) non-negative"
+            )
+        if not 0.0 < crop_scale[0] <= crop_scale[1] <= 1.0:
+            raise ConfigError(f"data.crop_scale must satisfy 0 < min <= max <= 1, got {tuple(crop_scale)}")
+        if not 0.0 < eval_crop_fraction <= 1.0:
+            raise ConfigError(f"data.eval_crop_fraction must be in (0, 1], got {eval_crop_fraction}")
+        if on_device and color_jitter > 0:
+            raise ConfigError("data.on_device supports crops and flips only: set data.color_jitter: 0")
+        if train_subset is not None and train_subset <= 0:
+            raise ConfigError(f"data.train_subset must be positive or null, got {train_subset}")
+        self.save_hyperparameters()
+        self.dataset_name, self.root, self.image_size = dataset, root, image_size
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.mean, self.std = tuple(mean), tuple(std)
+        self._datasets: dict[str, Dataset] = {}
+
+    # ---- transforms ----
+    def train_transform(self) -> Callable:
+        h = self.hparams
+        steps: list[Callable] = [
+            T.RandomResizedCrop(
+                self.image_size,
+                scale=tuple(h.crop_scale),
+                ratio=tuple(h.crop_ratio),
+                interpolation=T.InterpolationMode.BICUBIC,
+            )  # fmt: skip
+        ]
+        if h.hflip:
+            steps.append(T.RandomHorizontalFlip())
+        if h.color_jitter > 0:
+            steps.append(T.ColorJitter(h.color_jitter, h.color_jitter, h.color_jitter))
+        return T.Compose([*steps, T.ToTensor(), T.Normalize(self.mean, self.std)])
+
+    def eval_transform(self) -> Callable:
+        """Deterministic val-style transform: resize, center crop, normalize."""
+        resize = int(round(self.image_size / self.hparams.eval_crop_fraction))
+        return T.Compose(
+            [
+                T.Resize(resize, interpolation=T.InterpolationMode.BICUBIC),
+                T.CenterCrop(self.image_size),
+                T.ToTensor(),
+                T.Normalize(self.mean, self.std),
+            ]
+        )
+
+    # ---- datasets ----
+    def build_dataset(self, split: Split, transform: Callable | None, download: bool = False) -> Dataset:
+        """The dataset of one split with a given transform (evaluators pass the eval transform)."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        name, root = self.dataset_name, self.root
+        if name == "digits":
+            return DigitsDataset(split, transform)
+        if name == "imagefolder":
+            folder = Path(root) / ("val" if split == "val" else "train")
+            if not folder.is_dir():
+                raise DatasetUnavailableError(
+                    f"imagefolder dataset: {folder} does not exist. data.root must hold train/ and val/ "
+                    "folders with one sub-folder of images per class (torchvision ImageFolder layout)"
+                )
+            return tvd.ImageFolder(str(folder), transform=transform, loader=load_rgb)
+        return self._torchvision_dataset(split, transform, download)
+
+    def _torchvision_dataset(self, split: Split, transform: Callable | None, download: bool) -> Dataset:
+        name, root = self.dataset_name, self.root
+        try:
+            if name == "stl10":
+                stl_split = {"pretrain": "train+unlabeled", "train": "train", "val": "test"}[split]
+                return tvd.STL10(root, split=stl_split, transform=transform, download=download)
+            cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
+            return cls(root, train=split != "val", transform=transform, download=download)
+        except Exception as err:  # torchvision raises RuntimeError when missing, URLError/OSError offline
+            reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+            expected = TORCHVISION_FOLDERS[name]
+            how = "could not be downloaded" if download else "download is off (data.download: false)"
+            raise DatasetUnavailableError(
+                f"{name} was not found in {os.path.abspath(os.path.join(root, expected))} and {how} "
+                f"({reason}). Put the extracted '{expected}' folder under data.root={root!r} (download it "
+                "on a machine with internet access), or point --data.root at an ImageFolder with train/ "
+                "and val/ and set --data.dataset imagefolder"
+            ) from None
+
+    def prepare_data(self) -> None:
+        """Download torchvision datasets once (rank 0); other datasets need nothing."""
+        if self.dataset_name in TORCHVISION_FOLDERS:
+            for split in ("pretrain", "val"):
+                self._torchvision_dataset(split, None, self.hparams.download)
+
+    def setup(self, stage: str | None = None) -> None:
+        if "pretrain" not in self._datasets:
+            on_device = self.hparams.on_device
+            train = self.build_dataset("pretrain", T.PILToTensor() if on_device else self.train_transform())
+            targets = getattr(train, "targets", None) or getattr(train, "labels", None)
+            if self.hparams.train_subset:
+                chosen = class_balanced_subset(targets, self.hparams.train_subset, self.hparams.seed)
+                train, targets = Subset(train, chosen), [targets[i] for i in chosen]
+            if on_device:
+                self._resident = decode_all(train, self.num_workers)
+                train = ResidentIndices(targets)
+            self._datasets["pretrain"] = train
+            self._datasets["val"] = self.build_dataset("val", self.eval_transform())
+
+    # ---- loaders ----
+    def _keyed_loader(self, split: str, shuffle: bool, loader_class: type[DataLoader] = DataLoader) -> DataLoader:
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        dataset = KeyedDataset(self._datasets[split], skip_corrupt=self.hparams.skip_corrupt)
+        sampler = KeyedSampler(
+            dataset, self.batch_size, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.hparams.seed,
+            drop_last=shuffle, keys_vary_by_epoch=shuffle,
+        )  # fmt: skip
+        # Its own generator, so creating the loader's iterator never draws from the global RNG.
+        generator = torch.Generator().manual_seed(self.hparams.seed)
+        return loader_class(
+            dataset, batch_size=self.batch_size, sampler=sampler, drop_last=shuffle, generator=generator,
+            collate_fn=CollateKeyed(count_skipped=self.hparams.skip_corrupt),
+            # device-resident images: the loader only hands out indices, worker processes would only cost
+            **self._worker_settings(0 if self.hparams.on_device and split == "pretrain" else None),
+        )  # fmt: skip
+
+    def _worker_settings(self, workers: int | None = None) -> dict[str, Any]:
+        workers = self.num_workers if workers is None else workers
+        return dict(
+            num_workers=workers,
+            pin_memory=self.hparams.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.hparams.persistent_workers and workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Batches of the pretraining split as dicts (``images``, ``labels``, ``keys``); resumable mid-epoch."""
+        self.setup("fit")
+        size = len(self._datasets["pretrain"])
+        if size < self.batch_size:
+            raise ConfigError(
+                f"the pretraining split has {size} images, fewer than data.batch_size={self.batch_size}; "
+                "lower the batch size"
+            )
+        self._train_loader = self._keyed_loader("pretrain", shuffle=True, loader_class=ResumableLoader)
+        return self._train_loader
+
+    def val_dataloader(self) -> DataLoader:
+        """The val split in the same dict format, with keys fixed across epochs (same masks every time)."""
+        self.setup("validate")
+        return self._keyed_loader("val", shuffle=False)
+
+    def eval_dataloader(self, split: Split, batch_size: int | None = None) -> DataLoader:
+        """Deterministic loader of ``(images, labels)`` of a labelled split with the eval transform."""
+        dataset = self.build_dataset(split, self.eval_transform())
+        return DataLoader(dataset, batch_size=batch_size or self.batch_size, shuffle=False, **self._worker_settings())
+
+    # ---- Lightning hooks ----
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # Count the training batches the loop has actually consumed (not the ones prefetched), so a
+        # checkpoint records exactly where in the epoch the run stands.
+        trainer = self.trainer
+        if trainer is not None and trainer.training and getattr(self, "_train_loader", None) is not None:
+            self._train_loader.sampler.batches_done += 1
+            if self.hparams.on_device:  # the loader delivered dataset indices; images are made on the device
+                batch["indices"] = batch.pop("images")
+        return batch
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if isinstance(batch, dict) and "indices" in batch:
+            batch["images"] = self.augment_on_device(batch.pop("indices"), batch["keys"])
+        return batch
+
+    def augment_on_device(self, indices: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """The training transform, batched on the device of ``indices``: -> normalized images [N, C, S, S]."""
+        if self._resident.device != indices.device:
+            self._resident = self._resident.to(indices.device)
+        h = self.hparams
+        return augment_batch(
+            self._resident[indices], keys, self.image_size, tuple(h.crop_scale), tuple(h.crop_ratio), h.hflip,
+            self.mean, self.std,
+        )  # fmt: skip

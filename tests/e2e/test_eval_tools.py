@@ -1,0 +1,104 @@
+"""tools/knn_eval.py and tools/linear_probe.py end to end on a tiny checkpoint and a generated ImageFolder."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO, load_script, write_image_folder
+from sslvit.methods.mae import MAE
+
+knn_eval, linear_probe = load_script("tools/knn_eval.py"), load_script("tools/linear_probe.py")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A checkpoint as Lightning writes it (state dict + hyper-parameters) and 3 colour classes, 70 images each."""
+    root = tmp_path_factory.mktemp("tools")
+    torch.manual_seed(0)
+    model = MAE(
+        backbone=dict(arch="vit_tiny", img_size=16, patch_size=4, embed_dim=32, depth=1, num_heads=2),
+        decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2,
+    )  # fmt: skip
+    hparams = {**dict(model.hparams), "_class_path": "sslvit.methods.MAE"}
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": hparams, "global_step": 3}, root / "m.ckpt")
+    write_image_folder(root / "images", classes=3, per_class=70)
+    return root
+
+
+def common(setup, output, *extra):
+    return [
+        "--checkpoint", str(setup / "m.ckpt"), "--data-root", str(setup / "images"), "--num-workers", "0",
+        "--cache-dir", str(setup / "cache"), "--output", str(output), *extra,
+    ]  # fmt: skip
+
+
+def test_knn_tool_writes_json_and_reuses_cached_features(setup, capsys):
+    record = knn_eval.main(common(setup, setup / "knn.json"))
+    saved = json.loads((setup / "knn.json").read_text())
+    assert saved == json.loads(json.dumps(record))
+    assert set(saved["per_k"]) == {"10", "20", "100", "200"} and saved["k"] == 20
+    assert saved["top1"] == saved["per_k"]["20"]["top1"] > 90, "colour classes are easy even for a random encoder"
+    assert saved["top5"] == 100.0  # 3 classes
+    assert (saved["num_train"], saved["num_val"], saved["feature_dim"]) == (210, 105, 32)
+    assert saved["method"] == "sslvit.methods.MAE" and saved["global_step"] == 3 and not saved["random_init"]
+    assert saved["features_from_cache"] == {"train": False, "val": False}
+    out = capsys.readouterr().out
+    assert "*  20" in out and "top-1" in out and "IndexFlatIP" in out
+    again = knn_eval.main(common(setup, setup / "knn2.json"))
+    assert again["features_from_cache"] == {"train": True, "val": True} and again["per_k"] == record["per_k"]
+
+
+def test_knn_tool_random_init_and_ivf(setup):
+    trained = knn_eval.main(common(setup, setup / "t.json", "--ks", "5", "--k", "5"))
+    random = knn_eval.main(common(setup, setup / "r.json", "--random-init", "--ks", "5", "--k", "5"))
+    assert random["random_init"] and random["ks"] == [5] and trained["per_k"]["5"]["top1"] > 90
+    assert random["features_from_cache"] == {"train": False, "val": False}, "other weights: not the cached features"
+    again = knn_eval.main(common(setup, setup / "r.json", "--random-init", "--ks", "5", "--k", "5"))
+    assert again["features_from_cache"]["train"], "--random-init is seeded, so its features are cached too"
+    ivf = knn_eval.main(common(setup, setup / "ivf.json", "--index", "ivf", "--nprobe", "2"))
+    assert ivf["index"] == "ivf" and 0 < ivf["recall"] <= 1 and ivf["nprobe"] == 2
+
+
+def test_linear_tool_cached_and_protocol(setup, capsys):
+    fast = linear_probe.main(
+        common(setup, setup / "lin.json", "--epochs", "10", "--warmup-epochs", "1", "--probe-batch-size", "32")
+    )
+    saved = json.loads((setup / "lin.json").read_text())
+    assert saved["path"] == "cached" and saved["top1"] > 90 and saved["top5"] == 100.0
+    assert saved["top1"] == saved["per_lr"][f"{saved['base_lr']:g}"]["top1"] == fast["top1"]
+    assert len(saved["per_lr"]) == 6 and saved["optimizer"] == "lars" and saved["epochs"] == 10
+    slow = linear_probe.main(
+        common(setup, setup / "proto.json", "--protocol", "--epochs", "1", "--probe-batch-size", "64", "--lrs", "1")
+    )
+    assert slow["path"] == "protocol" and slow["num_train"] == 210 and list(slow["per_lr"]) == ["1"]
+    assert slow["features_from_cache"]["val"] is True, "val features come from the cache"
+    out = capsys.readouterr().out
+    assert "base lr" in out and "augmented images" in out and "epoch 1/1" in out
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--checkpoint", "{root}/foreign.ckpt"], "hyper_parameters have no 'backbone'"),
+        (["--checkpoint", "{root}/missing.ckpt"], "missing.ckpt does not exist"),
+        (["--data-root", "{root}"], "has no train/ or val/ folder"),
+        (["--ks", "500"], "k=500 is larger than the bank of 210 training features"),
+        (["--pooling", "cls_last9"], "pooling='cls_last9' is not supported"),
+    ],
+)
+def test_bad_inputs_are_one_clear_line(setup, capsys, extra, message):
+    torch.save({"state_dict": {"encoder.w": torch.zeros(2)}, "hyper_parameters": {"lr": 0.1}}, setup / "foreign.ckpt")
+    with pytest.raises(SystemExit) as exit_info:
+        knn_eval.main(common(setup, setup / "x.json") + [arg.format(root=setup) for arg in extra])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and "Traceback" not in err, err
+
+
+def test_runs_as_a_script(setup):
+    args = common(setup, setup / "script.json", "--ks", "5", "--k", "5")
+    out = subprocess.run([sys.executable, "tools/knn_eval.py", *args], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads((setup / "script.json").read_text())["k"] == 5 and "wrote" in out.stdout

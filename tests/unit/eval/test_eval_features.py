@@ -1,0 +1,115 @@
+"""Frozen feature extraction: poolings, eval mode, caching, RNG, multi-process gathering."""
+
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.utils.data import DataLoader, TensorDataset
+
+from sslvit.data import SSLDataModule
+from sslvit.errors import ConfigError
+from sslvit.eval.features import FeatureCache, dataset_features, encode, extract_features, feature_dim
+from sslvit.nn.backbone import VisionTransformer, ViTConfig
+
+
+def test_poolings_match_the_backbone(tiny_vit):
+    backbone = VisionTransformer(tiny_vit).eval()
+    images = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        tokens = backbone.forward_features(images)
+    assert torch.equal(encode(backbone, images, "cls"), tokens[:, 0])
+    assert torch.allclose(encode(backbone, images, "mean"), tokens[:, 1:].mean(1))
+    assert torch.allclose(encode(backbone, images, "cls_last1"), tokens[:, 0], atol=1e-6)
+    last2 = encode(backbone, images, "cls_last2")
+    assert last2.shape == (3, 2 * 64) == (3, feature_dim(backbone, "cls_last2"))
+    assert torch.allclose(last2[:, 64:], tokens[:, 0], atol=1e-6), "the last block's CLS comes last"
+    for bad in ("avg", "cls_last0", "cls_last3"):
+        with pytest.raises(ConfigError, match=r"use 'cls', 'mean' or 'cls_last<n>' with 1 <= n <= 2"):
+            encode(backbone, images, bad)
+
+
+def test_eval_mode_is_enforced_and_restored(tiny_vit):
+    config = ViTConfig(**{**tiny_vit.to_dict(), "drop_path_rate": 0.5})
+    backbone = VisionTransformer(config)
+    for block in backbone.blocks:  # dropout as well as drop-path
+        block.mlp.drop1.p = 0.5
+    images = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        reference = backbone.eval()(images)
+        backbone.train()
+        assert not torch.allclose(backbone(images), reference), "train mode must be stochastic for this test"
+    backbone.blocks[1].eval()  # a mixed state must come back exactly as it was
+    modes = [m.training for m in backbone.modules()]
+    assert torch.equal(encode(backbone, images), reference)
+    loader = DataLoader(TensorDataset(images, torch.arange(4)), batch_size=3)
+    assert torch.equal(extract_features(backbone, loader).features, reference)
+    assert [m.training for m in backbone.modules()] == modes
+    assert encode(backbone, images).requires_grad is False
+
+
+class CountingBackbone(VisionTransformer):
+    calls = 0
+
+    def forward_features(self, images):
+        CountingBackbone.calls += 1
+        return super().forward_features(images)
+
+
+def test_cache_reuses_features_and_keys_what_matters(tiny_vit, image_folder, tmp_path):
+    backbone = CountingBackbone(tiny_vit).eval()
+    data = SSLDataModule(dataset="imagefolder", root=str(image_folder), image_size=16, batch_size=5, num_workers=0)
+    cache = FeatureCache(tmp_path / "cache")
+    first = dataset_features(backbone, data, "train", cache=cache)
+    calls = CountingBackbone.calls
+    assert calls == 5 and not first.from_cache  # 24 images in batches of 5
+    again = dataset_features(backbone, data, "train", cache=cache)
+    assert CountingBackbone.calls == calls, "the backbone must not run for cached features"
+    assert again.from_cache and torch.equal(again.features, first.features) and torch.equal(again.labels, first.labels)
+    # Another split, pooling, image size or weights is another key.
+    assert len(dataset_features(backbone, data, "val", cache=cache)) == 12
+    assert dataset_features(backbone, data, "train", pooling="mean", cache=cache).from_cache is False
+    other_size = SSLDataModule(dataset="imagefolder", root=str(image_folder), image_size=8, num_workers=0)
+    assert dataset_features(backbone, other_size, "train", cache=cache).from_cache is False
+    with torch.no_grad():
+        backbone.norm.bias.add_(0.1)
+    changed = dataset_features(backbone, data, "train", cache=cache)
+    assert not changed.from_cache and not torch.allclose(changed.features, first.features)
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 5
+
+
+def test_extraction_leaves_the_global_rng_alone(tiny_vit):
+    backbone = VisionTransformer(tiny_vit)
+    loader = DataLoader(TensorDataset(torch.randn(6, 3, 16, 16), torch.arange(6)), batch_size=4)
+    state = torch.get_rng_state()
+    extract_features(backbone, loader, indices=[5, 0, 3])
+    assert torch.equal(torch.get_rng_state(), state), "evaluation during training must not change its randomness"
+
+
+TINY = dict(arch="vit_tiny", img_size=16, patch_size=4, embed_dim=64, depth=2, num_heads=4)
+
+
+def _extract_on_rank(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        backbone = VisionTransformer(TINY)
+        images = torch.randn(11, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+        loader = DataLoader(TensorDataset(images, torch.arange(11)), batch_size=4)
+        result = extract_features(backbone, loader)
+        torch.save({"features": result.features, "labels": result.labels}, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_extract_shards_and_gather_in_dataset_order(tmp_path):
+    mp.spawn(_extract_on_rank, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    torch.manual_seed(0)
+    backbone = VisionTransformer(TINY)
+    images = torch.randn(11, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    single = extract_features(backbone, DataLoader(TensorDataset(images, torch.arange(11)), batch_size=4))
+    for rank in range(2):
+        gathered = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        assert torch.equal(gathered["labels"], torch.arange(11)), "dataset order, each image once (11 = 5 + 6)"
+        assert torch.allclose(gathered["features"], single.features, atol=1e-5)

@@ -1,0 +1,63 @@
+import math
+
+import pytest
+import torch
+
+from sslvit.nn.pos_embed import interpolate_pos_embed, sincos_pos_embed_2d
+
+
+def direct_formula(dim: int, rows: int, cols: int) -> torch.Tensor:
+    """Entry by entry: first half encodes the column, second half the row; sin then cos."""
+    quarter = dim // 4
+    table = torch.zeros(rows * cols, dim, dtype=torch.float64)
+    for r in range(rows):
+        for c in range(cols):
+            for k in range(quarter):
+                w = 1.0 / 10000 ** (k / quarter)
+                t = r * cols + c
+                table[t, k] = math.sin(c * w)
+                table[t, quarter + k] = math.cos(c * w)
+                table[t, 2 * quarter + k] = math.sin(r * w)
+                table[t, 3 * quarter + k] = math.cos(r * w)
+    return table.float()
+
+
+@pytest.mark.parametrize("dim,grid", [(16, 4), (32, (3, 5))])
+def test_matches_direct_formula(dim, grid):
+    rows, cols = (grid, grid) if isinstance(grid, int) else grid
+    table = sincos_pos_embed_2d(dim, grid)
+    assert torch.allclose(table, direct_formula(dim, rows, cols), atol=1e-6)
+
+
+def test_cls_position_is_zero_and_rest_unchanged():
+    with_cls = sincos_pos_embed_2d(24, 3, cls_token=True)
+    assert with_cls.shape == (10, 24)
+    assert torch.equal(with_cls[0], torch.zeros(24))
+    assert torch.equal(with_cls[1:], sincos_pos_embed_2d(24, 3))
+
+
+def test_positions_are_distinct():
+    table = sincos_pos_embed_2d(64, 8)
+    dist = torch.cdist(table, table)
+    assert (dist + torch.eye(64) * 1e3).min() > 0.1
+
+
+def test_bad_dimension():
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_pos_embed_2d(30, 4)
+
+
+def test_interpolation_keeps_cls_and_identity_at_same_size():
+    table = sincos_pos_embed_2d(32, 4, cls_token=True).unsqueeze(0)
+    assert interpolate_pos_embed(table, 4) is table
+    bigger = interpolate_pos_embed(table, 8)
+    assert bigger.shape == (1, 65, 32)
+    assert torch.equal(bigger[:, 0], table[:, 0])
+    # Bicubic weights sum to one: a table that is constant over the grid stays that constant.
+    constant = torch.cat([table[:, :1], torch.arange(32.0).expand(1, 16, 32)], dim=1)
+    assert torch.allclose(interpolate_pos_embed(constant, (6, 10))[0, 1:], torch.arange(32.0).expand(60, 32), atol=1e-4)
+
+
+def test_interpolation_rejects_non_square_source():
+    with pytest.raises(ValueError, match="square"):
+        interpolate_pos_embed(torch.zeros(1, 1 + 12, 8), 4)
