@@ -25,6 +25,7 @@ from pathlib import Path
 import lightning as L
 
 from sslvit.cli import run_cli
+from sslvit.cli.parser import ToolParser
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,7 +41,7 @@ class StepClock(L.Callback):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ToolParser(__file__, description=__doc__)
     parser.add_argument("--config", required=True)
     parser.add_argument("--data-root", required=True, help="an ImageFolder root with train/ and val/")
     parser.add_argument("--minutes", type=float, default=10.0)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sslvit.cli.parser import ToolParser
 from sslvit.cli.tool_args import backbone_from_args
 from sslvit.data import SSLDataModule, class_balanced_subset
 from sslvit.eval.features import FeatureCache, dataset_features, dataset_targets
@@ -285,7 +286,7 @@ def report(results: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ToolParser(__file__, description=__doc__)
     parser.add_argument("--parts", nargs="+", choices=["knn", "ivf", "linear"], default=["knn", "ivf", "linear"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(

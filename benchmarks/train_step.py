@@ -32,6 +32,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sslvit.cli.parser import ToolParser
+
 # Dense bf16 tensor-core peaks (TFLOP/s) for MFU; override with --peak-tflops.
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "V100": 125.0}
 SSLVIT = {"kind": "sslvit", "fused_attention": True, "optimizer": "fused", "malloc": True, "compile": False}
@@ -49,6 +51,30 @@ def device_sync(device) -> Callable[[], None]:
     import torch
 
     return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
+def count_cpu_attention() -> None:
+    """Teach torch's FLOP counter the CPU kernel of fused attention, which it leaves out.
+
+    On CUDA, scaled_dot_product_attention runs flash/efficient kernels the counter knows; on a CPU it
+    runs ``_scaled_dot_product_flash_attention_for_cpu``, which the counter (torch 2.14) skips, so
+    GFLOP/s on a CPU would leave out attention. The formulas are torch's own for the other kernels.
+    """
+    import torch
+    from torch.utils.flop_counter import flop_registry, register_flop_formula, sdpa_backward_flop_count, sdpa_flop_count
+
+    forward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+    if forward in flop_registry:
+        return
+
+    @register_flop_formula(forward)
+    def _forward(query, key, value, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_flop_count(query, key, value)
+
+    @register_flop_formula(backward)
+    def _backward(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_backward_flop_count(grad_out, query, key, value)
 
 
 # ---- worker: one variant in its own process ------------------------------------------------
@@ -101,6 +127,7 @@ def build_worker(args: argparse.Namespace, variant: dict[str, Any]):
 
     from torch.utils.flop_counter import FlopCounterMode
 
+    count_cpu_attention()
     with FlopCounterMode(display=False) as counter, torch.autocast(**autocast):
         loss_fn().backward()
     optimizer.zero_grad(set_to_none=True)
@@ -181,17 +208,11 @@ def reference_mae(path: str, model, device):
     """facebookresearch/mae's MaskedAutoencoderViT with sslvit's sizes and (copied) weights."""
     from functools import partial
 
-    import timm.models.vision_transformer as tvit
     import torch
 
-    class ReferenceBlock(tvit.Block):  # the official code passes timm 0.3's `qk_scale`, used explicit attention
-        def __init__(self, *args, qk_scale=None, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.attn.fused_attn = False
+    from official_mae import official_modules  # this folder's script (on sys.path when run as a script)
 
-    tvit.Block = ReferenceBlock
-    sys.path.insert(0, str(Path(path).resolve()))
-    import models_mae
+    models_mae, _ = official_modules(Path(path))
 
     cfg, h = model.backbone_config, model.hparams
     dim, depth, heads = cfg.dims
@@ -230,13 +251,14 @@ def loader_throughput(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     sync = device_sync(device)
 
-    def deliver(batch: dict[str, torch.Tensor]) -> None:
+    def deliver(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         tensors = {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
         if tensors["images"].ndim == 1:  # data.on_device: the loader gave dataset indices, crops are made here
-            datamodule.augment_on_device(tensors["images"], tensors["keys"])
+            return datamodule.augment_on_device(tensors["images"], tensors["keys"])
+        return tensors["images"]
 
     iterator = iter(datamodule.train_dataloader())
-    deliver(next(iterator))  # workers start, resident images move to the device
+    shape = list(deliver(next(iterator)).shape)  # workers start, resident images move to the device
     sync()
     start, images = time.perf_counter(), 0
     for _ in range(args.steps):
@@ -246,11 +268,12 @@ def loader_throughput(args: argparse.Namespace) -> dict[str, Any]:
     sync()
     seconds = time.perf_counter() - start
     return {"device": args.device, "batch_size": datamodule.batch_size, "on_device": datamodule.hparams.on_device,
-            "num_workers": datamodule.num_workers, "loader_images_per_s": images / seconds}  # fmt: skip
+            "num_workers": datamodule.num_workers, "image_shape": shape,
+            "loader_images_per_s": images / seconds}  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ToolParser(__file__, description=__doc__)
     parser.add_argument("--config", required=True)
     parser.add_argument("--batch-size", type=int, help="default: the config's data.batch_size")
     parser.add_argument("--steps", type=int, default=20)

@@ -12,26 +12,28 @@ import argparse
 from pathlib import Path
 
 from sslvit.checkpoints import EXPORT_CONFIG, EXPORT_WEIGHTS, export_checkpoint, timm_from_export, timm_max_difference
-from sslvit.errors import USER_ERRORS, one_line
+from sslvit.cli.parser import ToolParser
+from sslvit.errors import one_line_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ToolParser(__file__, description=__doc__)
     parser.add_argument("--checkpoint", required=True, help="Lightning .ckpt of any sslvit method")
     parser.add_argument("--output", default="exported", help="folder to write model.safetensors and config.json to")
     parser.add_argument("--image-size", type=int, help="input size to export for (default: the evaluation size)")
+    parser.add_argument(
+        "--pooling", choices=["cls", "mean"], default="cls", help="what timm's model(images) returns: CLS or mean token"
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        backbone, info = export_checkpoint(args.checkpoint, args.output, args.image_size)
-    except USER_ERRORS as err:
-        parser.error(one_line(err))
+    with one_line_errors(parser.prog):
+        backbone, info = export_checkpoint(args.checkpoint, args.output, args.image_size, args.pooling)
     size, folder = info["export_image_size"], Path(args.output)
-    difference = timm_max_difference(backbone, timm_from_export(folder), size)
+    difference = timm_max_difference(backbone, timm_from_export(folder), size, args.pooling)
     method = info.get("method") or "the checkpoint"
     print(f"wrote {folder / EXPORT_WEIGHTS} and {folder / EXPORT_CONFIG}: the encoder of {method}, "
           f"{size}x{size} px, {backbone.num_features} features")  # fmt: skip

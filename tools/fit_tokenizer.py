@@ -18,8 +18,9 @@ from typing import Any
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
+from sslvit.cli.parser import OneLineErrorParser
 from sslvit.data import SSLDataModule
-from sslvit.errors import ConfigError
+from sslvit.errors import ConfigError, one_line_errors
 from sslvit.methods import BEiT
 from sslvit.methods.beit.tokenizer import TOKENIZER_JSON
 from sslvit.methods.beit.tokenizer_fit import describe, fit_tokenizer_on_data
@@ -28,7 +29,7 @@ IGNORED_SECTIONS = ("seed_everything", "trainer", "checkpoint", "ckpt_path", "op
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="fit_tokenizer.py", description=__doc__.split("\n\n")[0])
+    parser = OneLineErrorParser(prog="fit_tokenizer.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", action=ActionConfigFile, help="a config of `sslvit fit` whose model is a BEiT")
     parser.add_subclass_arguments(BEiT, "model", required=True)
     parser.add_class_arguments(SSLDataModule, "data")
@@ -42,9 +43,14 @@ def build_parser() -> ArgumentParser:
 def main(args: list[str] | None = None) -> Path:
     parser = build_parser()
     config = parser.parse_args(args)
+    with one_line_errors(parser.prog):
+        return fit_and_save(parser, config, sys.argv[1:] if args is None else args)
+
+
+def fit_and_save(parser: ArgumentParser, config: Any, args: list[str]) -> Path:
     output = Path(config.output)
     if (output / TOKENIZER_JSON).exists() and not config.overwrite:
-        parser.error(f"{output} already holds a tokenizer; pass --overwrite true to replace it")
+        raise FileExistsError(f"{output} already holds a tokenizer; pass --overwrite true to replace it")
     instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # renamed in jsonargparse 4.49
     init = instantiate(config)
     model, data = init.model, init.data
@@ -57,7 +63,7 @@ def main(args: list[str] | None = None) -> Path:
     tokenizer.save(output)
     print(describe(tokenizer, stats))
     print(f"saved to {output}/ ({TOKENIZER_JSON}, codebook.safetensors). Pretrain with it:")
-    print("  " + training_command(sys.argv[1:] if args is None else args, output))
+    print("  " + training_command(args, output))
     return output
 
 
@@ -75,8 +81,4 @@ def training_command(args: list[str], output: Path) -> str:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except ConfigError as err:
-        print(f"fit_tokenizer.py: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    main()

@@ -13,8 +13,9 @@ from __future__ import annotations
 import argparse
 import time
 
+from sslvit.cli.parser import ToolParser
 from sslvit.cli.tool_args import Evaluation, add_feature_args, write_json
-from sslvit.errors import USER_ERRORS, one_line
+from sslvit.errors import one_line_errors
 from sslvit.eval.knn import DEFAULT_KS, KNNClassifier, KNNResult
 
 
@@ -27,7 +28,7 @@ def table(result: KNNResult) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ToolParser(__file__, description=__doc__)
     add_feature_args(parser)
     parser.add_argument("--k", type=int, default=20, help="the k whose accuracy is top1/top5 (default 20)")
     parser.add_argument(
@@ -43,15 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
+    with one_line_errors(parser.prog):
         evaluation = Evaluation.from_args(args)
         knn = KNNClassifier(args.ks, args.k, args.temperature, args.index, args.nlist, args.nprobe)
         train, val = evaluation.features("train"), evaluation.features("val")
         start = time.perf_counter()
         result = knn.fit(train.features, train.labels).evaluate(val.features, val.labels)
         evaluation.seconds["knn"] = time.perf_counter() - start
-    except USER_ERRORS as err:
-        parser.error(one_line(err))
 
     index = "exact inner product (faiss IndexFlatIP)" if args.index == "flat" else f"IVF, nprobe {knn.index.nprobe}"
     print(evaluation.headline(train, val))

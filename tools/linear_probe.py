@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import argparse
 
+from sslvit.cli.parser import ToolParser
 from sslvit.cli.tool_args import Evaluation, add_feature_args, write_json
-from sslvit.errors import USER_ERRORS, one_line
+from sslvit.errors import one_line_errors
 from sslvit.eval.linear import DEFAULT_BASE_LRS, LinearProbeResult, linear_probe, linear_probe_protocol
 
 
@@ -27,7 +28,7 @@ def table(result: LinearProbeResult) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ToolParser(__file__, description=__doc__)
     add_feature_args(parser)
     parser.add_argument("--protocol", action="store_true", help="augmented images through the encoder every epoch")
     parser.add_argument("--epochs", type=int, help="default: 100 on cached features, 90 with --protocol (MAE)")
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
     common = dict(base_lrs=args.lrs, warmup_epochs=args.warmup_epochs, optimizer=args.optimizer, seed=args.seed)
-    try:
+    with one_line_errors(parser.prog):
         evaluation = Evaluation.from_args(args)
         device = evaluation.device
         if args.protocol:
@@ -68,8 +69,6 @@ def main(argv: list[str] | None = None) -> dict:
                 train, val, epochs=args.epochs or 100, batch_size=args.probe_batch_size or 1024, device=device,
                 **common,
             )  # fmt: skip
-    except USER_ERRORS as err:
-        parser.error(one_line(err))
 
     evaluation.seconds["probe"] = result.seconds
     s = result.settings

@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sslvit.errors import USER_ERRORS, one_line
+from sslvit.cli.parser import ToolParser
+from sslvit.errors import one_line_errors
 from sslvit.viz.figure import save_png
 from sslvit.viz.plots import metrics_figure, read_metrics
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ToolParser(__file__, description=__doc__)
     parser.add_argument("run", help="run directory (trainer.default_root_dir), a metrics.csv or an event file")
     parser.add_argument("--output", default="curves.png", help="PNG file to write")
     parser.add_argument("--x", choices=["step", "epoch"], default="step", help="x axis (epoch: mean per epoch)")
@@ -28,11 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
+    with one_line_errors(parser.prog):
         metrics = read_metrics(args.run, args.source)
         path = save_png(metrics_figure(metrics, args.x, args.smooth, title=str(Path(args.run))), args.output)
-    except USER_ERRORS as err:
-        parser.error(one_line(err))
     print(f"wrote {path}: {', '.join(f'{k} ({len(v.step)})' for k, v in sorted(metrics.items()))}")
 
 

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import argparse
 
+from sslvit.cli.parser import ToolParser
 from sslvit.cli.tool_args import add_checkpoint_args, add_data_args, backbone_from_args, datamodule_from_args
-from sslvit.errors import USER_ERRORS, one_line
+from sslvit.errors import one_line_errors
 from sslvit.viz.features import features_figure
 from sslvit.viz.figure import evenly_spaced_images, save_png
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ToolParser(__file__, description=__doc__)
     add_checkpoint_args(parser)
     add_data_args(parser)
     parser.add_argument("--split", choices=["train", "val"], default="val")
@@ -31,14 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
+    with one_line_errors(parser.prog):
         backbone, info = backbone_from_args(args)
         data = datamodule_from_args(args, info)
         images = evenly_spaced_images(data.build_dataset(args.split, data.eval_transform()), args.num_images)
         fig = features_figure(backbone, images, data.mean, data.std, args.panel_size, args.max_heads)
         path = save_png(fig, args.output)
-    except USER_ERRORS as err:
-        parser.error(one_line(err))
     print(f"wrote {path}: {len(images)} images at {images.shape[-1]}px")
 
 

@@ -119,3 +119,45 @@ def test_ddp_shares_one_codebook_and_trains_like_one_process(tmp_path):
     assert (tmp_path / "ddp" / "tokenizer" / "tokenizer.json").is_file()
     for key, value in single["state_dict"].items():
         assert torch.allclose(ddp["state_dict"][key], value, atol=2e-5), key  # codebook and trained weights
+
+
+@pytest.fixture(scope="module")
+def beit_run(tmp_path_factory):
+    """A finished seconds-long BEiT run that fitted its own 16-code tokenizer (saved to <run>/tokenizer)."""
+    run = tmp_path_factory.mktemp("beit") / "run"
+    fit(run)
+    return run
+
+
+@pytest.mark.parametrize(
+    "subcommand,extra,message",
+    [
+        ("fit", ["--data.mean", "[0.5, 0.5, 0.5]"], "was fitted on images normalized with mean="),
+        ("validate", ["--data.std", "[0.5, 0.5, 0.5]"], "was fitted on images normalized with mean="),
+        ("fit", ["--model.init_args.tokenizer", "{other}"], "is not the codebook this run was trained with"),
+        ("validate", ["--model.init_args.tokenizer", "{other}"], "is not the codebook this run was trained with"),
+        ("fit", ["--model.init_args.codebook.color_weight", "0.1"], "codebook.color_weight=0.1 but the checkpoint"),
+    ],
+)
+def test_resuming_refuses_tokenizer_settings_the_codebook_does_not_have(
+    beit_run, tmp_path, monkeypatch, capsys, subcommand, extra, message
+):
+    run = tmp_path / "run"
+    shutil.copytree(beit_run, run)
+    other = write_tokenizer(tmp_path / "other")  # same shape (16 codes of 4x4 patches), other centroids
+    ckpt = str(run / "checkpoints" / "last.ckpt")
+    args = ["sslvit", subcommand, "--config", TINY, "--trainer.default_root_dir", str(run), "--ckpt_path", ckpt]
+    monkeypatch.setattr(sys, "argv", [*args, "--trainer.max_steps", "5", *[a.format(other=other) for a in extra]])
+    with pytest.raises(SystemExit) as done:
+        main()
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and "Traceback" not in err and message in err, err[-3000:]
+
+
+def test_resuming_with_the_runs_own_tokenizer_directory_is_fine(beit_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(beit_run, run)
+    cli = fit(
+        run, "--ckpt_path", "last", "--trainer.max_steps", "4", "--model.init_args.tokenizer", str(run / "tokenizer")
+    )
+    assert cli.trainer.global_step == 4

@@ -95,22 +95,6 @@ def test_bad_configuration_is_one_clear_line(tmp_path, monkeypatch, capsys, args
     assert not (tmp_path / "checkpoints").exists(), "nothing may be written for a bad config"
 
 
-@pytest.mark.parametrize(
-    "args,message",
-    [
-        (["--model.init_args.mask_ratoi", "0.5"], "Option 'mask_ratoi' is not accepted"),
-        (
-            ["--data.dataset", "imagenet"],
-            "Literal['digits', 'cifar10', 'cifar100', 'stl10', 'imagefolder']. Got value: imagenet",
-        ),
-        (["--data.batch_size", "many"], "Expected a <class 'int'>. Got value: many"),
-    ],
-)
-def test_unknown_keys_and_wrong_types_are_rejected_by_the_parser(tmp_path, args, message):
-    out = sslvit("fit", "--config", TINY, "--trainer.default_root_dir", str(tmp_path), *args)
-    assert out.returncode == 2 and message in out.stderr, out.stderr[-2000:]
-
-
 def test_fit_with_plain_dataloaders_scales_lr_from_their_batch_size(tiny_vit):
     import lightning as L
     from torch.utils.data import DataLoader, TensorDataset

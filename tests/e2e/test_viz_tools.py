@@ -124,6 +124,23 @@ def test_export_of_a_real_run_round_trips_into_timm(run, tmp_path, capsys):
         assert torch.equal(model(images), ours(images))
 
 
+@pytest.mark.parametrize("method,pooling", [("beit", "cls"), ("cpc", "mean")])
+def test_export_of_real_beit_and_cpc_runs(method, pooling, tmp_path, capsys):
+    """Real runs: BEiT's tokenizer buffers, mask token and code head, CPC's context networks and predictors."""
+    run_cli(["fit", "--config", TINY_CONFIGS[method], "--trainer.default_root_dir", str(tmp_path / "run")])
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    folder = tmp_path / "exported"
+    tool("export").main(["--checkpoint", str(checkpoint), "--output", str(folder), "--pooling", pooling])
+    assert "largest |timm - sslvit| feature difference 0.00e+00" in capsys.readouterr().out
+    ours, info = load_backbone(checkpoint)
+    assert set(load_file(folder / "model.safetensors")) == set(ours.state_dict())
+    model = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    size = info["image_size"]  # CPC: whole images, not the patches its encoder trained on
+    images = torch.randn(4, 3, size, size)
+    with torch.no_grad():
+        assert torch.equal(model(images), ours(images, pooling=pooling))
+
+
 @pytest.mark.parametrize(
     "script,args,message",
     [

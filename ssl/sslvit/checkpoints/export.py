@@ -20,7 +20,7 @@ from torch import nn
 from sslvit.checkpoints.loading import EXPORT_CONFIG, EXPORT_WEIGHTS, load_backbone
 from sslvit.constants import IMAGENET_MEAN, IMAGENET_STD
 from sslvit.errors import ConfigError
-from sslvit.nn.backbone import TIMM_ARCH, VisionTransformer, ViTConfig
+from sslvit.nn.backbone import TIMM_ARCH, Pooling, VisionTransformer, ViTConfig
 
 
 def export_backbone(
@@ -30,11 +30,13 @@ def export_backbone(
     mean: tuple[float, ...] = IMAGENET_MEAN,
     std: tuple[float, ...] = IMAGENET_STD,
     crop_pct: float = 1.0,
+    pooling: Pooling = "cls",
 ) -> Path:
     """Write ``model.safetensors`` (timm key names) and ``config.json`` (timm hub format) to ``folder``.
 
     ``img_size`` exports the encoder for another input size, with positions for that grid;
-    ``mean``, ``std`` and ``crop_pct`` record the preprocessing the encoder expects.
+    ``mean``, ``std`` and ``crop_pct`` record the preprocessing the encoder expects; ``pooling`` is
+    what timm's ``model(images)`` returns (the CLS token or the mean patch token).
     """
     from safetensors.torch import save_file
 
@@ -47,7 +49,7 @@ def export_backbone(
     grid = config.grid_size
     state["pos_embed"] = backbone.position_table((grid, grid)).detach().contiguous().cpu()
     save_file(state, str(folder / EXPORT_WEIGHTS))
-    kwargs = config.timm_kwargs()
+    kwargs = config.timm_kwargs(pooling)
     meta = {
         "architecture": TIMM_ARCH[config.arch],
         "num_classes": 0,
@@ -69,7 +71,7 @@ def export_backbone(
 
 
 def export_checkpoint(
-    checkpoint: str | Path, folder: str | Path, image_size: int | None = None
+    checkpoint: str | Path, folder: str | Path, image_size: int | None = None, pooling: Pooling = "cls"
 ) -> tuple[VisionTransformer, dict[str, Any]]:
     """Write the encoder of ``checkpoint`` to ``folder``; returns the exported backbone and its info.
 
@@ -88,8 +90,9 @@ def export_checkpoint(
         mean=tuple(info.get("mean", IMAGENET_MEAN)),
         std=tuple(info.get("std", IMAGENET_STD)),
         crop_pct=info.get("eval_crop_fraction", 1.0),
+        pooling=pooling,
     )
-    return backbone, {**info, "export_image_size": size}
+    return backbone, {**info, "export_image_size": size, "pooling": pooling}
 
 
 def timm_from_export(folder: str | Path) -> nn.Module:
@@ -107,11 +110,13 @@ def timm_from_export(folder: str | Path) -> nn.Module:
 
 
 @torch.no_grad()
-def timm_max_difference(backbone: VisionTransformer, model: nn.Module, image_size: int, count: int = 2) -> float:
-    """Largest absolute difference between the pooled features of ``backbone`` and a timm ``model``.
+def timm_max_difference(
+    backbone: VisionTransformer, model: nn.Module, image_size: int, pooling: Pooling = "cls", count: int = 2
+) -> float:
+    """Largest absolute difference between the ``pooling`` features of ``backbone`` and a timm ``model``.
 
     Both see the same ``count`` random images of ``image_size`` pixels (seeded).
     """
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(count, backbone.config.in_chans, image_size, image_size, generator=generator)
-    return (backbone.eval()(images) - model(images)).abs().max().item()
+    return (backbone.eval()(images, pooling=pooling) - model(images)).abs().max().item()

@@ -14,18 +14,33 @@ import torch
 
 from sslvit.errors import CheckpointError
 
+DAMAGED_FIX = "use an earlier checkpoint of the run (checkpoints/epoch*.ckpt) or the file's original copy"
+
 
 def safe_load(path: str | Path) -> dict[str, Any]:
     """Load a ``.ckpt``/``.pth``/``.pt`` with ``weights_only=True``, or a ``.safetensors`` file, on the CPU."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes); {DAMAGED_FIX}")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except SafetensorError as err:
+            raise CheckpointError(f"{path} is not a readable safetensors file ({err}); {DAMAGED_FIX}") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except (EOFError, RuntimeError, KeyError, ValueError) as err:
+        # torch reports damage in many ways: EOFError (cut in the pickle), RuntimeError from the zip
+        # reader (cut archive), KeyError/ValueError (not a torch file at all).
+        detail = (str(err).strip().split(". ")[0].splitlines() or [type(err).__name__])[0][:160]
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint: it is truncated or not a torch file ({detail}); {DAMAGED_FIX}"
+        ) from None
     except pickle.UnpicklingError as err:
         detail = str(err).strip().splitlines()[0][:300]
         raise CheckpointError(

@@ -7,17 +7,24 @@ writes: ``config.yaml``, ``metrics.csv``, TensorBoard events and ``checkpoints/l
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from sslvit.cli.run_dir import RunCheckpoint, RunCSVLogger
+from sslvit.cli.parser import OneLineErrorParser
+from sslvit.cli.run_dir import (
+    RunCheckpoint,
+    RunCSVLogger,
+    StartMarker,
+    check_resume,
+    check_writable,
+    resolve_ckpt_path,
+    unchanged_unless_started,
+)
 from sslvit.data import SSLDataModule
-from sslvit.errors import ConfigError, find_user_error, one_line
+from sslvit.errors import ConfigError, one_line_errors
 from sslvit.methods.base import SSLMethod
 
 
@@ -44,19 +51,34 @@ class SSLCLI(LightningCLI):
     def run_dir(self) -> Path:
         return Path(self.config[self.subcommand].trainer.default_root_dir)
 
+    def _parse_ckpt_path(self) -> None:
+        # Lightning would replace the configured model by the checkpoint's hyper-parameters (another
+        # method, another architecture, silently). Here the configured run is the run: a checkpoint
+        # that does not fit it is refused in one line (check_resume) before anything is written.
+        pass
+
     def before_instantiate_classes(self) -> None:
         if self.subcommand is None:
             return
         config = self.config[self.subcommand]
         if config.checkpoint.dirpath is None:
             config.checkpoint.dirpath = str(self.run_dir() / "checkpoints")
+        if self.subcommand != "fit":  # validating a run must not overwrite the config.yaml it was trained with
+            self.save_config_callback = None
 
     def instantiate_trainer(self, **kwargs):
         logger = self._get(self.config_init, "trainer", {}).get("logger")
         if logger in (None, True):  # default: CSV + TensorBoard, both directly in the run directory
             root = str(self.run_dir())
             kwargs["logger"] = [RunCSVLogger(root, name="", version=""), TensorBoardLogger(root, name="", version="")]
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        self.start_marker = StartMarker()
+        trainer.callbacks.append(self.start_marker)
+        return trainer
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        with unchanged_unless_started(self.run_dir(), self.start_marker):
+            super()._run_subcommand(subcommand)
 
     def after_instantiate_classes(self) -> None:
         if self.subcommand is None:
@@ -75,18 +97,26 @@ class SSLCLI(LightningCLI):
         if "weights_only" in config and config.weights_only is None:
             config.weights_only = True
 
-    def before_validate(self) -> None:
+    def _check_start(self) -> None:
+        """Everything that can be checked before a file is written: the checkpoint to resume, the run directory."""
         self._load_checkpoints_safely()
+        config = self.config[self.subcommand]
+        path = resolve_ckpt_path(config.ckpt_path, Path(config.checkpoint.dirpath))
+        if path is not None:
+            check_resume(path, self.model, self.datamodule)
+        check_writable(self.run_dir())
+
+    def before_validate(self) -> None:
+        self._check_start()
 
     def before_fit(self) -> None:
-        self._load_checkpoints_safely()
-        ckpt_path = self.config.fit.ckpt_path
         last = Path(self.config.fit.checkpoint.dirpath) / "last.ckpt"
-        if ckpt_path is None and last.exists():
+        if self.config.fit.ckpt_path is None and last.exists():
             raise FileExistsError(
                 f"the run directory {self.run_dir()} already holds {last}; starting afresh would overwrite it. "
                 "Resume it with --ckpt_path last, or choose a new --trainer.default_root_dir"
             )
+        self._check_start()
 
 
 def run_cli(args: list[str] | None = None, run: bool = True, callbacks: list[Callback] = ()) -> SSLCLI:
@@ -101,6 +131,8 @@ def run_cli(args: list[str] | None = None, run: bool = True, callbacks: list[Cal
         subclass_mode_model=True,
         trainer_defaults={"default_root_dir": "runs/default", "callbacks": list(callbacks)},
         save_config_kwargs={"overwrite": True},
+        parser_class=OneLineErrorParser,
+        parser_kwargs={"prog": "sslvit"},
         args=args,
         run=run,
     )
@@ -108,11 +140,5 @@ def run_cli(args: list[str] | None = None, run: bool = True, callbacks: list[Cal
 
 def main() -> None:
     """Entry point of the ``sslvit`` console script (``SSLVIT_TRACEBACK=1`` shows full tracebacks)."""
-    try:
+    with one_line_errors("sslvit"):
         run_cli()
-    except Exception as err:
-        cause = find_user_error(err)  # jsonargparse and Lightning wrap the errors raised inside them
-        if cause is None or os.environ.get("SSLVIT_TRACEBACK"):
-            raise
-        print(f"sslvit: error: {one_line(cause)}", file=sys.stderr)
-        sys.exit(2)

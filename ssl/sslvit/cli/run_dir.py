@@ -1,24 +1,33 @@
-"""What a run directory holds besides the config: metrics that survive resumes, checkpoints written atomically.
+"""The run directory: metrics that survive resumes, atomic checkpoints, and nothing lost on a failed start.
 
-``<run dir>/metrics.csv`` is appended to when a run resumes (Lightning's CSV logger would delete it),
-and ``<run dir>/checkpoints/last.ckpt`` is refreshed every N steps by a write-then-rename, so a crash
-never leaves half a checkpoint.
+- ``<run dir>/metrics.csv`` is appended to when a run resumes (Lightning's CSV logger would delete it);
+- ``<run dir>/checkpoints/last.ckpt`` is refreshed every N steps by a write-then-rename, so a crash
+  never leaves half a checkpoint;
+- a resumed run must be the configured run (:func:`check_resume`), and a command that fails before
+  training starts leaves the folder byte for byte as it was (:func:`unchanged_unless_started`).
 """
 
 from __future__ import annotations
 
 import csv
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 from weakref import proxy
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
-from sslvit.errors import ConfigError
+from sslvit.checkpoints.io import safe_load
+from sslvit.errors import CheckpointError, ConfigError
+from sslvit.methods.loading import method_class
 
 
 class _AppendingWriter(ExperimentWriter):
@@ -88,3 +97,122 @@ class RunCheckpoint(ModelCheckpoint):
             and not self._should_skip_saving_checkpoint(trainer)
         ):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+# ---- a resumed run is the configured run -------------------------------------------------------
+def resolve_ckpt_path(ckpt_path: str | None, checkpoint_dir: Path) -> Path | None:
+    """The file a ``--ckpt_path`` value names (``last``: the run's ``last.ckpt``), or None when there is none."""
+    if ckpt_path is None or ckpt_path in ("best", "hpc", "registry") or "://" in ckpt_path:
+        return None
+    path = checkpoint_dir / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
+    if ckpt_path == "last" and not path.is_file():
+        return None  # a first run: nothing to resume yet, training starts fresh
+    if not path.is_file():
+        raise FileNotFoundError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
+    return path
+
+
+def _differences(ours: dict[str, Any], theirs: dict[str, Any]) -> list[str]:
+    keys = sorted(set(ours) | set(theirs))
+    return [f"{k} {theirs.get(k)} vs {ours.get(k)}" for k in keys if ours.get(k) != theirs.get(k)]
+
+
+def check_resume(path: Path, model: L.LightningModule, datamodule: Any) -> None:
+    """Refuse, before anything is written, a checkpoint of another method, architecture or image size.
+
+    The message names both sides (checkpoint vs config). Settings that do not change what the
+    weights are (learning rate, schedule length, logging) may differ: that is how a run is extended.
+    """
+    ckpt = safe_load(path)
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"--ckpt_path {path} is not a Lightning checkpoint of an sslvit run (no 'state_dict')")
+    hparams = ckpt.get("hyper_parameters", {})
+    fix = (
+        "resume with the run's own config (--config <run dir>/config.yaml), or start a new run: a new "
+        "--trainer.default_root_dir without --ckpt_path"
+    )
+    stored = method_class(hparams.get("_class_path"), f"--ckpt_path {path}")
+    if stored is not type(model):
+        raise CheckpointError(
+            f"cannot resume from {path}: it is a {stored.__name__} run but the config trains "
+            f"{type(model).__name__} (model.class_path); {fix}"
+        )
+    backbone = _differences(model.hparams.get("backbone", {}), hparams.get("backbone", {}))
+    if backbone:
+        raise CheckpointError(
+            f"cannot resume from {path}: its backbone differs from the config's (checkpoint vs config: "
+            f"{'; '.join(backbone)}); {fix}"
+        )
+    own = model.state_dict()
+    shapes = [
+        f"{k} {tuple(v.shape) if hasattr(v, 'shape') else None} vs {tuple(own[k].shape) if k in own else None}"
+        for k, v in ckpt["state_dict"].items()
+        if k not in own or own[k].shape != v.shape
+    ] + [f"{k} missing vs {tuple(own[k].shape)}" for k in own if k not in ckpt["state_dict"]]
+    if shapes:
+        shown = "; ".join(shapes[:5]) + (f"; ... {len(shapes) - 5} more" if len(shapes) > 5 else "")
+        raise CheckpointError(
+            f"cannot resume from {path}: its weights do not fit the configured {type(model).__name__} "
+            f"(checkpoint vs config: {shown}); {fix}"
+        )
+    size = ckpt.get("datamodule_hyper_parameters", {}).get("image_size")
+    if size is not None and datamodule is not None and size != datamodule.image_size:
+        raise CheckpointError(
+            f"cannot resume from {path}: it trained on {size}px images but data.image_size="
+            f"{datamodule.image_size}; {fix}"
+        )
+
+
+# ---- a failed start leaves the run directory as it was -----------------------------------------
+class StartMarker(Callback):
+    """Records that the run really began (a training step or a validation batch done): from then on the
+    run directory is the run's, whatever happens."""
+
+    def __init__(self) -> None:
+        self.started = False
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        self.started = True
+
+    def on_validation_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if not trainer.sanity_checking:
+            self.started = True
+
+
+def check_writable(run_dir: Path) -> None:
+    """A one-line error now, rather than two tracebacks from the loggers later."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=run_dir):
+            pass
+    except OSError as err:
+        raise ConfigError(
+            f"trainer.default_root_dir={run_dir} cannot be written ({err.strerror or err}): choose a folder "
+            "you can write to"
+        ) from None
+
+
+@contextmanager
+def unchanged_unless_started(run_dir: Path, marker: StartMarker) -> Iterator[None]:
+    """If the command fails before its first step, put ``run_dir`` back byte for byte as it was.
+
+    Files and folders created since are removed (the whole folder if it is new); the run's small text
+    files (config, hparams, metrics) get their old bytes back. Checkpoints are never written before
+    training starts, so they need no copy.
+    """
+    existed = run_dir.exists()
+    before = set(run_dir.rglob("*")) if existed else set()
+    kept = {p: p.read_bytes() for p in before if p.is_file() and p.suffix in (".yaml", ".csv")}
+    try:
+        yield
+    except (Exception, KeyboardInterrupt):
+        if not marker.started:
+            if not existed:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            else:
+                for path in sorted(set(run_dir.rglob("*")) - before, reverse=True):  # children before parents
+                    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+                for path, data in kept.items():
+                    if not path.is_file() or path.read_bytes() != data:
+                        path.write_bytes(data)
+        raise

@@ -20,7 +20,7 @@ from torchvision import datasets as tvd
 from torchvision import transforms as T
 
 from sslvit.constants import IMAGENET_MEAN, IMAGENET_STD
-from sslvit.data.datasets import SPLITS, DigitsDataset, Split, class_balanced_subset, load_rgb
+from sslvit.data.datasets import SPLITS, DigitsDataset, ImageFolder, Split, class_balanced_subset, load_rgb
 from sslvit.data.device_augment import ResidentIndices, augment_batch, decode_all
 from sslvit.data.sampling import CollateKeyed, KeyedDataset, KeyedSampler, ResumableLoader
 from sslvit.errors import ConfigError, DatasetUnavailableError
@@ -144,7 +144,12 @@ class SSLDataModule(L.LightningDataModule):
                     f"imagefolder dataset: {folder} does not exist. data.root must hold train/ and val/ "
                     "folders with one sub-folder of images per class (torchvision ImageFolder layout)"
                 )
-            return tvd.ImageFolder(str(folder), transform=transform, loader=load_rgb)
+            try:
+                return ImageFolder(str(folder), transform=transform, loader=load_rgb)
+            except DatasetUnavailableError:
+                raise
+            except FileNotFoundError as err:  # torchvision: no class folder at all
+                raise DatasetUnavailableError(f"imagefolder dataset: {err}") from None
         return self._torchvision_dataset(split, transform, download)
 
     def _torchvision_dataset(self, split: Split, transform: Callable | None, download: bool) -> Dataset:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
+from torchvision import datasets as tvd
 
-from sslvit.errors import ConfigError, CorruptImageError
+from sslvit.errors import ConfigError, CorruptImageError, DatasetUnavailableError
 
 Split = Literal["pretrain", "train", "val"]
 SPLITS = ("pretrain", "train", "val")
@@ -20,11 +23,46 @@ def load_rgb(path: str) -> Image.Image:
     try:
         with open(path, "rb") as f:
             return Image.open(f).convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        # A decompression bomb (a header claiming far more pixels than PIL's safety limit) is refused
+        # before it is decoded: for training it is just another unreadable file.
         raise CorruptImageError(
             f"cannot read image {path}: {err}. Replace or delete the file, or set "
             "`data.skip_corrupt: true` to skip unreadable images (they are counted and logged)"
         ) from None
+
+
+def refuse_symlink_loops(root: str | Path) -> None:
+    """Raise if a folder below ``root`` is reached twice through directory symlinks (a loop or a second link).
+
+    torchvision follows directory links: a link to a parent folder would list the same images again
+    and again (until paths grow too long), and training would silently weigh them many times.
+    """
+    seen = {os.path.realpath(root)}
+    for current, folders, _ in os.walk(root, followlinks=True):
+        for name in folders:
+            path = os.path.join(current, name)
+            real = os.path.realpath(path)
+            if real in seen:
+                raise DatasetUnavailableError(
+                    f"{path} is a link to {real}, a folder the dataset already holds: following it would list "
+                    "the same images again (a symlink loop). Remove the link, or copy the images it should add"
+                )
+            seen.add(real)
+
+
+class ImageFolder(tvd.ImageFolder):
+    """torchvision's ImageFolder that refuses symlink loops and says which class folders are empty."""
+
+    @staticmethod
+    def make_dataset(directory: str | Path, class_to_idx: dict[str, int], **kwargs: Any) -> list[tuple[str, int]]:
+        refuse_symlink_loops(directory)
+        try:
+            return tvd.DatasetFolder.make_dataset(directory, class_to_idx, **kwargs)
+        except FileNotFoundError as err:
+            raise DatasetUnavailableError(
+                f"{directory}: {err}. Every class folder needs at least one image: add images or remove the folder"
+            ) from None
 
 
 class DigitsDataset(Dataset):

@@ -118,15 +118,31 @@ class ViTConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def timm_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``timm.create_model(TIMM_ARCH[arch], **kwargs)`` giving this encoder."""
+    def timm_kwargs(self, pooling: Pooling = "cls") -> dict[str, Any]:
+        """Keyword arguments for ``timm.create_model(TIMM_ARCH[arch], **kwargs)`` giving this encoder.
+
+        ``pooling`` picks what timm's ``model(images)`` returns, as :meth:`VisionTransformer.forward` does:
+        the CLS token (``token``) or the mean of the normalized patch tokens (``avg`` without timm's
+        ``fc_norm``, which would move the final norm after the pooling).
+        """
+        if pooling not in ("cls", "mean"):
+            raise ConfigError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
         dim, depth, heads = self.dims
+        pool = {"global_pool": "token"} if pooling == "cls" else {"global_pool": "avg", "fc_norm": False}
         return dict(
-            img_size=self.img_size, patch_size=self.patch_size, in_chans=self.in_chans,
-            embed_dim=dim, depth=depth, num_heads=heads, mlp_ratio=self.mlp_ratio,
-            qkv_bias=self.qkv_bias, init_values=self.layer_scale_init,
-            num_classes=0, global_pool="token", class_token=True,
-        )  # fmt: skip
+            img_size=self.img_size,
+            patch_size=self.patch_size,
+            in_chans=self.in_chans,
+            embed_dim=dim,
+            depth=depth,
+            num_heads=heads,
+            mlp_ratio=self.mlp_ratio,
+            qkv_bias=self.qkv_bias,
+            init_values=self.layer_scale_init,
+            num_classes=0,
+            class_token=True,
+            **pool,
+        )
 
 
 class VisionTransformer(nn.Module):

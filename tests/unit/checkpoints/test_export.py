@@ -1,7 +1,8 @@
-"""Export for timm from checkpoints of every method: only the encoder, at the evaluation size, same features.
+"""Export for timm from checkpoints of every method: only the encoder, at the evaluation size, the same features.
 
-BEiT and CPC are emulated by what the export relies on: the encoder stored as ``backbone.*`` with its
-config in ``hyper_parameters["backbone"]``, next to method-specific heads that must stay behind.
+Checkpoints hold the real state dicts of MAE, BEiT and CPC (their decoders, heads, tokenizer buffers and
+context networks under their own names) with weights moved away from the initialisation, and
+architectures away from the defaults; timm must then compute bit-identical features.
 """
 
 import json
@@ -14,73 +15,83 @@ from safetensors.torch import load_file
 from sslvit.checkpoints import load_backbone
 from sslvit.checkpoints.export import export_checkpoint, timm_from_export, timm_max_difference
 from sslvit.errors import ConfigError
-from sslvit.nn.backbone import VisionTransformer, ViTConfig
+from sslvit.methods import CPC, MAE, BEiT, SSLMethod
+from sslvit.nn.backbone import ViTConfig
+
+TINY = dict(arch="vit_tiny", img_size=16, patch_size=4, embed_dim=64, depth=2, num_heads=4)
 
 
-def method_checkpoint(path, config: ViTConfig, method: str, heads: dict, image_size: int, **data) -> VisionTransformer:
-    """A Lightning-like checkpoint of ``method``: a trained-looking encoder plus ``heads``."""
-    backbone = VisionTransformer(config)
+def build(method: str, backbone: dict) -> tuple[SSLMethod, int]:
+    """A real method on ``backbone`` and the side of the images it is evaluated on."""
+    if method == "MAE":
+        return MAE(backbone=backbone, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2), backbone["img_size"]
+    if method == "BEiT":
+        return BEiT(backbone=backbone, codebook={"vocab_size": 8}), backbone["img_size"]
+    # CPC trains its encoder on 8 px patches of 16 px images and is evaluated on whole images
+    return CPC(backbone={**backbone, "img_size": 8}, image_size=16, context_dim=32, context_depth=1,
+               context_heads=2, prediction_steps=1), 16  # fmt: skip
+
+
+def save_checkpoint(path, model: SSLMethod, image_size: int, **data) -> None:
+    """What Lightning writes for a run of ``model``: its state dict, hyper-parameters and data settings."""
     with torch.no_grad():
-        for p in backbone.parameters():
+        for p in model.parameters():
             p.add_(0.02 * torch.randn_like(p))  # not the initialisation: a copying mistake would show
-    state = {f"backbone.{k}": v for k, v in backbone.state_dict().items()} | heads
-    hparams = {"_class_path": f"sslvit.methods.{method}", "backbone": config.to_dict(), "lr": 1e-3}
+    hparams = {**dict(model.hparams), "_class_path": f"sslvit.methods.{type(model).__name__}"}
     data = {"image_size": image_size, **data}
-    torch.save({"state_dict": state, "hyper_parameters": hparams, "datamodule_hyper_parameters": data}, path)
-    return backbone.eval()
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": hparams, "datamodule_hyper_parameters": data},
+               path)  # fmt: skip
 
 
-BEIT_HEADS = {"mask_token": torch.zeros(1, 1, 64), "lm_head.weight": torch.zeros(8, 64)}
-CPC_HEADS = {"predictor.weight": torch.zeros(64, 64), "predictor.bias": torch.zeros(64)}
-
-
+@pytest.mark.parametrize("method", ["MAE", "BEiT", "CPC"])
 @pytest.mark.parametrize(
-    "method,overrides,heads,image_size",
+    "overrides,pooling",
     [
-        ("BEiT", {"layer_scale_init": 0.1}, BEIT_HEADS, 16),
-        # CPC trains its encoder on 8px crops of 16px images and is evaluated on whole images
-        ("CPC", {"img_size": 8}, CPC_HEADS, 16),
+        ({}, "cls"),
+        ({"mlp_ratio": 2.0, "qkv_bias": False}, "cls"),
+        ({"layer_scale_init": 0.1}, "mean"),
+        ({"in_chans": 1, "num_heads": 2}, "mean"),
     ],
+    ids=["default", "mlp2-noqkvbias", "layerscale-mean", "1channel-mean"],
 )
-def test_export_keeps_only_the_encoder_at_its_evaluation_size(tiny_vit, tmp_path, method, overrides, heads, image_size):
-    config = ViTConfig(**{**tiny_vit.to_dict(), **overrides})
+def test_export_keeps_only_the_encoder_and_timm_computes_the_same_features(tmp_path, method, overrides, pooling):
+    model, image_size = build(method, {**TINY, **overrides})
     mean, std = [0.1, 0.2, 0.3], [0.4, 0.5, 0.6]
-    ours = method_checkpoint(tmp_path / "m.ckpt", config, method, heads, image_size, mean=mean, std=std,
-                             eval_crop_fraction=0.875)  # fmt: skip
-    backbone, info = export_checkpoint(tmp_path / "m.ckpt", tmp_path / "out")
+    save_checkpoint(tmp_path / "m.ckpt", model, image_size, mean=mean, std=std, eval_crop_fraction=0.875)
+    backbone, info = export_checkpoint(tmp_path / "m.ckpt", tmp_path / "out", pooling=pooling)
     assert info["export_image_size"] == image_size and info["method"] == f"sslvit.methods.{method}"
+    ours = model.backbone.eval()
     weights = load_file(tmp_path / "out" / "model.safetensors")
-    assert set(weights) == set(ours.state_dict()), "heads and tokens of the method are not exported"
+    assert set(weights) == set(ours.state_dict()), "decoders, heads, tokenizers and context networks stay behind"
     assert weights["pos_embed"].shape == (1, 1 + (image_size // 4) ** 2, 64)
-    config_json = json.loads((tmp_path / "out" / "config.json").read_text())
-    pretrained = config_json["pretrained_cfg"]
-    assert pretrained["input_size"] == [3, image_size, image_size] and pretrained["crop_pct"] == 0.875
-    assert pretrained["mean"] == mean and pretrained["std"] == std
-    model = timm_from_export(tmp_path / "out")
-    images = torch.randn(3, 3, image_size, image_size)
-    with torch.no_grad():
-        assert torch.allclose(model(images), ours(images), atol=1e-6)
-        assert torch.allclose(model.forward_features(images), ours.forward_features(images), atol=1e-6)
-    assert timm_max_difference(backbone, model, image_size) < 1e-6
-    # the hub-format folder also loads by name, with the preprocessing it was trained with
-    by_name = timm.create_model(f"local-dir:{tmp_path / 'out'}", pretrained=True).eval()
-    with torch.no_grad():
-        assert torch.allclose(by_name(images), ours(images), atol=1e-6)
-    data_config = timm.data.resolve_model_data_config(by_name)
-    assert list(data_config["mean"]) == mean and data_config["input_size"] == (3, image_size, image_size)
-    again, again_info = load_backbone(tmp_path / "out")
+    pretrained = json.loads((tmp_path / "out" / "config.json").read_text())["pretrained_cfg"]
+    assert pretrained["input_size"] == [ours.config.in_chans, image_size, image_size]
+    assert pretrained["crop_pct"] == 0.875 and pretrained["mean"] == mean and pretrained["std"] == std
+
+    images = torch.randn(3, ours.config.in_chans, image_size, image_size)
+    for theirs in (
+        timm_from_export(tmp_path / "out"),
+        timm.create_model(f"local-dir:{tmp_path / 'out'}", pretrained=True),
+    ):
+        with torch.no_grad():
+            assert torch.equal(theirs.eval().forward_features(images), ours.forward_features(images))
+            assert torch.equal(theirs(images), ours(images, pooling=pooling))
+    assert timm_max_difference(backbone, timm_from_export(tmp_path / "out"), image_size, pooling) == 0.0
+    again, again_info = load_backbone(tmp_path / "out")  # and back into sslvit
     assert again_info["image_size"] == image_size and again_info["eval_crop_fraction"] == 0.875
     with torch.no_grad():
-        assert torch.allclose(again(images), ours(images), atol=1e-6)
+        assert torch.equal(again.forward_features(images), ours.forward_features(images))
 
 
-def test_export_at_another_size_and_bad_sizes(tiny_vit, tmp_path):
-    ours = method_checkpoint(tmp_path / "m.ckpt", tiny_vit, "MAE", {"decoder_pred.weight": torch.zeros(48, 32)}, 16)
+def test_export_at_another_size_and_bad_sizes(tmp_path):
+    model, _ = build("MAE", TINY)
+    save_checkpoint(tmp_path / "m.ckpt", model, 16)
     export_checkpoint(tmp_path / "m.ckpt", tmp_path / "out", image_size=24)
-    model = timm_from_export(tmp_path / "out")
     images = torch.randn(2, 3, 24, 24)
     with torch.no_grad():
-        assert torch.allclose(model(images), ours(images), atol=1e-6)
+        assert torch.equal(timm_from_export(tmp_path / "out")(images), model.backbone.eval()(images))
     with pytest.raises(ConfigError, match="not a multiple of the patch size 4"):
         export_checkpoint(tmp_path / "m.ckpt", tmp_path / "bad", image_size=30)
     assert not (tmp_path / "bad").exists()
+    with pytest.raises(ConfigError, match="pooling must be 'cls' or 'mean'"):
+        ViTConfig(**TINY).timm_kwargs("max")

@@ -117,10 +117,43 @@ class BEiT(SSLMethod):
                 "use the same normalization or refit the tokenizer"
             )
 
+    def _check_restored_codebook(self) -> None:
+        """A codebook restored from a checkpoint must agree with the settings given now: refuse, never ignore.
+
+        The tokenizer directory named by ``model.tokenizer`` must hold this very codebook, ``codebook.color_weight``
+        must be the one it was fitted with, and the data must be normalized as its images were.
+        """
+        source = self.tokenizer_info.get("source", "restored from the checkpoint")
+        path = self.hparams.tokenizer
+        if path is not None and str(path) != str(source):
+            given = load_tokenizer(path)
+            if given.centroids.shape != self.tokenizer.centroids.shape or not torch.equal(
+                given.centroids, self.tokenizer.centroids.cpu()
+            ):
+                raise ConfigError(
+                    f"model.tokenizer={path} is not the codebook this run was trained with (the checkpoint holds the "
+                    f"one from {source}): drop model.tokenizer to keep the run's codebook, or start a new run to use it"
+                )
+        stored, asked = round(float(self.tokenizer.color_weight), 6), round(self.codebook_config.color_weight, 6)
+        if stored != asked:
+            raise ConfigError(
+                f"model.codebook.color_weight={asked} but the checkpoint's codebook was fitted with {stored}: the "
+                "codes would not change; keep the run's setting or start a new run to fit a new codebook"
+            )
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None:
+            self._check_normalization(datamodule, source)
+
+    def on_validation_start(self) -> None:
+        # `sslvit validate` of a checkpoint (fit checks once, in on_fit_start)
+        if bool(self.tokenizer.fitted) and self.trainer.state.fn == "validate":
+            self._check_restored_codebook()
+
     def on_fit_start(self) -> None:
         super().on_fit_start()
         # After a resumed checkpoint is restored (so resuming never refits), before the sanity check.
         if bool(self.tokenizer.fitted):
+            self._check_restored_codebook()
             return
         trainer, path = self.trainer, self.hparams.tokenizer
         datamodule = getattr(trainer, "datamodule", None)

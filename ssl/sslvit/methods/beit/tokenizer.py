@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sslvit.checkpoints.io import safe_load
 from sslvit.constants import IMAGENET_MEAN, IMAGENET_STD
 from sslvit.errors import ConfigError
 from sslvit.nn.backbone import ViTConfig
@@ -223,8 +224,6 @@ class KMeansTokenizer(VisualTokenizer):
 
 def load_tokenizer(path: str | Path) -> KMeansTokenizer:
     """Load a tokenizer directory written by :meth:`KMeansTokenizer.save` (or ``tools/fit_tokenizer.py``)."""
-    from safetensors.torch import load_file
-
     path = Path(path)
     meta_file, codebook_file = path / TOKENIZER_JSON, path / CODEBOOK_FILE
     if not meta_file.is_file() or not codebook_file.is_file():
@@ -232,13 +231,16 @@ def load_tokenizer(path: str | Path) -> KMeansTokenizer:
             f"model.tokenizer={str(path)!r} is not a tokenizer directory: it needs {TOKENIZER_JSON} and "
             f"{CODEBOOK_FILE}. Create one with: python tools/fit_tokenizer.py --config <config> --output {path}"
         )
-    meta = json.loads(meta_file.read_text())
+    try:
+        meta = json.loads(meta_file.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{meta_file} is not valid JSON ({err}): refit it with tools/fit_tokenizer.py") from None
     if meta.get("type") != "kmeans" or meta.get("format_version") != FORMAT_VERSION:
         raise ConfigError(
             f"{meta_file} describes a {meta.get('type')!r} tokenizer of format {meta.get('format_version')}; this "
             f"version of sslvit reads 'kmeans' tokenizers of format {FORMAT_VERSION}: refit with tools/fit_tokenizer.py"
         )
-    tensors = load_file(str(codebook_file))
+    tensors = safe_load(codebook_file)
     tokenizer = KMeansTokenizer.from_codebook(tensors["centroids"], tensors["patch_centroids"], meta)
     tokenizer.info = {k: v for k, v in meta.items() if k not in tokenizer.settings()}
     return tokenizer

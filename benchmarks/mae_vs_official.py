@@ -1,0 +1,136 @@
+"""sslvit's MAE against facebookresearch/mae's training code at equal steps: kNN of both, over seeds and variants.
+
+    python benchmarks/mae_vs_official.py --mae-repo /path/to/mae --data-root ../shared/data/cifar10 \\
+        --steps 500 --seeds 0 1 --variants official sslvit sslvit-pil-loader --output mae-vs-official.json
+
+Every variant pretrains the CIFAR-10 config's architecture (``--config``) on the same class-balanced
+``--train-images`` subset for ``--steps`` steps of the config's batch (warmup ``--warmup-steps``, then
+cosine), then its encoder's CLS features are evaluated by kNN (k = 20, T = 0.07) with that subset as
+the bank and the val split as queries. Variants switch one difference at a time:
+
+- ``official``: ``benchmarks/official_mae.py`` (their model, initialisation, schedule, PIL loader,
+  weight-decay groups);
+- ``sslvit``: ``sslvit fit`` with the config as it is (crops made on the device from uint8 images);
+- ``sslvit-pil-loader``: the same with ``data.on_device: false`` (torchvision's PIL crops in workers);
+- any other name ``sslvit:<key>=<value>,...``: ``sslvit fit`` with those overrides (e.g.
+  ``sslvit:data.num_workers=0``).
+
+Prints a table (mean and std over seeds) and writes every run's record as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sslvit.checkpoints import load_backbone, safe_load
+from sslvit.cli.parser import ToolParser
+from sslvit.data import SSLDataModule, class_balanced_subset
+from sslvit.errors import one_line_errors
+from sslvit.eval import KNNClassifier, dataset_features
+from sslvit.eval.features import dataset_targets
+from sslvit.nn.backbone import VisionTransformer, ViTConfig
+
+REPO = Path(__file__).resolve().parents[1]
+VARIANTS = {"sslvit": [], "sslvit-pil-loader": ["--data.on_device", "false"]}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ToolParser(__file__, description=__doc__)
+    parser.add_argument("--mae-repo", help="a checkout of facebookresearch/mae (for the `official` variant)")
+    parser.add_argument("--config", default="configs/mae/cifar10_vit_tiny.yaml")
+    parser.add_argument("--data-root", required=True, help="an ImageFolder root with train/ and val/")
+    parser.add_argument("--train-images", type=int, default=10000)
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--warmup-steps", type=int, default=100)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--variants", nargs="+", default=["official", "sslvit", "sslvit-pil-loader"])
+    parser.add_argument("--run-dir", default="runs/mae-vs-official")
+    parser.add_argument("--output", help="write every run's record as JSON")
+    return parser
+
+
+def sslvit_overrides(variant: str) -> list[str]:
+    if variant in VARIANTS:
+        return VARIANTS[variant]
+    if variant.startswith("sslvit:"):
+        pairs = [p.split("=", 1) for p in variant.removeprefix("sslvit:").split(",")]
+        return [arg for key, value in pairs for arg in (f"--{key}", value)]
+    raise SystemExit(f"unknown variant {variant!r}: official, {', '.join(VARIANTS)} or sslvit:<key>=<value>,...")
+
+
+def pretrain(args: argparse.Namespace, variant: str, seed: int, run: Path) -> Path:
+    """Train one variant; returns its checkpoint."""
+    if variant == "official":
+        checkpoint = run / "mae.pth"
+        command = [sys.executable, str(REPO / "benchmarks" / "official_mae.py"), "--mae-repo", args.mae_repo,
+                   "--config", args.config, "--data-root", args.data_root, "--train-images", str(args.train_images),
+                   "--steps", str(args.steps), "--warmup-steps", str(args.warmup_steps), "--seed", str(seed),
+                   "--output", str(checkpoint)]  # fmt: skip
+    else:
+        checkpoint = run / "checkpoints" / "last.ckpt"
+        command = [sys.executable, "-m", "sslvit.cli", "fit", "--config", args.config, "--data.dataset", "imagefolder",
+                   "--data.root", args.data_root, "--data.train_subset", str(args.train_images),
+                   "--trainer.max_steps", str(args.steps), "--trainer.max_epochs", "-1",
+                   "--model.init_args.warmup_steps", str(args.warmup_steps), "--seed_everything", str(seed),
+                   "--trainer.callbacks", "[]", "--trainer.check_val_every_n_epoch", "1000",
+                   "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(run),
+                   *sslvit_overrides(variant)]  # fmt: skip
+    if not checkpoint.is_file():
+        subprocess.run(command, check=True, cwd=REPO)
+    return checkpoint
+
+
+def encoder(checkpoint: Path, reference: VisionTransformer) -> VisionTransformer:
+    if checkpoint.suffix == ".ckpt":
+        return load_backbone(checkpoint)[0]
+    state = safe_load(checkpoint)["model"]  # the official names of the encoder are the backbone's
+    own = reference.state_dict()
+    model = VisionTransformer(reference.config)
+    model.load_state_dict({k: v for k, v in state.items() if k in own})
+    return model.eval()
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    args = build_parser().parse_args(argv)
+    with one_line_errors("mae_vs_official.py"):
+        return compare(args)
+
+
+def compare(args: argparse.Namespace) -> list[dict[str, Any]]:
+    config = yaml.safe_load((REPO / args.config).read_text())
+    reference = VisionTransformer(ViTConfig.from_dict(config["model"]["init_args"]["backbone"]))
+    data = SSLDataModule(dataset="imagefolder", root=args.data_root, image_size=reference.config.img_size,
+                         batch_size=256, num_workers=2)  # fmt: skip
+    bank = class_balanced_subset(dataset_targets(data.build_dataset("train", None)), args.train_images, seed=0)
+    knn = KNNClassifier(ks=(20,), k=20, temperature=0.07)
+    records = []
+    for seed in args.seeds:
+        for variant in args.variants:
+            run = Path(args.run_dir) / f"{variant.replace(':', '_').replace('=', '-')}-seed{seed}"
+            model = encoder(pretrain(args, variant, seed, run), reference)
+            train = dataset_features(model, data, "train", indices=bank)
+            val = dataset_features(model, data, "val")
+            top1 = knn.fit(train.features, train.labels).evaluate(val.features, val.labels).top1
+            records.append({"variant": variant, "seed": seed, "knn_top1": top1, "run": str(run)})
+            print(f"{variant:<28} seed {seed}: kNN top-1 {top1:.2f}%", flush=True)
+    print(f"\n{'variant':<28}{'kNN top-1 (mean ± std over seeds)':>36}")
+    for variant in args.variants:
+        values = [r["knn_top1"] for r in records if r["variant"] == variant]
+        if values:
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            print(f"{variant:<28}{statistics.mean(values):>28.2f} ± {spread:.2f}  ({len(values)} seeds)")
+    if args.output:
+        Path(args.output).write_text(json.dumps({"settings": vars(args), "runs": records}, indent=2) + "\n")
+    return records
+
+
+if __name__ == "__main__":
+    main()
