@@ -14,7 +14,8 @@ biases and 1-d parameters; the tokens are decayed, as in the official code), ``A
 on a CPU (it calls ``torch.cuda.synchronize()``), so its loop body is run here: the same calls, in
 the same order. Sizes, mask ratio, norm-pix loss and batch size come from an sslvit config, so both
 train the same architecture. With ``--minutes`` the schedule follows the clock (its position is the
-elapsed fraction of the budget, as sslvit's budget runs), with ``--steps`` the step count.
+elapsed fraction of the budget, as ``sslvit.cli.TimeBudget`` makes sslvit's runs do), with ``--steps``
+the step count.
 
 Writes ``{"model": state_dict, "sslvit": {...}}`` (tensors and plain values: loadable with
 ``weights_only=True``) and, with ``--json``, the run's record.
@@ -52,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     budget = parser.add_mutually_exclusive_group(required=True)
     budget.add_argument("--minutes", type=float, help="wall-clock budget; the schedule follows the clock")
     budget.add_argument("--steps", type=int, help="optimizer steps")
-    parser.add_argument("--warmup-steps", type=int, default=100)
+    parser.add_argument("--warmup-steps", type=int, default=100, help="with --steps")
+    parser.add_argument("--warmup-fraction", type=float, default=0.05, help="with --minutes: part of the budget")
     parser.add_argument("--blr", type=float, help="base lr per 256 images (default: the config's base_lr)")
     parser.add_argument("--weight-decay", type=float, default=0.05)
     parser.add_argument("--num-workers", type=int, default=2)
@@ -136,24 +138,23 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     lr = blr * batch / 256
     optimizer = torch.optim.AdamW(param_groups_weight_decay(model, args.weight_decay), lr=lr, betas=(0.9, 0.95))
     steps_per_epoch = len(loader)
-    # Their schedule is in (fractional) epochs of this loader: linear warmup over --warmup-steps, then a
-    # half-cycle cosine to the end of the budget (steps, or the clock: the cosine's position is the
-    # fraction of the time after warmup that has passed, as in sslvit's budget runs).
-    warmup = args.warmup_steps / steps_per_epoch
-    length = args.steps / steps_per_epoch if args.steps else warmup + 1.0
+    # Their schedule is in (fractional) epochs of this loader: linear warmup, then a half-cycle cosine
+    # to the end of the budget. With --steps the position is the step; with --minutes it is the elapsed
+    # fraction of the budget (warmup over --warmup-fraction of it), as sslvit.cli.TimeBudget does for
+    # sslvit's runs, so both spend the same time on the same schedule shape.
+    if args.steps:
+        length, warmup = args.steps / steps_per_epoch, args.warmup_steps / steps_per_epoch
+    else:
+        length, warmup = 1.0, args.warmup_fraction
     schedule = SimpleNamespace(lr=lr, min_lr=0.0, warmup_epochs=warmup, epochs=length)
     budget_s = args.minutes * 60 if args.minutes else None
     model.train()
-    start, step, losses, warmup_end = time.perf_counter(), 0, [], None
+    start, step, losses = time.perf_counter(), 0, []
     while True:
         for samples, _ in loader:
             elapsed = time.perf_counter() - start
-            if step < args.warmup_steps or budget_s is None:
-                position = step / steps_per_epoch
-            else:
-                warmup_end = warmup_end if warmup_end is not None else elapsed
-                position = warmup + (elapsed - warmup_end) / max(budget_s - warmup_end, 1e-9) * (length - warmup)
-            if position >= length or (budget_s is not None and elapsed >= budget_s):
+            position = step / steps_per_epoch if budget_s is None else elapsed / budget_s
+            if position >= length:
                 break
             lr_sched.adjust_learning_rate(optimizer, position, schedule)
             loss, _, _ = model(samples, mask_ratio=s["mask_ratio"])
