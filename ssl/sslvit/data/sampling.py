@@ -97,8 +97,12 @@ class KeyedSampler(DistributedSampler):
             self.batches_done = 0
         super().set_epoch(epoch)
 
+    def rank_indices(self) -> list[int]:
+        """This rank's dataset indices for the current epoch, in order (DistributedSampler's interleaving)."""
+        return list(super().__iter__())
+
     def __iter__(self):
-        indices = list(super().__iter__())
+        indices = self.rank_indices()
         skip = 0
         if self.epoch == self._resume_epoch:  # resuming inside this epoch: drop what was trained on
             skip, self._resume_epoch = self._resume_skip * self.batch_size, -1
