@@ -22,7 +22,7 @@ from torchvision import transforms as T
 
 from sslvit.constants import IMAGENET_MEAN, IMAGENET_STD
 from sslvit.data.datasets import SPLITS, DigitsDataset, Split, class_balanced_subset, load_rgb
-from sslvit.data.decode import DraftCrop, normalize_on_device, open_lazily
+from sslvit.data.decode import DecodeAndCrop, normalize_on_device, read_encoded
 from sslvit.data.device_augment import ResidentIndices, augment_batch, decode_all
 from sslvit.data.folders import UnlabelledImages, is_unlabelled, split_folder, unlabelled_message
 from sslvit.data.sampling import CollateKeyed, KeyedDataset, KeyedSampler, ResumableLoader
@@ -61,9 +61,9 @@ class SSLDataModule(L.LightningDataModule):
             crop/flip whole batches there (:mod:`sslvit.data.device_augment`): for datasets that fit in
             memory with images of one size (CIFAR, STL-10), so the loader is never the bottleneck.
         fast_decode: for ``imagefolder`` and ``webdataset`` without color jitter, the training
-            transform decodes JPEGs at reduced DCT scale when the crop allows it and hands uint8
-            crops to the device, where they are normalized (:mod:`sslvit.data.decode`); false: the
-            torchvision PIL transform of the MAE reference.
+            transform decodes with ``torchvision.io.decode_jpeg`` (at a DCT scale when the crop allows
+            it), crops and resizes uint8 tensors and hands them to the device, where they are normalized
+            (:mod:`sslvit.data.decode`); false: the PIL transform of the MAE reference.
         download: let torchvision download cifar10/cifar100/stl10 when they are missing.
     """
 
@@ -116,7 +116,7 @@ class SSLDataModule(L.LightningDataModule):
     def train_transform(self) -> Callable:
         h = self.hparams
         if h.fast_decode and self.dataset_name in FILE_DATASETS and h.color_jitter == 0 and not h.on_device:
-            return DraftCrop(self.image_size, scale=tuple(h.crop_scale), ratio=tuple(h.crop_ratio), hflip=h.hflip)
+            return DecodeAndCrop(self.image_size, scale=tuple(h.crop_scale), ratio=tuple(h.crop_ratio), hflip=h.hflip)
         steps: list[Callable] = [
             T.RandomResizedCrop(
                 self.image_size,
@@ -160,7 +160,7 @@ class SSLDataModule(L.LightningDataModule):
             folder = split_folder(root, split)
             if folder is None:
                 raise DatasetUnavailableError(f"imagefolder dataset: {root} has no val/ folder")
-            loader = open_lazily if isinstance(transform, DraftCrop) else load_rgb  # DraftCrop decodes itself
+            loader = read_encoded if getattr(transform, "wants_encoded", False) else load_rgb
             if is_unlabelled(folder):
                 return UnlabelledImages(folder, transform, loader)
             return tvd.ImageFolder(str(folder), transform=transform, loader=loader)
@@ -276,7 +276,7 @@ class SSLDataModule(L.LightningDataModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if isinstance(batch, dict) and "indices" in batch:
             batch["images"] = self.augment_on_device(batch.pop("indices"), batch["keys"])
-        if isinstance(batch, dict) and batch["images"].dtype == torch.uint8:  # DraftCrop: normalized here
+        if isinstance(batch, dict) and batch["images"].dtype == torch.uint8:  # DecodeAndCrop: normalized here
             batch["images"] = normalize_on_device(batch["images"], self.mean, self.std)
         return batch
 

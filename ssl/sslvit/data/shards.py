@@ -35,6 +35,7 @@ from typing import Any
 from PIL import Image
 from torch.utils.data import Dataset, Subset
 
+from sslvit.data.decode import DECODE_ERRORS, EncodedImage, unreadable
 from sslvit.data.folders import image_files, is_unlabelled, split_folder
 from sslvit.data.sampling import KeyedSampler
 from sslvit.errors import CorruptImageError, DatasetUnavailableError
@@ -205,15 +206,14 @@ class ShardDataset(Dataset):
         image_ext = next((ext for ext in sample if ext in IMAGE_EXTENSIONS), None)
         if image_ext is None:
             raise CorruptImageError(f"{where} key {key} holds no image (files: {sorted(sample)}); rewrite the shard")
+        name = f"{key}{image_ext} in {where}"
+        if getattr(self.transform, "wants_encoded", False):  # DecodeAndCrop decodes the bytes itself
+            return self.transform(EncodedImage(sample[image_ext].read(), name)), self.targets[i]
         try:
-            image = Image.open(sample[image_ext])
-            image = self.transform(image) if self.transform is not None else image.convert("RGB")
-        except (OSError, Image.DecompressionBombError, ValueError, SyntaxError) as err:
-            raise CorruptImageError(
-                f"cannot read image {key}{image_ext} in {where}: {err}. Rewrite the shard from good images, or set "
-                "`data.skip_corrupt: true` to skip unreadable images (they are counted and logged)"
-            ) from None
-        return image, self.targets[i]
+            image = Image.open(sample[image_ext]).convert("RGB")
+        except DECODE_ERRORS as err:
+            raise unreadable(name, err) from None
+        return (self.transform(image) if self.transform is not None else image), self.targets[i]
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_open": OrderedDict()}  # open memory maps stay in their process

@@ -1,4 +1,4 @@
-"""DraftCrop draws torchvision's crop and flip from the same numbers, decodes less, and hands out uint8."""
+"""DecodeAndCrop draws torchvision's crop and flip from the same numbers, decodes less, and hands out uint8."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from sslvit.data.decode import DraftCrop, normalize_on_device, open_lazily
+from sslvit.data.decode import DecodeAndCrop, normalize_on_device, read_encoded
 from sslvit.errors import CorruptImageError
 
 
@@ -35,36 +35,40 @@ def reference(path: str, seed: int) -> torch.Tensor:
 def test_same_crop_and_flip_as_torchvision_from_the_same_random_numbers(photo, seed):
     expected = reference(photo, seed)
     torch.manual_seed(seed)
-    exact = DraftCrop(224, draft=False)(open_lazily(photo))
+    exact = DecodeAndCrop(224, draft=False)(read_encoded(photo))
     torch.manual_seed(seed)
-    drafted = DraftCrop(224)(open_lazily(photo))
-    assert exact.dtype == drafted.dtype == torch.uint8 and exact.shape == drafted.shape == (3, 224, 224)
-    # one PIL call (resize with a box) instead of crop-then-resize: equal but for rounding and the crop's edges
+    small = DecodeAndCrop(96)(read_encoded(photo))  # crops of >= 192 px decode at 1/2 scale
+    torch.manual_seed(seed)
+    expected_small = T.functional.resize(reference(photo, seed), [96, 96], antialias=True)
+    assert exact.dtype == small.dtype == torch.uint8 and exact.shape == (3, 224, 224)
+    # libjpeg-turbo through torchvision and torch's bicubic kernel: equal to PIL's but for rounding
     assert (exact.float() / 255 - expected).abs().mean() < 1.5 / 255
     # a DCT-scaled decode is a slightly smoother image of the same crop; a wrong box or flip differs by ~60/255
-    assert (drafted.float() / 255 - expected).abs().mean() < 6 / 255
+    assert (small.float() / 255 - expected_small).abs().mean() < 6 / 255
 
 
-def test_small_crops_decode_at_a_dct_scale_large_ones_at_full_size(photo):
-    crop = DraftCrop(224)
-    small = crop.decode(open_lazily(photo), box=(100, 50, 200, 150))  # 100 px -> 224 px: needs the full size
-    assert small.size == (500, 375)
-    crop = DraftCrop(64)
-    quarter = crop.decode(open_lazily(photo), box=(0, 0, 300, 300))  # 300 px -> 64 px: 1/4 still gives 75 px
-    assert quarter.size == (125, 94)
-    half = crop.decode(open_lazily(photo), box=(0, 0, 250, 250))  # at 1/4 the crop would be 62.5 px < 64
-    assert half.size == (250, 188)
-    assert DraftCrop(64, draft=False).decode(open_lazily(photo), box=(0, 0, 300, 300)).size == (500, 375)
+def test_large_crops_decode_at_a_dct_scale_small_ones_at_full_size(photo):
+    def decoded(size: int, box: tuple[int, int, int, int], draft: bool = True) -> tuple[tuple[int, ...], float]:
+        data = read_encoded(photo).data
+        pixels, factor = DecodeAndCrop(size, draft=draft).decode(Image.open(photo), data, box)
+        return tuple(pixels.shape), factor
+
+    assert decoded(224, (50, 100, 100, 100)) == ((3, 375, 500), 1.0)  # 100 px -> 224 px: needs every pixel
+    assert decoded(64, (0, 0, 300, 300)) == ((3, 94, 125), 94 / 375)  # 300 px -> 64 px: 1/4 still gives 75 px
+    assert decoded(64, (0, 0, 250, 250)) == ((3, 188, 250), 188 / 375)  # at 1/4 the crop would be 62.5 px < 64
+    assert decoded(64, (0, 0, 300, 300), draft=False) == ((3, 375, 500), 1.0)
 
 
 def test_truncated_jpeg_is_named(photo, tmp_path):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(open(photo, "rb").read()[:3000])
-    with pytest.raises(CorruptImageError, match="broken.jpg.*skip_corrupt"):
-        DraftCrop(224)(open_lazily(str(broken)))
+    with pytest.raises(CorruptImageError, match="broken.jpg: .*truncated.*skip_corrupt"):
+        DecodeAndCrop(224)(read_encoded(str(broken)))
     (tmp_path / "text.jpg").write_text("not an image")
     with pytest.raises(CorruptImageError, match="text.jpg"):
-        open_lazily(str(tmp_path / "text.jpg"))
+        DecodeAndCrop(224)(read_encoded(str(tmp_path / "text.jpg")))
+    with pytest.raises(CorruptImageError, match="missing.jpg"):
+        read_encoded(str(tmp_path / "missing.jpg"))
 
 
 def test_normalize_on_device_equals_to_tensor_then_normalize():
