@@ -67,9 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         path = folder / f"{i:07d}.jpg"
         mosaic(sources, rng, args.noise, size).save(path, quality=args.quality)
         total += path.stat().st_size
-    print(
-        f"wrote {args.count} JPEGs of {WIDTH}x{HEIGHT}, {total / args.count / 1e3:.0f} KB on average, to {args.output}"
-    )
+    print(f"wrote {args.count} JPEGs of {args.size}, {total / args.count / 1e3:.0f} KB on average, to {args.output}")
 
 
 if __name__ == "__main__":
