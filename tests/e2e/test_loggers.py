@@ -13,7 +13,7 @@ from conftest import TINY_CONFIGS, sslvit
 pytestmark = pytest.mark.slow  # one `sslvit fit` with the W&B service started
 
 
-def test_wandb_and_mlflow_get_metrics_and_images_and_metrics_csv_stays(tmp_path):
+def test_wandb_and_mlflow_get_metrics_and_images_and_metrics_csv_stays(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
@@ -32,7 +32,9 @@ def test_wandb_and_mlflow_get_metrics_and_images_and_metrics_csv_stays(tmp_path)
     }  # fmt: skip
     (tmp_path / "loggers.yaml").write_text(yaml.safe_dump(loggers))
     run = tmp_path / "run"
-    offline = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DIR": str(tmp_path / "wandb")}
+    # W&B offline; MLflow 3 wants a database or a server, and accepts its local file store when asked explicitly
+    offline = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DIR": str(tmp_path / "wandb"),
+               "MLFLOW_ALLOW_FILE_STORE": "true"}  # fmt: skip
     out = sslvit("fit", "--config", TINY_CONFIGS["mae"], "--config", str(tmp_path / "loggers.yaml"),
                  "--trainer.default_root_dir", str(run), "--data.train_subset", "32", "--trainer.max_steps", "4",
                  env=offline)  # fmt: skip
@@ -42,6 +44,7 @@ def test_wandb_and_mlflow_get_metrics_and_images_and_metrics_csv_stays(tmp_path)
         assert len([row for row in csv.DictReader(file) if row.get("train/loss")]) == 4
     assert len(list((run / "reconstructions").glob("*.png"))) == 2  # 2 epochs of 2 steps
 
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     client = MlflowClient(tracking_uri=store)
     (mlflow_run,) = client.search_runs([client.get_experiment_by_name("sslvit-test").experiment_id])
     assert len(client.get_metric_history(mlflow_run.info.run_id, "train/loss")) == 4
