@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,7 +25,7 @@ from sslvit.data.decode import DecodeAndCrop, normalize_on_device, read_encoded
 from sslvit.data.device_augment import ResidentIndices, augment_batch, decode_all
 from sslvit.data.folders import UnlabelledImages, is_unlabelled, split_folder, unlabelled_message
 from sslvit.data.sampling import CollateKeyed, KeyedDataset, KeyedSampler, ResumableLoader
-from sslvit.data.shards import ShardDataset, ShardSampler, shard_groups
+from sslvit.data.shards import INDEX, ShardDataset, ShardSampler, shard_groups
 from sslvit.errors import ConfigError, DatasetUnavailableError
 
 DATASETS = ("digits", "cifar10", "cifar100", "stl10", "imagefolder", "webdataset")
@@ -207,20 +206,26 @@ class SSLDataModule(L.LightningDataModule):
                 self._datasets["val"] = self.build_dataset("val", self.eval_transform())
 
     def has_val_split(self) -> bool:
-        """False only for a folder of unlabelled images without val/: pretraining then runs without validation."""
-        return self.dataset_name != "imagefolder" or split_folder(self.root, "val") is not None
+        """False only for unlabelled images (a folder, or shards written from one) without val/: pretraining
+        then runs without validation."""
+        if self.dataset_name == "imagefolder":
+            return split_folder(self.root, "val") is not None
+        if self.dataset_name == "webdataset":
+            return (Path(self.root) / "val" / INDEX).is_file() or ShardDataset(Path(self.root) / "train").labelled
+        return True
 
     # ---- loaders ----
     def _keyed_loader(self, split: str, shuffle: bool, loader_class: type[DataLoader] = DataLoader) -> DataLoader:
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         dataset = KeyedDataset(self._datasets[split], skip_corrupt=self.hparams.skip_corrupt)
-        # Shards: each rank reads its own run of shards (see ShardSampler); elsewhere a global permutation.
-        in_shards = self.dataset_name == "webdataset" and not (self.hparams.on_device and split == "pretrain")
-        sampler = (partial(ShardSampler, groups=shard_groups(dataset.dataset)) if in_shards else KeyedSampler)(
-            dataset, self.batch_size, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.hparams.seed,
-            drop_last=shuffle, keys_vary_by_epoch=shuffle,
-        )  # fmt: skip
+        order = dict(num_replicas=world, rank=rank, shuffle=shuffle, seed=self.hparams.seed, drop_last=shuffle,
+                     keys_vary_by_epoch=shuffle)  # fmt: skip
+        if isinstance(dataset.dataset, ShardDataset | Subset) and self.dataset_name == "webdataset":
+            # each rank reads its own run of shards (ShardSampler); elsewhere a global permutation
+            sampler = ShardSampler(dataset, self.batch_size, groups=shard_groups(dataset.dataset), **order)
+        else:
+            sampler = KeyedSampler(dataset, self.batch_size, **order)
         # Its own generator, so creating the loader's iterator never draws from the global RNG.
         generator = torch.Generator().manual_seed(self.hparams.seed)
         return loader_class(

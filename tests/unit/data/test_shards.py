@@ -123,6 +123,8 @@ def test_missing_index_and_unlabelled_shards_say_what_to_do(tmp_path):
     dm = SSLDataModule(dataset="webdataset", root=str(tmp_path / "shards"), image_size=16, batch_size=4,
                        num_workers=0)  # fmt: skip
     assert dm.build_dataset("pretrain", None)[2][1] == -1
+    assert next(iter(dm.train_dataloader()))["labels"].tolist() == [-1] * 4
+    assert dm.val_dataloader() == [], "no val/ shards: pretraining runs without validation"
     with pytest.raises(ConfigError, match="unlabelled.*evaluation .* needs labels"):
         dm.eval_dataloader("train")
 
