@@ -101,7 +101,7 @@ def test_bad_configuration_is_one_clear_line(tmp_path, monkeypatch, capsys, args
         (["--model.init_args.mask_ratoi", "0.5"], "Option 'mask_ratoi' is not accepted"),
         (
             ["--data.dataset", "imagenet"],
-            "Literal['digits', 'cifar10', 'cifar100', 'stl10', 'imagefolder']. Got value: imagenet",
+            "Literal['digits', 'cifar10', 'cifar100', 'stl10', 'imagefolder', 'webdataset']. Got value: imagenet",
         ),
         (["--data.batch_size", "many"], "Expected a <class 'int'>. Got value: many"),
     ],
