@@ -11,7 +11,7 @@ from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from sslvit.cli.parser import OneLineErrorParser
 from sslvit.cli.run_dir import (
@@ -68,9 +68,13 @@ class SSLCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs):
         logger = self._get(self.config_init, "trainer", {}).get("logger")
+        root = str(self.run_dir())
         if logger in (None, True):  # default: CSV + TensorBoard, both directly in the run directory
-            root = str(self.run_dir())
             kwargs["logger"] = [RunCSVLogger(root, name="", version=""), TensorBoardLogger(root, name="", version="")]
+        elif logger is not False:  # configured loggers (W&B, MLflow, ...) and metrics.csv, which the tools read
+            configured = list(logger) if isinstance(logger, list | tuple) else [logger]
+            if not any(isinstance(each, CSVLogger) for each in configured):
+                kwargs["logger"] = [RunCSVLogger(root, name="", version=""), *configured]
         trainer = super().instantiate_trainer(**kwargs)
         self.start_marker = StartMarker()
         trainer.callbacks.append(self.start_marker)

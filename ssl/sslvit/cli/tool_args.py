@@ -21,6 +21,8 @@ import torch
 from sslvit.checkpoints.loading import load_backbone
 from sslvit.constants import IMAGENET_MEAN, IMAGENET_STD
 from sslvit.data import SSLDataModule
+from sslvit.data.folders import is_unlabelled, unlabelled_message
+from sslvit.data.shards import INDEX, ShardDataset
 from sslvit.errors import ConfigError
 from sslvit.eval.features import FeatureCache, Features, dataset_features, default_cache_dir, feature_dim
 from sslvit.nn.backbone import VisionTransformer
@@ -43,7 +45,7 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", help="an ImageFolder root holding train/ and val/ (or torchvision's data root)")
     parser.add_argument(
         "--dataset",
-        choices=["imagefolder", "cifar10", "cifar100", "stl10", "digits"],
+        choices=["imagefolder", "webdataset", "cifar10", "cifar100", "stl10", "digits"],
         help="default: imagefolder when --data-root is given, else digits",
     )
     parser.add_argument("--image-size", type=int, help="default: the image size the checkpoint was trained at")
@@ -64,10 +66,16 @@ def backbone_from_args(args: argparse.Namespace) -> tuple[VisionTransformer, dic
 def datamodule_from_args(args: argparse.Namespace, info: dict[str, Any]) -> SSLDataModule:
     """An SSLDataModule for evaluation from ``--data-root``/``--dataset`` and the checkpoint's settings."""
     dataset = args.dataset or ("imagefolder" if args.data_root else "digits")
-    if dataset == "imagefolder":
+    if dataset in ("imagefolder", "webdataset"):
         if not args.data_root:
-            raise ConfigError("--dataset imagefolder needs --data-root DIR with train/ and val/ sub-folders")
-        missing = [s for s in ("train", "val") if not (Path(args.data_root) / s).is_dir()]
+            raise ConfigError(f"--dataset {dataset} needs --data-root DIR with train/ and val/ sub-folders")
+        root = Path(args.data_root)
+        unlabelled_shards = (
+            dataset == "webdataset" and (root / "train" / INDEX).is_file() and not ShardDataset(root / "train").labelled
+        )
+        if unlabelled_shards or dataset == "imagefolder" and (is_unlabelled(root) or is_unlabelled(root / "train")):
+            raise ConfigError(unlabelled_message(root))
+        missing = [s for s in ("train", "val") if not (root / s).is_dir()]
         if missing:
             raise ConfigError(
                 f"--data-root {args.data_root} has no {' or '.join(s + '/' for s in missing)} folder: an ImageFolder "

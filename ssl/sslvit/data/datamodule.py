@@ -21,12 +21,16 @@ from torchvision import transforms as T
 
 from sslvit.constants import IMAGENET_MEAN, IMAGENET_STD
 from sslvit.data.datasets import SPLITS, DigitsDataset, ImageFolder, Split, class_balanced_subset, load_rgb
+from sslvit.data.decode import DecodeAndCrop, normalize_on_device, read_encoded
 from sslvit.data.device_augment import ResidentIndices, augment_batch, decode_all
+from sslvit.data.folders import UnlabelledImages, is_unlabelled, split_folder, unlabelled_message
 from sslvit.data.sampling import CollateKeyed, KeyedDataset, KeyedSampler, ResumableLoader
+from sslvit.data.shards import INDEX, ShardDataset, ShardSampler, shard_groups
 from sslvit.errors import ConfigError, DatasetUnavailableError
 
-DATASETS = ("digits", "cifar10", "cifar100", "stl10", "imagefolder")
-DatasetName = Literal["digits", "cifar10", "cifar100", "stl10", "imagefolder"]
+DATASETS = ("digits", "cifar10", "cifar100", "stl10", "imagefolder", "webdataset")
+DatasetName = Literal["digits", "cifar10", "cifar100", "stl10", "imagefolder", "webdataset"]
+FILE_DATASETS = ("imagefolder", "webdataset")  # encoded images on disk: the fast decode path applies
 TORCHVISION_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python", "stl10": "stl10_binary"}
 
 
@@ -36,8 +40,10 @@ class SSLDataModule(L.LightningDataModule):
 
     Args:
         dataset: ``digits`` (offline, ships with scikit-learn), ``cifar10``, ``cifar100``,
-            ``stl10`` (torchvision, downloaded into ``root`` when possible) or ``imagefolder``
-            (``root/train/<class>/*`` and ``root/val/<class>/*``).
+            ``stl10`` (torchvision, downloaded into ``root`` when possible), ``imagefolder``
+            (``root/train/<class>/*`` and ``root/val/<class>/*``, or unlabelled image files directly in
+            ``root`` for pretraining; :mod:`sslvit.data.folders`) or ``webdataset`` (tar shards written by
+            ``tools/make_shards.py``: ``root/train/index.json``, ``root/val/index.json``; :mod:`sslvit.data.shards`).
         root: where the data lives (or is downloaded to).
         image_size: side of the training images; must equal the model's ``backbone.img_size``.
         batch_size: images per device per step.
@@ -53,6 +59,10 @@ class SSLDataModule(L.LightningDataModule):
         on_device: keep the pretraining images as one uint8 tensor on the training device and
             crop/flip whole batches there (:mod:`sslvit.data.device_augment`): for datasets that fit in
             memory with images of one size (CIFAR, STL-10), so the loader is never the bottleneck.
+        fast_decode: for ``imagefolder`` and ``webdataset`` without color jitter, the training
+            transform decodes with ``torchvision.io.decode_jpeg`` (at a DCT scale when the crop allows
+            it), crops and resizes uint8 tensors and hands them to the device, where they are normalized
+            (:mod:`sslvit.data.decode`); false: the PIL transform of the MAE reference.
         download: let torchvision download cifar10/cifar100/stl10 when they are missing.
     """
 
@@ -73,6 +83,7 @@ class SSLDataModule(L.LightningDataModule):
         train_subset: int | None = None,
         skip_corrupt: bool = False,
         on_device: bool = False,
+        fast_decode: bool = True,
         download: bool = True,
         pin_memory: bool = True,
         persistent_workers: bool = True,
@@ -103,6 +114,8 @@ class SSLDataModule(L.LightningDataModule):
     # ---- transforms ----
     def train_transform(self) -> Callable:
         h = self.hparams
+        if h.fast_decode and self.dataset_name in FILE_DATASETS and h.color_jitter == 0 and not h.on_device:
+            return DecodeAndCrop(self.image_size, scale=tuple(h.crop_scale), ratio=tuple(h.crop_ratio), hflip=h.hflip)
         steps: list[Callable] = [
             T.RandomResizedCrop(
                 self.image_size,
@@ -137,15 +150,20 @@ class SSLDataModule(L.LightningDataModule):
         name, root = self.dataset_name, self.root
         if name == "digits":
             return DigitsDataset(split, transform)
+        if name == "webdataset":
+            dataset = ShardDataset(Path(root) / ("val" if split == "val" else "train"), transform)
+            if split == "train" and not dataset.labelled:
+                raise ConfigError(unlabelled_message(dataset.root))
+            return dataset
         if name == "imagefolder":
-            folder = Path(root) / ("val" if split == "val" else "train")
-            if not folder.is_dir():
-                raise DatasetUnavailableError(
-                    f"imagefolder dataset: {folder} does not exist. data.root must hold train/ and val/ "
-                    "folders with one sub-folder of images per class (torchvision ImageFolder layout)"
-                )
-            try:
-                return ImageFolder(str(folder), transform=transform, loader=load_rgb)
+            folder = split_folder(root, split)
+            if folder is None:
+                raise DatasetUnavailableError(f"imagefolder dataset: {root} has no val/ folder")
+            loader = read_encoded if getattr(transform, "wants_encoded", False) else load_rgb
+            if is_unlabelled(folder):
+                return UnlabelledImages(folder, transform, loader)
+            try:  # sslvit's ImageFolder: refuses symlink loops, names empty class folders
+                return ImageFolder(str(folder), transform=transform, loader=loader)
             except DatasetUnavailableError:
                 raise
             except FileNotFoundError as err:  # torchvision: no class folder at all
@@ -189,17 +207,30 @@ class SSLDataModule(L.LightningDataModule):
                 self._resident = decode_all(train, self.num_workers)
                 train = ResidentIndices(targets)
             self._datasets["pretrain"] = train
-            self._datasets["val"] = self.build_dataset("val", self.eval_transform())
+            if self.has_val_split():
+                self._datasets["val"] = self.build_dataset("val", self.eval_transform())
+
+    def has_val_split(self) -> bool:
+        """False only for unlabelled images (a folder, or shards written from one) without val/: pretraining
+        then runs without validation."""
+        if self.dataset_name == "imagefolder":
+            return split_folder(self.root, "val") is not None
+        if self.dataset_name == "webdataset":
+            return (Path(self.root) / "val" / INDEX).is_file() or ShardDataset(Path(self.root) / "train").labelled
+        return True
 
     # ---- loaders ----
     def _keyed_loader(self, split: str, shuffle: bool, loader_class: type[DataLoader] = DataLoader) -> DataLoader:
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         dataset = KeyedDataset(self._datasets[split], skip_corrupt=self.hparams.skip_corrupt)
-        sampler = KeyedSampler(
-            dataset, self.batch_size, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.hparams.seed,
-            drop_last=shuffle, keys_vary_by_epoch=shuffle,
-        )  # fmt: skip
+        order = dict(num_replicas=world, rank=rank, shuffle=shuffle, seed=self.hparams.seed, drop_last=shuffle,
+                     keys_vary_by_epoch=shuffle)  # fmt: skip
+        if isinstance(dataset.dataset, ShardDataset | Subset) and self.dataset_name == "webdataset":
+            # each rank reads its own run of shards (ShardSampler); elsewhere a global permutation
+            sampler = ShardSampler(dataset, self.batch_size, groups=shard_groups(dataset.dataset), **order)
+        else:
+            sampler = KeyedSampler(dataset, self.batch_size, **order)
         # Its own generator, so creating the loader's iterator never draws from the global RNG.
         generator = torch.Generator().manual_seed(self.hparams.seed)
         return loader_class(
@@ -229,14 +260,16 @@ class SSLDataModule(L.LightningDataModule):
         self._train_loader = self._keyed_loader("pretrain", shuffle=True, loader_class=ResumableLoader)
         return self._train_loader
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | list:
         """The val split in the same dict format, with keys fixed across epochs (same masks every time)."""
         self.setup("validate")
-        return self._keyed_loader("val", shuffle=False)
+        return self._keyed_loader("val", shuffle=False) if "val" in self._datasets else []
 
     def eval_dataloader(self, split: Split, batch_size: int | None = None) -> DataLoader:
         """Deterministic loader of ``(images, labels)`` of a labelled split with the eval transform."""
         dataset = self.build_dataset(split, self.eval_transform())
+        if not getattr(dataset, "labelled", True):
+            raise ConfigError(unlabelled_message(getattr(dataset, "root", self.root)))
         return DataLoader(dataset, batch_size=batch_size or self.batch_size, shuffle=False, **self._worker_settings())
 
     # ---- Lightning hooks ----
@@ -253,6 +286,8 @@ class SSLDataModule(L.LightningDataModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if isinstance(batch, dict) and "indices" in batch:
             batch["images"] = self.augment_on_device(batch.pop("indices"), batch["keys"])
+        if isinstance(batch, dict) and batch["images"].dtype == torch.uint8:  # DecodeAndCrop: normalized here
+            batch["images"] = normalize_on_device(batch["images"], self.mean, self.std)
         return batch
 
     def augment_on_device(self, indices: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:

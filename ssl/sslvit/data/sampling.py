@@ -56,8 +56,13 @@ def collate_keyed(samples: list[tuple[Any, int, int] | None], count_skipped: boo
     kept = [s for s in samples if s is not None]
     if not kept:
         raise CorruptImageError(f"every image of a batch of {len(samples)} was unreadable; see the warnings")
-    images, labels, keys = default_collate(kept)
-    batch = {"images": images, "labels": labels, "keys": keys.to(torch.int64)}
+    images, labels, keys = (list(column) for column in zip(*kept, strict=True))
+    if all(isinstance(image, torch.Tensor) and image.dim() == 3 and image.stride(0) == 1 for image in images):
+        # channels-last crops (DecodeAndCrop): stacked as they lie in memory, not transposed on the CPU
+        stacked = default_collate([image.permute(1, 2, 0) for image in images]).permute(0, 3, 1, 2)
+    else:
+        stacked = default_collate(images)
+    batch = {"images": stacked, "labels": default_collate(labels), "keys": default_collate(keys).to(torch.int64)}
     if count_skipped:
         batch["skipped"] = torch.tensor(len(samples) - len(kept))
     return batch
@@ -97,8 +102,12 @@ class KeyedSampler(DistributedSampler):
             self.batches_done = 0
         super().set_epoch(epoch)
 
+    def rank_indices(self) -> list[int]:
+        """This rank's dataset indices for the current epoch, in order (DistributedSampler's interleaving)."""
+        return list(super().__iter__())
+
     def __iter__(self):
-        indices = list(super().__iter__())
+        indices = self.rank_indices()
         skip = 0
         if self.epoch == self._resume_epoch:  # resuming inside this epoch: drop what was trained on
             skip, self._resume_epoch = self._resume_skip * self.batch_size, -1

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from matplotlib.figure import Figure
 
 from sslvit.constants import IMAGENET_MEAN, IMAGENET_STD
@@ -186,12 +187,23 @@ def reconstruction_figure(result: Reconstruction, panel_px: int = 128, title: st
     return image_grid(result.columns(), titles, panel_px=panel_px, note=note)
 
 
+def send_image(loggers: Sequence[Logger], tag: str, image: np.ndarray, step: int) -> None:
+    """An ``[H, W, 3]`` uint8 image to every logger that shows images: TensorBoard, W&B, MLflow."""
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_image(tag, image, step, dataformats="HWC")
+        elif type(logger).__name__ == "WandbLogger":  # by name: wandb is an optional extra
+            logger.log_image(key=tag, images=[image], step=step)
+        elif type(logger).__name__ == "MLFlowLogger":
+            logger.experiment.log_image(logger.run_id, image, key=tag, step=step)
+
+
 class ReconstructionLogger(Callback):
     """Logs the reconstruction grid of fixed images with fixed masks every ``every_n_epochs`` training epochs.
 
     Each grid goes to ``<run dir>/<folder>/epoch<E>-step<S>.png`` (run dir = ``trainer.default_root_dir``)
-    and, for TensorBoard loggers, to the image tab under ``tag``. The images are spread evenly over the
-    data module's ``split`` with its evaluation transform (or, without an sslvit data module, the first
+    and, under ``tag``, to every TensorBoard, Weights & Biases and MLflow logger. The images are spread
+    evenly over the data module's ``split`` with its evaluation transform (or, without an sslvit data module, the first
     validation batch). Only global rank 0 draws.
 
     In a config::
@@ -261,6 +273,4 @@ class ReconstructionLogger(Callback):
         step = trainer.global_step
         fig = reconstruction_figure(result, self.panel_px, title=f"epoch {epoch}, step {step}")
         save_png(fig, Path(trainer.default_root_dir) / self.folder / f"epoch{epoch:03d}-step{step:07d}.png")
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image(self.tag, figure_to_array(fig), step, dataformats="HWC")
+        send_image(trainer.loggers, self.tag, figure_to_array(fig), step)
