@@ -222,6 +222,8 @@ class SSLDataModule(L.LightningDataModule):
                 "lower the batch size"
             )
         self._train_loader = self._keyed_loader("pretrain", shuffle=True, loader_class=ResumableLoader)
+        if getattr(self, "_resume_position", None) is not None:
+            self._train_loader.load_state_dict(self._resume_position)
         return self._train_loader
 
     def val_dataloader(self) -> DataLoader:
@@ -235,6 +237,17 @@ class SSLDataModule(L.LightningDataModule):
         return DataLoader(dataset, batch_size=batch_size or self.batch_size, shuffle=False, **self._worker_settings())
 
     # ---- Lightning hooks ----
+    def state_dict(self) -> dict[str, Any]:
+        """Where training stands in its epoch. Lightning also keeps it in its loop state, but restores
+        that only into a loader built after the restore; a run whose optimizer setup builds the loader
+        first (``trainer.max_epochs``, ``warmup_epochs``) would replay its epoch from the start. The
+        data module is restored before the optimizer setup, so its loader starts at the right batch."""
+        loader = getattr(self, "_train_loader", None)
+        return {"train_position": loader.state_dict()} if loader is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._resume_position = state.get("train_position")
+
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         # Count the training batches the loop has actually consumed (not the ones prefetched), so a
         # checkpoint records exactly where in the epoch the run stands.
