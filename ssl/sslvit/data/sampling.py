@@ -19,14 +19,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
 from sslvit.errors import CorruptImageError
-from sslvit.seeding import sample_key
+from sslvit.seeding import keyed_rng, sample_key
 
 
 class KeyedDataset(Dataset):
     """Wraps a dataset of ``(image, label)``; item ``(index, key)`` -> ``(image, label, key)``.
 
-    The transform runs under the torch RNG seeded with ``key`` (in a forked RNG, so the
-    caller's stream is untouched). With ``skip_corrupt``, an unreadable image gives ``None``.
+    The transform runs with torch's, Python's and NumPy's generators seeded with ``key``
+    (:func:`sslvit.seeding.keyed_rng`; the caller's streams are untouched). With ``skip_corrupt``,
+    an unreadable image gives ``None``.
     """
 
     def __init__(self, dataset: Dataset, skip_corrupt: bool = False) -> None:
@@ -37,10 +38,7 @@ class KeyedDataset(Dataset):
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[Any, int, int] | None:
         index, key = item
-        with torch.random.fork_rng(devices=[]):
-            # the CPU generator only: torch.manual_seed would also queue seeds for every GPU backend,
-            # which costs about 100x more per sample
-            torch.random.default_generator.manual_seed(key)
+        with keyed_rng(key):
             try:
                 image, label = self.dataset[index]
             except CorruptImageError as err:
