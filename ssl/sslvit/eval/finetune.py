@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 from timm.data import Mixup
 from timm.layers import LayerNorm
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
@@ -169,6 +170,8 @@ class FineTune(SSLMethod):
         # model is rebuilt from its own checkpoint, so that does not need the original file.
         if stage == "fit" and self.hparams.weights is not None and not self._weights_loaded:
             self.load_pretrained(self.hparams.weights)
+        elif stage == "fit" and self.hparams.weights is None:
+            rank_zero_info("FineTune: model.weights is null, so the backbone trains from random initialisation")
 
     def load_pretrained(self, path: str) -> None:
         """Copy the encoder of ``path`` into the backbone, tensor for tensor (positions resized if needed)."""
