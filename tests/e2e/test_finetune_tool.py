@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conftest import REPO, load_script, sslvit
+from sslvit.checkpoints import load_backbone
 from sslvit.cli import run_cli
 from sslvit.methods import MAE
 
@@ -53,7 +54,11 @@ def test_a_short_fine_tune_of_the_digits_is_far_above_chance(checkpoint, tmp_pat
         rows = list(csv.DictReader(f))
     logged = [float(r["val/top1"]) for r in rows if r.get("val/top1")]
     assert logged == pytest.approx([h["top1"] for h in record["history"]], rel=1e-6)
-    assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+    assert (run / "config.yaml").is_file()
+    encoder, info = load_backbone(run / "checkpoints" / "last.ckpt")  # the fine-tuned encoder, e.g. for kNN
+    tuned = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.equal(v, tuned[f"backbone.{k}"]) for k, v in encoder.state_dict().items())
+    assert info["method"] == "sslvit.eval.FineTune"
     out = capsys.readouterr().out
     assert "top-1   top-5" in out and f"final: top-1 {record['top1']:.2f}" in out
 

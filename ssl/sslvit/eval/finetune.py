@@ -106,7 +106,7 @@ class FineTune(SSLMethod):
             config = replace(pretrained.config, img_size=info.get("image_size", pretrained.config.img_size))
         else:
             config = ViTConfig.from_dict(backbone)
-        config = ViTConfig.from_dict({**config.to_dict(), "drop_path_rate": drop_path_rate})
+        config = replace(config, drop_path_rate=drop_path_rate)
         depth = config.dims[1]
         if trainable_blocks is not None and not 0 <= trainable_blocks <= depth:
             raise ConfigError(
