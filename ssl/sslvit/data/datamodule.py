@@ -207,7 +207,8 @@ class SSLDataModule(L.LightningDataModule):
     def _keyed_loader(self, split: str, shuffle: bool, loader_class: type[DataLoader] = DataLoader) -> DataLoader:
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        dataset = KeyedDataset(self._datasets[split], skip_corrupt=self.hparams.skip_corrupt)
+        resident = self.hparams.on_device and split == self.fit_split  # indices only: nothing random to seed
+        dataset = KeyedDataset(self._datasets[split], skip_corrupt=self.hparams.skip_corrupt, random_items=not resident)
         sampler = KeyedSampler(
             dataset, self.batch_size, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.hparams.seed,
             drop_last=shuffle, keys_vary_by_epoch=shuffle,

@@ -13,6 +13,7 @@ CPU), and ``skipped`` (how many unreadable images were dropped) when skipping is
 from __future__ import annotations
 
 import warnings
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -26,19 +27,20 @@ class KeyedDataset(Dataset):
     """Wraps a dataset of ``(image, label)``; item ``(index, key)`` -> ``(image, label, key)``.
 
     The transform runs with torch's, Python's and NumPy's generators seeded with ``key``
-    (:func:`sslvit.seeding.keyed_rng`; the caller's streams are untouched). With ``skip_corrupt``,
-    an unreadable image gives ``None``.
+    (:func:`sslvit.seeding.keyed_rng`; the caller's streams are untouched); ``random_items=False``
+    skips that for datasets whose items draw no random numbers (device-resident images: indices).
+    With ``skip_corrupt``, an unreadable image gives ``None``.
     """
 
-    def __init__(self, dataset: Dataset, skip_corrupt: bool = False) -> None:
-        self.dataset, self.skip_corrupt = dataset, skip_corrupt
+    def __init__(self, dataset: Dataset, skip_corrupt: bool = False, random_items: bool = True) -> None:
+        self.dataset, self.skip_corrupt, self.random_items = dataset, skip_corrupt, random_items
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[Any, int, int] | None:
         index, key = item
-        with keyed_rng(key):
+        with keyed_rng(key) if self.random_items else nullcontext():
             try:
                 image, label = self.dataset[index]
             except CorruptImageError as err:
