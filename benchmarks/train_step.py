@@ -14,7 +14,9 @@ of them see the same machine load, and each reports the median over ``--steps`` 
 ``--reference-mae PATH`` adds facebookresearch/mae's ``MaskedAutoencoderViT`` from a checkout of that
 repository (not part of sslvit), built with the same sizes and weights and run as its training
 script runs it (explicit attention as in timm 0.3, torch's default AdamW, default allocator); its
-loss on the same weights and masks is compared with sslvit's. ``--levers`` measures sslvit with
+loss on the same weights and masks is compared with sslvit's. For a fine-tuning config
+(``configs/finetune/``) it adds that repository's ``models_vit`` classifier, stepped as
+``main_finetune.py`` steps it (``benchmarks/reference_finetune.py``). ``--levers`` measures sslvit with
 its speed levers switched on one by one.
 """
 
@@ -98,8 +100,17 @@ def build_worker(args: argparse.Namespace, variant: dict[str, Any]):
     model = cli.model.to(device).train()
     batch, size = cli.datamodule.batch_size, model.input_size
     images, keys = torch.randn(batch, 3, size, size, device=device), random_keys(batch)
+    labels = torch.arange(batch, device=device) % model.hparams.get("num_classes", 1)  # for fine-tuning
     info: dict[str, Any] = {"batch_size": batch, "image_size": size, "method": type(model).__name__}
-    if variant["kind"] == "reference":
+    official_step = None
+    if variant["kind"] == "reference" and info["method"] == "FineTune":
+        from reference_finetune import OfficialFineTune  # benchmarks/reference_finetune.py
+
+        ref = OfficialFineTune(args.reference_mae, model, images, labels)
+        info["loss_check"] = ref.logits_check(model)
+        loss_fn, official_step = ref.loss, ref.step
+        optimizer = ref.optimizer
+    elif variant["kind"] == "reference":
         ref = reference_mae(args.reference_mae, model, device).train()
         info["loss_check"] = same_loss_check(model, ref, images)
         ratio = model.hparams.mask_ratio
@@ -109,7 +120,8 @@ def build_worker(args: argparse.Namespace, variant: dict[str, Any]):
             for module in model.modules():
                 if hasattr(module, "fused_attn"):
                     module.fused_attn = False
-        loss_fn = lambda: model.compute_loss(images, keys)["loss"]  # noqa: E731
+        # what training_step computes (mixup and labels for fine-tuning), on a fresh copy of the images
+        loss_fn = lambda: model.batch_loss({"images": images.clone(), "labels": labels, "keys": keys})["loss"]  # noqa: E731
         optimizer = (
             model.build_optimizer(1e-4)
             if variant["optimizer"] == "fused"
@@ -119,6 +131,8 @@ def build_worker(args: argparse.Namespace, variant: dict[str, Any]):
     autocast = dict(device_type=device.type, dtype=dtype, enabled=dtype is not None)
 
     def step() -> None:
+        if official_step is not None:
+            return official_step()
         with torch.autocast(**autocast):
             loss = loss_fn()
         loss.backward()

@@ -1,6 +1,7 @@
 """The optimizer recipe every trainer here shares: parameter groups, AdamW, warmup then cosine.
 
-Used by the pretraining methods and by the linear probe; one rule decides weight decay everywhere.
+Used by the pretraining methods, the linear probe and fine-tuning (which adds layer-wise learning-rate
+decay); one rule decides weight decay everywhere.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+from timm.optim import param_groups_layer_decay
 from torch import nn
 
 # Parameters that are not weight matrices but still have more than one dimension.
@@ -33,8 +35,44 @@ def param_groups(named_parameters: Iterable[tuple[str, nn.Parameter]], weight_de
     ]
 
 
+def vit_layer_id(name: str, depth: int, prefix: str = "backbone.") -> int:
+    """Layer of a parameter for layer-wise lr decay (BEiT, MAE): 0 for the patch embedding, CLS token and
+    positions, ``i + 1`` for block i, ``depth + 1`` for everything after the blocks (norms, head).
+
+    ``prefix`` is where the ViT sits in the model (``backbone.blocks.3.mlp.fc1.weight``: block 3).
+    """
+    if not name.startswith(prefix):
+        return depth + 1
+    name = name[len(prefix) :]
+    if name.startswith(("patch_embed.", "cls_token", "pos_embed")):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return depth + 1
+
+
+def layer_decay_param_groups(model: nn.Module, weight_decay: float, layer_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups with layer-wise lr decay: one per (layer, decay or not), timm's ``param_groups_layer_decay``.
+
+    ``model.group_matcher()`` gives each parameter's layer (e.g. :func:`vit_layer_id`); a group's
+    ``lr_scale`` is ``layer_decay ** (last layer - layer)``, so the head trains at the full rate and
+    the patch embedding at ``layer_decay ** (depth + 1)``. Weight decay follows :func:`decays`;
+    frozen parameters are left out.
+    """
+    no_decay_patterns = [f"*{name}" for name in NO_DECAY_NAMES]  # besides every parameter of one dimension
+    return param_groups_layer_decay(
+        model, weight_decay=weight_decay, no_weight_decay_list=no_decay_patterns, layer_decay=layer_decay
+    )
+
+
 def adamw(groups: list[dict[str, Any]], lr: float, betas: tuple[float, float]) -> torch.optim.Optimizer:
-    """AdamW, the fused single-kernel implementation where torch has one for the parameters' device."""
+    """AdamW, the fused single-kernel implementation where torch has one for the parameters' device.
+
+    A group with an ``lr_scale`` (layer-wise decay) trains at ``lr * lr_scale``.
+    """
+    for group in groups:
+        if "lr_scale" in group:
+            group["lr"] = lr * group["lr_scale"]
     try:
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=True)
     except (RuntimeError, ValueError):  # a device or dtype without the fused kernel

@@ -27,7 +27,6 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 from sslvit.checkpoints.io import safe_load
 from sslvit.errors import CheckpointError, ConfigError
-from sslvit.methods.loading import method_class
 
 
 class _AppendingWriter(ExperimentWriter):
@@ -131,10 +130,10 @@ def check_resume(path: Path, model: L.LightningModule, datamodule: Any) -> None:
         "resume with the run's own config (--config <run dir>/config.yaml), or start a new run: a new "
         "--trainer.default_root_dir without --ckpt_path"
     )
-    stored = method_class(hparams.get("_class_path"), f"--ckpt_path {path}")
-    if stored is not type(model):
+    stored = (hparams.get("_class_path") or "").rsplit(".", 1)[-1]  # sslvit.methods.MAE -> MAE
+    if stored != type(model).__name__:
         raise CheckpointError(
-            f"cannot resume from {path}: it is a {stored.__name__} run but the config trains "
+            f"cannot resume from {path}: it is a {stored or 'foreign (no class path)'} run but the config trains "
             f"{type(model).__name__} (model.class_path); {fix}"
         )
     backbone = _differences(model.hparams.get("backbone", {}), hparams.get("backbone", {}))

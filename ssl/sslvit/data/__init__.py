@@ -2,5 +2,14 @@
 
 from sslvit.data.datamodule import DATASETS, SSLDataModule
 from sslvit.data.datasets import SPLITS, DigitsDataset, class_balanced_subset, load_rgb
+from sslvit.data.supervised import SupervisedAugment
 
-__all__ = ["DATASETS", "SPLITS", "DigitsDataset", "SSLDataModule", "class_balanced_subset", "load_rgb"]
+__all__ = [
+    "DATASETS",
+    "SPLITS",
+    "DigitsDataset",
+    "SSLDataModule",
+    "SupervisedAugment",
+    "class_balanced_subset",
+    "load_rgb",
+]

@@ -2,7 +2,8 @@
 
 Splits: ``pretrain`` is what self-supervised training reads (for STL-10 the labelled train split
 plus the 100k unlabelled images), ``train`` and ``val`` are the labelled splits that evaluators
-(kNN, linear probe) use. Training and validation batches are dicts (``images``, ``labels``,
+(kNN, linear probe) use; with ``supervised`` set, training reads ``train`` with timm's augmentations
+(fine-tuning). Training and validation batches are dicts (``images``, ``labels``,
 per-sample ``keys``; see :mod:`sslvit.data.sampling`); evaluation loaders give ``(images, labels)``.
 """
 
@@ -26,6 +27,7 @@ from sslvit.data.device_augment import ResidentIndices, augment_batch, decode_al
 from sslvit.data.folders import UnlabelledImages, is_unlabelled, split_folder, unlabelled_message
 from sslvit.data.sampling import CollateKeyed, KeyedDataset, KeyedSampler, ResumableLoader
 from sslvit.data.shards import INDEX, ShardDataset, ShardSampler, shard_groups
+from sslvit.data.supervised import SupervisedAugment
 from sslvit.errors import ConfigError, DatasetUnavailableError
 
 DATASETS = ("digits", "cifar10", "cifar100", "stl10", "imagefolder", "webdataset")
@@ -54,7 +56,7 @@ class SSLDataModule(L.LightningDataModule):
         color_jitter: strength of brightness/contrast/saturation jitter (0 disables it).
         eval_crop_fraction: evaluation transform resizes to ``image_size / eval_crop_fraction``
             then center-crops ``image_size`` (0.875 is the ImageNet 256 -> 224 convention).
-        train_subset: pretrain on a fixed class-balanced subset of this many images.
+        train_subset: train on a fixed class-balanced subset of this many images.
         skip_corrupt: skip unreadable images (counted, logged) instead of stopping with an error.
         on_device: keep the pretraining images as one uint8 tensor on the training device and
             crop/flip whole batches there (:mod:`sslvit.data.device_augment`): for datasets that fit in
@@ -64,6 +66,9 @@ class SSLDataModule(L.LightningDataModule):
             it), crops and resizes uint8 tensors and hands them to the device, where they are normalized
             (:mod:`sslvit.data.decode`); false: the PIL transform of the MAE reference.
         download: let torchvision download cifar10/cifar100/stl10 when they are missing.
+        supervised: train on the labelled ``train`` split with these augmentations (fine-tuning:
+            RandAugment, random erasing; :class:`~sslvit.data.supervised.SupervisedAugment`) instead
+            of the ``pretrain`` split with the crop/flip/jitter settings above.
     """
 
     def __init__(
@@ -88,6 +93,7 @@ class SSLDataModule(L.LightningDataModule):
         pin_memory: bool = True,
         persistent_workers: bool = True,
         seed: int = 0,
+        supervised: SupervisedAugment | None = None,
     ) -> None:
         super().__init__()
         if dataset not in DATASETS:
@@ -105,7 +111,16 @@ class SSLDataModule(L.LightningDataModule):
             raise ConfigError("data.on_device supports crops and flips only: set data.color_jitter: 0")
         if train_subset is not None and train_subset <= 0:
             raise ConfigError(f"data.train_subset must be positive or null, got {train_subset}")
+        if on_device and supervised is not None:
+            raise ConfigError(
+                "data.on_device supports crops and flips only, not data.supervised: set data.on_device: false"
+            )
         self.save_hyperparameters()
+        # A plain dict in the checkpoint, so that it loads with torch.load(weights_only=True).
+        self.supervised = SupervisedAugment.from_dict(supervised) if supervised is not None else None
+        self.hparams["supervised"] = self.supervised.to_dict() if self.supervised is not None else None
+        #: the split training reads
+        self.fit_split: Split = "train" if self.supervised is not None else "pretrain"
         self.dataset_name, self.root, self.image_size = dataset, root, image_size
         self.batch_size, self.num_workers = batch_size, num_workers
         self.mean, self.std = tuple(mean), tuple(std)
@@ -114,6 +129,8 @@ class SSLDataModule(L.LightningDataModule):
     # ---- transforms ----
     def train_transform(self) -> Callable:
         h = self.hparams
+        if self.supervised is not None:
+            return self.supervised.transform(self.image_size, self.mean, self.std)
         if h.fast_decode and self.dataset_name in FILE_DATASETS and h.color_jitter == 0 and not h.on_device:
             return DecodeAndCrop(self.image_size, scale=tuple(h.crop_scale), ratio=tuple(h.crop_ratio), hflip=h.hflip)
         steps: list[Callable] = [
@@ -196,9 +213,9 @@ class SSLDataModule(L.LightningDataModule):
                 self._torchvision_dataset(split, None, self.hparams.download)
 
     def setup(self, stage: str | None = None) -> None:
-        if "pretrain" not in self._datasets:
+        if self.fit_split not in self._datasets:
             on_device = self.hparams.on_device
-            train = self.build_dataset("pretrain", T.PILToTensor() if on_device else self.train_transform())
+            train = self.build_dataset(self.fit_split, T.PILToTensor() if on_device else self.train_transform())
             targets = getattr(train, "targets", None) or getattr(train, "labels", None)
             if self.hparams.train_subset:
                 chosen = class_balanced_subset(targets, self.hparams.train_subset, self.hparams.seed)
@@ -206,7 +223,7 @@ class SSLDataModule(L.LightningDataModule):
             if on_device:
                 self._resident = decode_all(train, self.num_workers)
                 train = ResidentIndices(targets)
-            self._datasets["pretrain"] = train
+            self._datasets[self.fit_split] = train
             if self.has_val_split():
                 self._datasets["val"] = self.build_dataset("val", self.eval_transform())
 
@@ -223,7 +240,8 @@ class SSLDataModule(L.LightningDataModule):
     def _keyed_loader(self, split: str, shuffle: bool, loader_class: type[DataLoader] = DataLoader) -> DataLoader:
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        dataset = KeyedDataset(self._datasets[split], skip_corrupt=self.hparams.skip_corrupt)
+        resident = self.hparams.on_device and split == self.fit_split  # indices only: nothing random to seed
+        dataset = KeyedDataset(self._datasets[split], skip_corrupt=self.hparams.skip_corrupt, random_items=not resident)
         order = dict(num_replicas=world, rank=rank, shuffle=shuffle, seed=self.hparams.seed, drop_last=shuffle,
                      keys_vary_by_epoch=shuffle)  # fmt: skip
         if isinstance(dataset.dataset, ShardDataset | Subset) and self.dataset_name == "webdataset":
@@ -249,15 +267,17 @@ class SSLDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Batches of the pretraining split as dicts (``images``, ``labels``, ``keys``); resumable mid-epoch."""
+        """Batches of the training split as dicts (``images``, ``labels``, ``keys``); resumable mid-epoch."""
         self.setup("fit")
-        size = len(self._datasets["pretrain"])
+        size = len(self._datasets[self.fit_split])
         if size < self.batch_size:
             raise ConfigError(
-                f"the pretraining split has {size} images, fewer than data.batch_size={self.batch_size}; "
+                f"the {self.fit_split} split has {size} images, fewer than data.batch_size={self.batch_size}; "
                 "lower the batch size"
             )
-        self._train_loader = self._keyed_loader("pretrain", shuffle=True, loader_class=ResumableLoader)
+        self._train_loader = self._keyed_loader(self.fit_split, shuffle=True, loader_class=ResumableLoader)
+        if getattr(self, "_resume_position", None) is not None:
+            self._train_loader.load_state_dict(self._resume_position)
         return self._train_loader
 
     def val_dataloader(self) -> DataLoader | list:
@@ -273,6 +293,17 @@ class SSLDataModule(L.LightningDataModule):
         return DataLoader(dataset, batch_size=batch_size or self.batch_size, shuffle=False, **self._worker_settings())
 
     # ---- Lightning hooks ----
+    def state_dict(self) -> dict[str, Any]:
+        """Where training stands in its epoch. Lightning also keeps it in its loop state, but restores
+        that only into a loader built after the restore; a run whose optimizer setup builds the loader
+        first (``trainer.max_epochs``, ``warmup_epochs``) would replay its epoch from the start. The
+        data module is restored before the optimizer setup, so its loader starts at the right batch."""
+        loader = getattr(self, "_train_loader", None)
+        return {"train_position": loader.state_dict()} if loader is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._resume_position = state.get("train_position")
+
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         # Count the training batches the loop has actually consumed (not the ones prefetched), so a
         # checkpoint records exactly where in the epoch the run stands.

@@ -13,34 +13,34 @@ CPU), and ``skipped`` (how many unreadable images were dropped) when skipping is
 from __future__ import annotations
 
 import warnings
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
 from sslvit.errors import CorruptImageError
-from sslvit.seeding import sample_key
+from sslvit.seeding import keyed_rng, sample_key
 
 
 class KeyedDataset(Dataset):
     """Wraps a dataset of ``(image, label)``; item ``(index, key)`` -> ``(image, label, key)``.
 
-    The transform runs under the torch RNG seeded with ``key`` (in a forked RNG, so the
-    caller's stream is untouched). With ``skip_corrupt``, an unreadable image gives ``None``.
+    The transform runs with torch's, Python's and NumPy's generators seeded with ``key``
+    (:func:`sslvit.seeding.keyed_rng`; the caller's streams are untouched); ``random_items=False``
+    skips that for datasets whose items draw no random numbers (device-resident images: indices).
+    With ``skip_corrupt``, an unreadable image gives ``None``.
     """
 
-    def __init__(self, dataset: Dataset, skip_corrupt: bool = False) -> None:
-        self.dataset, self.skip_corrupt = dataset, skip_corrupt
+    def __init__(self, dataset: Dataset, skip_corrupt: bool = False, random_items: bool = True) -> None:
+        self.dataset, self.skip_corrupt, self.random_items = dataset, skip_corrupt, random_items
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[Any, int, int] | None:
         index, key = item
-        with torch.random.fork_rng(devices=[]):
-            # the CPU generator only: torch.manual_seed would also queue seeds for every GPU backend,
-            # which costs about 100x more per sample
-            torch.random.default_generator.manual_seed(key)
+        with keyed_rng(key) if self.random_items else nullcontext():
             try:
                 image, label = self.dataset[index]
             except CorruptImageError as err:

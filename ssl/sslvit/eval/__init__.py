@@ -1,4 +1,4 @@
-"""Evaluation of frozen backbones: feature extraction with caching, Faiss kNN, linear probe, online kNN."""
+"""Evaluation: frozen features (with caching), Faiss kNN, linear probe, online kNN; end-to-end fine-tuning."""
 
 from sslvit.eval.features import (
     FeatureCache,
@@ -9,6 +9,7 @@ from sslvit.eval.features import (
     feature_dim,
     frozen,
 )
+from sslvit.eval.finetune import FineTune
 from sslvit.eval.knn import DEFAULT_KS, KNNClassifier, KNNResult, weighted_vote
 from sslvit.eval.linear import (
     DEFAULT_BASE_LRS,
@@ -24,6 +25,7 @@ __all__ = [
     "DEFAULT_KS",
     "FeatureCache",
     "Features",
+    "FineTune",
     "KNNClassifier",
     "KNNResult",
     "LinearProbeResult",

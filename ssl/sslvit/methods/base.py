@@ -1,7 +1,9 @@
 """What every method shares: the backbone, the optimizer recipe, the schedule and the logging.
 
 A method subclasses :class:`SSLMethod` and implements :meth:`SSLMethod.compute_loss`; its typed
-``__init__`` is its config schema (LightningCLI picks the class by ``class_path``).
+``__init__`` is its config schema (LightningCLI picks the class by ``class_path``). Supervised
+fine-tuning (:class:`sslvit.eval.FineTune`) is a subclass too: it overrides :meth:`SSLMethod.batch_loss`
+to use the labels, and so shares the optimizer, schedule, NaN guard and exact resume.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from sslvit.seeding import capture_rng_state, random_keys, restore_rng_state
 
 
 class SSLMethod(L.LightningModule):
-    """Base of MAE, BEiT and CPC.
+    """Base of MAE, BEiT, CPC and of fine-tuning.
 
     Args:
         backbone: architecture of the shared ViT (see :class:`sslvit.nn.ViTConfig`).
@@ -99,9 +101,13 @@ class SSLMethod(L.LightningModule):
         images = batch[0] if isinstance(batch, (list, tuple)) else batch
         return images, random_keys(images.shape[0])
 
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+    def batch_loss(self, batch: Any) -> dict[str, torch.Tensor]:
+        """Loss and metrics of a training or validation batch: :meth:`compute_loss` of its images and keys."""
         images, keys = self.unpack(batch)
-        out = self.compute_loss(images, keys)
+        return self.compute_loss(images, keys)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        out = self.batch_loss(batch)
         loss = out["loss"]
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
@@ -112,14 +118,14 @@ class SSLMethod(L.LightningModule):
             )
         # sync_dist: under DDP the logged values are those of the global batch.
         self._log_metrics("train", out, on_step=True)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True)
+        # the largest rate: the head's under layer-wise decay, the only one otherwise
+        self.log("train/lr", max(group["lr"] for group in self.optimizers().param_groups), on_step=True)
         if isinstance(batch, dict) and "skipped" in batch:  # data.skip_corrupt: unreadable images dropped
             self.log("data/skipped_images", batch["skipped"].float(), on_step=False, on_epoch=True, reduce_fx="sum")
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        images, keys = self.unpack(batch)  # val keys do not change across epochs: comparable val/loss
-        out = self.compute_loss(images, keys)
+        out = self.batch_loss(batch)  # val keys do not change across epochs: comparable val/loss
         self._log_metrics("val", out)
 
     def configure_model(self) -> None:

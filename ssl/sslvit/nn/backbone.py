@@ -259,20 +259,23 @@ class VisionTransformer(nn.Module):
         cls = (self.cls_token + pos[:, :1]).expand(x.shape[0], -1, -1)
         return x, cls
 
-    def run_blocks(self, x: torch.Tensor) -> torch.Tensor:
-        """Transformer blocks then the final norm: [N, T, D] -> [N, T, D]."""
+    def run_blocks(self, x: torch.Tensor, norm: bool = True) -> torch.Tensor:
+        """Transformer blocks, then the final norm unless ``norm=False``: [N, T, D] -> [N, T, D]."""
         for block in self.blocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
                 x = checkpoint(block, x, use_reentrant=False)
             else:
                 x = block(x)
-        return self.norm(x)
+        return self.norm(x) if norm else x
 
     # ---- the three entry points --------------------------------------------------------------
-    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Encode all patches: images [N, C, H, W] -> tokens [N, 1 + L, D] (CLS first)."""
+    def forward_features(self, images: torch.Tensor, norm: bool = True) -> torch.Tensor:
+        """Encode all patches: images [N, C, H, W] -> tokens [N, 1 + L, D] (CLS first).
+
+        ``norm=False`` leaves out the final norm (MAE's fine-tuning pools the tokens before its own norm).
+        """
         x, cls = self.patch_tokens(images)
-        return self.run_blocks(torch.cat([cls, x], dim=1))
+        return self.run_blocks(torch.cat([cls, x], dim=1), norm=norm)
 
     def forward_visible(self, images: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
         """Encode only the patches at ``ids_keep`` [N, K]: -> tokens [N, 1 + K, D] (MAE)."""

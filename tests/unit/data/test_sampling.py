@@ -73,3 +73,25 @@ def test_rng_state_round_trip():
     restore_rng_state(state)
     b = (torch.rand(3), __import__("random").random(), __import__("numpy").random.rand())
     assert torch.equal(a[0], b[0]) and a[1:] == b[1:]
+
+
+def test_keyed_rng_seeds_torch_python_and_numpy_and_restores_them():
+    import random
+
+    import numpy as np
+
+    from sslvit.seeding import keyed_rng
+
+    def draw():
+        return torch.rand(2).tolist(), random.random(), random.gauss(0, 1), np.random.rand(), np.random.choice(9)
+
+    random.seed(5), np.random.seed(5), torch.manual_seed(5)
+    outside = draw()
+    random.seed(5), np.random.seed(5), torch.manual_seed(5)
+    with keyed_rng(2**62 + 7):
+        first = draw()
+    assert draw() == outside, "the caller's streams continue as if nothing happened"
+    with keyed_rng(2**62 + 7):
+        assert draw() == first
+    with keyed_rng(2**62 + 8):
+        assert all(a != b for a, b in zip(draw(), first, strict=True))

@@ -1,0 +1,127 @@
+"""What ``tools/finetune.py`` runs: ``sslvit fit`` of :class:`sslvit.eval.FineTune` on a checkpoint, then a report.
+
+The tool turns its options into ``sslvit fit`` arguments (:func:`fit_arguments`), so a fine-tuning run
+from the tool has everything a run from the command line has (config, run directory, resume, NaN guard,
+metrics.csv, TensorBoard) and can be repeated with ``sslvit fit --config <run dir>/config.yaml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from sslvit.checkpoints.loading import load_backbone
+from sslvit.cli.app import run_cli
+from sslvit.cli.tool_args import add_checkpoint_args
+from sslvit.constants import IMAGENET_MEAN, IMAGENET_STD
+from sslvit.errors import ConfigError
+
+
+def add_finetune_args(parser: argparse.ArgumentParser, default_config: str) -> None:
+    add_checkpoint_args(parser)
+    parser.add_argument("--config", default=default_config, help=f"fine-tuning recipe (default {default_config})")
+    parser.add_argument("--data-root", help="an ImageFolder root with train/ and val/ (or torchvision's data root)")
+    parser.add_argument(
+        "--dataset",
+        choices=["imagefolder", "cifar10", "cifar100", "stl10", "digits"],
+        help="default: imagefolder when --data-root is given, else the config's",
+    )
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=int, help="train this many epochs (default: the config's)")
+    length.add_argument(
+        "--minutes", type=float, help="train for this wall-clock budget, the schedule following the clock"
+    )
+    parser.add_argument("--batch-size", type=int, help="images per device per step (default: the config's)")
+    parser.add_argument("--num-workers", type=int, help="loader processes (default: the config's)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the run (head, --random-init weights, data order)")
+    parser.add_argument("--run-dir", help="run directory (default runs/finetune-<date-time>)")
+    parser.add_argument("--output", help="write the results as JSON to this file")
+    parser.add_argument("fit_args", nargs="*", help="extra `sslvit fit` settings, after --")
+
+
+def fit_arguments(args: argparse.Namespace, info: dict[str, Any], backbone: dict[str, Any]) -> list[str]:
+    """The ``sslvit fit`` command line of a fine-tuning run of ``args.checkpoint`` (architecture ``backbone``)."""
+    weights = "null" if args.random_init else str(args.checkpoint)
+    command = [
+        "fit", "--config", args.config, "--seed_everything", str(args.seed),
+        "--trainer.default_root_dir", args.run_dir,
+        "--model.init_args.weights", weights, "--model.init_args.backbone", json.dumps(backbone),
+        # the preprocessing the encoder was pretrained with
+        "--data.image_size", str(backbone["img_size"]),
+        "--data.mean", json.dumps(list(info.get("mean", IMAGENET_MEAN))),
+        "--data.std", json.dumps(list(info.get("std", IMAGENET_STD))),
+        "--data.eval_crop_fraction", str(info.get("eval_crop_fraction", 1.0)),
+    ]  # fmt: skip
+    dataset = args.dataset or ("imagefolder" if args.data_root else None)
+    if dataset == "imagefolder" and not args.data_root:
+        raise ConfigError("--dataset imagefolder needs --data-root DIR with train/ and val/ sub-folders")
+    for key, value in (("dataset", dataset), ("root", args.data_root), ("batch_size", args.batch_size),
+                       ("num_workers", args.num_workers)):  # fmt: skip
+        if value is not None:
+            command += [f"--data.{key}", str(value)]
+    if args.epochs is not None:
+        command += ["--trainer.max_epochs", str(args.epochs), "--trainer.max_steps", "-1"]
+    if args.minutes is not None:
+        budget = {"class_path": "sslvit.cli.TimeBudget", "init_args": {"minutes": args.minutes}}
+        command += ["--trainer.max_epochs", "-1", "--trainer.max_steps", "-1"]
+        command += ["--trainer.callbacks+", json.dumps(budget)]
+    return [*command, *args.fit_args]
+
+
+def run_finetune(args: argparse.Namespace) -> dict[str, Any]:
+    """Fine-tune ``args.checkpoint`` (or its architecture from scratch) and return the JSON record."""
+    if args.run_dir is None:
+        args.run_dir = time.strftime("runs/finetune-%Y%m%d-%H%M%S")
+    encoder, info = load_backbone(args.checkpoint)
+    backbone = {**encoder.config.to_dict(), "img_size": info["image_size"]}  # CPC: whole images, not its patches
+    command = fit_arguments(args, info, backbone)
+    start = time.perf_counter()
+    cli = run_cli(command)
+    seconds = time.perf_counter() - start
+    history = list(cli.model.history)
+    if not history:
+        raise ConfigError("the run ended before any validation: train at least one epoch (--epochs, --minutes)")
+    final, best = history[-1], max(history, key=lambda h: h["top1"])
+    data = cli.datamodule
+    root = str(Path(data.root).resolve()) if data.dataset_name != "digits" else None
+    return {
+        "top1": final["top1"], "top5": final["top5"], "loss": final["loss"], "epoch": final["epoch"],
+        "step": final["step"], "best": best, "history": history,
+        "checkpoint": str(args.checkpoint), "random_init": bool(args.random_init), "method": info.get("method"),
+        "pretrain_global_step": info.get("global_step"), "config": args.config, "run_dir": args.run_dir,
+        "dataset": data.dataset_name, "data_root": root,
+        "image_size": data.image_size, "num_train": len(data._datasets[data.fit_split]),
+        "num_val": len(data._datasets["val"]), "epochs": args.epochs, "minutes": args.minutes,
+        "seconds": seconds, "fit_arguments": command,
+        "settings": json.loads(json.dumps(cli.config["fit"].as_dict(), default=str)),
+    }  # fmt: skip
+
+
+def table(record: dict[str, Any]) -> str:
+    """One row per validation (epoch, step, val loss, top-1, top-5), ``*`` marking the best; then final and best."""
+    lines = ["   epoch     step  val loss   top-1   top-5"]
+    for row in record["history"]:
+        mark = "*" if row == record["best"] else " "
+        lines.append(
+            f"{mark}{row['epoch']:>7g}  {row['step']:>7d}  {row['loss']:8.4f}  {row['top1']:6.2f}  {row['top5']:6.2f}"
+        )
+    best = record["best"]
+    lines.append(f"final: top-1 {record['top1']:.2f}, top-5 {record['top5']:.2f} (epoch {record['epoch']:g})")
+    lines.append(f"best:  top-1 {best['top1']:.2f}, top-5 {best['top5']:.2f} (epoch {best['epoch']:g}; chosen on val)")
+    return "\n".join(lines)
+
+
+def headline(record: dict[str, Any]) -> str:
+    what = "random init of " if record["random_init"] else ""
+    length = f"{record['minutes']:g} minutes" if record["minutes"] else f"{record['history'][-1]['epoch']:g} epochs"
+    return (
+        f"checkpoint: {what}{record['checkpoint']}"
+        + (f" (step {record['pretrain_global_step']})" if record["pretrain_global_step"] is not None else "")
+        + f"\nfine-tuned with {record['config']} for {length} ({record['seconds'] / 60:.1f} minutes in all), "
+        f"run directory {record['run_dir']}\n"
+        f"data: {record['dataset']}, {record['num_train']} train / {record['num_val']} val images at "
+        f"{record['image_size']}px; val top-1/top-5 after each epoch:"
+    )
