@@ -63,9 +63,15 @@ def read_encoded(path: str) -> EncodedImage:
 def open_header(data: bytes) -> Image.Image:
     """The image, opened lazily (header read, nothing decoded); JPEG first, without PIL's format probing."""
     try:
-        return JpegImageFile(io.BytesIO(data))
+        header = JpegImageFile(io.BytesIO(data))
     except SyntaxError:  # not a JPEG
-        return Image.open(io.BytesIO(data))
+        return Image.open(io.BytesIO(data))  # checks for decompression bombs itself
+    width, height = header.size
+    if Image.MAX_IMAGE_PIXELS and width * height > 2 * Image.MAX_IMAGE_PIXELS:  # Image.open's limit
+        raise Image.DecompressionBombError(
+            f"{width}x{height} pixels is more than twice PIL's limit of {Image.MAX_IMAGE_PIXELS} (a decompression bomb)"
+        )
+    return header
 
 
 def random_resized_box(

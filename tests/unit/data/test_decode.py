@@ -89,6 +89,15 @@ def test_truncated_jpeg_is_named(photo, tmp_path):
         read_encoded(str(tmp_path / "missing.jpg"))
 
 
+@pytest.mark.parametrize("suffix", ["jpg", "png"])
+def test_decompression_bombs_are_refused_before_decoding(tmp_path, monkeypatch, suffix):
+    path = tmp_path / f"bomb.{suffix}"
+    Image.new("RGB", (300, 200)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20_000)  # 60,000 pixels: three times the limit
+    with pytest.raises(CorruptImageError, match=f"bomb.{suffix}: .*decompression bomb"):
+        DecodeAndCrop(64)(read_encoded(str(path)))
+
+
 def test_normalize_on_device_equals_to_tensor_then_normalize():
     images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
