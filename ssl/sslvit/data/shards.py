@@ -35,6 +35,7 @@ from typing import Any
 from PIL import Image
 from torch.utils.data import Dataset, Subset
 
+from sslvit.data.datasets import ImageFolder
 from sslvit.data.decode import DECODE_ERRORS, EncodedImage, unreadable
 from sslvit.data.folders import image_files, is_unlabelled, split_folder
 from sslvit.data.sampling import KeyedSampler
@@ -105,8 +106,6 @@ def shard_image_folder(
     (None keeps the folder's order), so that every shard is a random sample of the classes; val
     keeps its order. ``progress(iterable, desc=..., total=...)`` wraps the writing loop (e.g. tqdm).
     """
-    from torchvision.datasets import ImageFolder
-
     root, written = Path(data_root), {}
     splits = [("train", split_folder(root, "pretrain")), ("val", split_folder(root, "val"))]
     for split, folder in splits:
@@ -115,7 +114,7 @@ def shard_image_folder(
         if is_unlabelled(folder):
             samples, classes = [(str(path), None) for path in image_files(folder)], None
         else:
-            found = ImageFolder(str(folder), loader=str)  # lists files and classes, decodes nothing
+            found = ImageFolder(str(folder), loader=str)  # lists files and classes (no symlink loops), decodes nothing
             samples, classes = [(path, label) for path, label in found.samples], found.classes
         if split == "train" and seed is not None:
             random.Random(seed).shuffle(samples)

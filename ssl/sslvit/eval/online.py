@@ -6,12 +6,15 @@ import time
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
 
 from sslvit.data.datasets import class_balanced_subset
 from sslvit.errors import ConfigError
 from sslvit.eval.features import dataset_features, dataset_targets, last_blocks
 from sslvit.eval.knn import KNNClassifier
+from sslvit.nn.backbone import VisionTransformer
 
 
 class OnlineKNN(Callback):
@@ -31,6 +34,9 @@ class OnlineKNN(Callback):
         k: neighbours that vote (DINO: 20); temperature: T of the vote weights exp(sim / T).
         pooling: ``cls``, ``mean`` or ``cls_last<n>``.
         batch_size: images per forward pass (default: the data module's batch size).
+        compare_random_init: at the last evaluation, also classify with a random initialisation of the
+            same architecture (seeded by ``seed``; the global RNG is untouched), log it as
+            ``knn/random_init_top1`` and print both: the evidence that pretraining learned something.
     """
 
     def __init__(
@@ -42,13 +48,14 @@ class OnlineKNN(Callback):
         pooling: str = "cls",
         batch_size: int | None = None,
         seed: int = 0,
+        compare_random_init: bool = False,
     ) -> None:
         if every_n_epochs < 1:
             raise ConfigError(f"OnlineKNN.every_n_epochs must be >= 1, got {every_n_epochs}")
         if train_subset is not None and train_subset < k:
             raise ConfigError(f"OnlineKNN.train_subset={train_subset} must be at least k={k}")
         self.every_n_epochs, self.train_subset, self.pooling = every_n_epochs, train_subset, pooling
-        self.batch_size, self.seed = batch_size, seed
+        self.batch_size, self.seed, self.compare_random_init = batch_size, seed, compare_random_init
         self.knn = KNNClassifier(ks=(k,), k=k, temperature=temperature)
         self._bank_indices: list[int] | None = None
         self.history: list[dict[str, float]] = []
@@ -91,8 +98,10 @@ class OnlineKNN(Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch + 1
-        last = (trainer.max_epochs is not None and 0 < trainer.max_epochs <= epoch) or (
-            0 < trainer.max_steps <= trainer.global_step
+        last = (
+            (trainer.max_epochs is not None and 0 < trainer.max_epochs <= epoch)
+            or 0 < trainer.max_steps <= trainer.global_step
+            or trainer.should_stop  # a wall-clock budget (TimeBudget) or another callback ends the run here
         )
         if trainer.sanity_checking or (epoch % self.every_n_epochs and not last):
             return
@@ -102,3 +111,17 @@ class OnlineKNN(Callback):
         # numbers, which keeps Lightning from warning about epoch-level metrics under DDP.
         pl_module.log("knn/top1", metrics["top1"], prog_bar=True, on_epoch=True, sync_dist=True)
         pl_module.log("knn/top5", metrics["top5"], on_epoch=True, sync_dist=True)
+        if last and self.compare_random_init:
+            baseline = self.evaluate(self.random_init_like(pl_module.backbone), trainer.datamodule)["top1"]
+            pl_module.log("knn/random_init_top1", baseline, on_epoch=True, sync_dist=True)
+            rank_zero_info(
+                f"kNN top-1 ({self.pooling} features, k = {self.knn.k}) after {trainer.global_step} steps: "
+                f"{metrics['top1']:.2f}%; a random initialisation of the same architecture: {baseline:.2f}% "
+                f"({metrics['top1'] - baseline:+.2f} points)"
+            )
+
+    def random_init_like(self, backbone: VisionTransformer) -> VisionTransformer:
+        """A freshly initialised backbone of ``backbone``'s architecture, on its device, from ``seed`` alone."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            return VisionTransformer(backbone.config).to(next(backbone.parameters()).device)
