@@ -8,7 +8,7 @@ import torch
 from conftest import TINY_CONFIGS
 from sslvit.checkpoints import load_backbone
 from sslvit.cli import run_cli
-from sslvit.methods import BEiT, CPC, MAE, load_method
+from sslvit.methods import CPC, MAE, BEiT, load_method
 
 # The class paths configs use, and the module paths of the classes before the package was regrouped
 # (sslvit/methods/beit.py and cpc.py became sub-packages).

@@ -51,6 +51,20 @@ def test_knn_tool_writes_json_and_reuses_cached_features(setup, capsys):
     assert again["features_from_cache"] == {"train": True, "val": True} and again["per_k"] == record["per_k"]
 
 
+def test_a_second_image_folder_is_never_served_the_first_ones_features(setup, tmp_path):
+    """Same checkpoint, same cache directory, two ImageFolders of different content and size."""
+    other = write_image_folder(tmp_path / "other", classes=2, per_class=40, seed=7)
+    args = ["--ks", "5", "--k", "5", "--cache-dir", str(tmp_path / "cache")]
+    first = knn_eval.main(common(setup, tmp_path / "a.json", *args))
+    second = knn_eval.main(common(setup, tmp_path / "b.json", *args, "--data-root", str(other)))
+    fresh = knn_eval.main(
+        common(setup, tmp_path / "c.json", "--ks", "5", "--k", "5", "--no-cache", "--data-root", str(other))
+    )
+    assert first["num_train"] == 210 and second["num_train"] == fresh["num_train"] == 80
+    assert second["features_from_cache"] == {"train": False, "val": False}
+    assert second["per_k"] == fresh["per_k"]
+
+
 def test_knn_tool_random_init_and_ivf(setup):
     trained = knn_eval.main(common(setup, setup / "t.json", "--ks", "5", "--k", "5"))
     random = knn_eval.main(common(setup, setup / "r.json", "--random-init", "--ks", "5", "--k", "5"))

@@ -33,7 +33,9 @@ from sslvit.distributed import all_true, gather_in_order, rank_and_world
 from sslvit.errors import ConfigError
 from sslvit.nn.backbone import VisionTransformer
 
-CACHE_FORMAT = 1
+# 2: the caller's tag lives under its own key ("tag"); in format 1 it was spread over the key, and its
+# "dataset" name replaced the dataset's description, so two ImageFolders shared cached features.
+CACHE_FORMAT = 2
 _LAST_N = re.compile(r"cls_last(\d+)")
 
 
@@ -158,7 +160,12 @@ def feature_key(
     indices: Sequence[int] | None = None,
     tag: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The cache key of one extraction (a JSON-serialisable dict)."""
+    """The cache key of one extraction (a JSON-serialisable dict).
+
+    What identifies the content (weights, the dataset's description, indices, pooling, precision) is
+    computed here; ``tag`` (caller-known names such as the split) is added under its own ``"tag"``
+    entry, so it can only make the key longer, never replace a part of it.
+    """
     chosen = None if indices is None else hashlib.sha256(json.dumps(list(map(int, indices))).encode()).hexdigest()
     return {
         "format": CACHE_FORMAT,
@@ -167,7 +174,7 @@ def feature_key(
         "indices": chosen,
         "pooling": pooling,
         "precision": "bf16" if device.type == "cuda" else "fp32",
-        **(tag or {}),
+        "tag": dict(tag or {}),
     }
 
 

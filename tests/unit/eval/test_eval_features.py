@@ -8,9 +8,17 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.utils.data import DataLoader, TensorDataset
 
+from conftest import write_image_folder
 from sslvit.data import SSLDataModule
 from sslvit.errors import ConfigError
-from sslvit.eval.features import FeatureCache, dataset_features, encode, extract_features, feature_dim
+from sslvit.eval.features import (
+    FeatureCache,
+    dataset_features,
+    encode,
+    extract_features,
+    feature_dim,
+    feature_key,
+)
 from sslvit.nn.backbone import VisionTransformer, ViTConfig
 
 
@@ -77,6 +85,29 @@ def test_cache_reuses_features_and_keys_what_matters(tiny_vit, image_folder, tmp
     changed = dataset_features(backbone, data, "train", cache=cache)
     assert not changed.from_cache and not torch.allclose(changed.features, first.features)
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 5
+
+
+def test_two_image_folders_never_share_a_cache_entry(tiny_vit, tmp_path):
+    """Regression: the caller's tag ({"dataset": "imagefolder", ...}) replaced the dataset's description
+    in the key, so a second ImageFolder evaluated with the same weights got the first one's features."""
+    backbone = VisionTransformer(tiny_vit).eval()
+    small = write_image_folder(tmp_path / "small", classes=3, per_class=4, seed=0)
+    large = write_image_folder(tmp_path / "large", classes=2, per_class=9, seed=1)
+    cache = FeatureCache(tmp_path / "cache")
+    modules = [
+        SSLDataModule(dataset="imagefolder", root=str(root), image_size=16, batch_size=8, num_workers=0)
+        for root in (small, large)
+    ]
+    first = dataset_features(backbone, modules[0], "train", cache=cache)
+    second = dataset_features(backbone, modules[1], "train", cache=cache)
+    uncached = dataset_features(backbone, modules[1], "train")
+    assert (len(first), len(second)) == (12, 18) and not second.from_cache
+    assert torch.equal(second.features, uncached.features) and torch.equal(second.labels, uncached.labels)
+    # The tag is kept apart: it cannot replace what identifies the content.
+    key = feature_key(backbone, modules[1].eval_dataloader("train").dataset, "cls", torch.device("cpu"),
+                      tag={"dataset": "imagefolder", "weights": "x", "pooling": "mean"})  # fmt: skip
+    assert key["dataset"]["size"] == 18 and key["pooling"] == "cls" and key["weights"] != "x"
+    assert key["tag"] == {"dataset": "imagefolder", "weights": "x", "pooling": "mean"}
 
 
 def test_extraction_leaves_the_global_rng_alone(tiny_vit):
