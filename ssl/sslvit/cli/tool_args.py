@@ -1,6 +1,7 @@
 """Arguments and loading shared by the scripts in ``tools/`` (evaluation, figures, export).
 
-A tool takes ``--checkpoint`` (a Lightning ``.ckpt`` of any method, or an exported folder) and
+A tool takes ``--checkpoint`` (an sslvit Lightning ``.ckpt`` or export, or weights trained elsewhere:
+official MAE/BEiT/DINO, timm) and
 data as ``--data-root DIR`` (an ImageFolder with ``train/`` and ``val/``) or ``--dataset NAME``
 (cifar10, cifar100, stl10 from torchvision, or the offline ``digits``). The evaluation tools add
 pooling, device, cache and seed (:func:`add_feature_args`) and load everything in one call
@@ -26,11 +27,34 @@ from sslvit.eval.features import FeatureCache, Features, dataset_features, defau
 from sslvit.nn.backbone import VisionTransformer
 from sslvit.runtime import tune_cpu_allocator
 
+# How the headline names weights trained elsewhere (load_backbone's ``source``).
+OUTSIDE_SOURCES = {
+    "mae": "official MAE weights",
+    "beit": "BEiT weights",
+    "timm": "ViT weights in timm's key names",
+    "timm-hub": "timm hub folder",
+}
 
-def add_checkpoint_args(parser: argparse.ArgumentParser, random_init: bool = True) -> None:
+
+def add_checkpoint_args(parser: argparse.ArgumentParser, random_init: bool = True, outside: bool = True) -> None:
+    """``--checkpoint`` (any format :func:`~sslvit.checkpoints.load_backbone` reads), ``--random-init``, and for
+    weights trained elsewhere ``--arch``/``--num-heads`` (what their shapes do not say)."""
     parser.add_argument(
-        "--checkpoint", required=True, help="Lightning .ckpt of any sslvit method, or an exported folder"
+        "--checkpoint",
+        required=True,
+        help="an sslvit Lightning .ckpt or export folder, an official MAE/BEiT/DINO .pth, a timm ViT state dict "
+        "(.pth/.safetensors) or a timm hub folder (config.json + model.safetensors); the format is read from the keys",
     )
+    if outside:
+        parser.add_argument(
+            "--arch",
+            help="for a plain state dict: the timm model name the weights come from (e.g. vit_small_patch16_224) or an "
+            "sslvit preset (vit_tiny ... vit_huge); sizes are read from the weights' shapes",
+        )
+        parser.add_argument(
+            "--num-heads", type=int, help="for a plain state dict: attention heads (default: from --arch, or the "
+            "ViT preset of the weights' width)"
+        )  # fmt: skip
     if random_init:
         parser.add_argument(
             "--random-init",
@@ -54,7 +78,9 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
 def backbone_from_args(args: argparse.Namespace) -> tuple[VisionTransformer, dict[str, Any]]:
     """The checkpoint's encoder (eval mode); with ``--random-init`` the same architecture, untrained."""
     tune_cpu_allocator()
-    backbone, info = load_backbone(args.checkpoint)
+    backbone, info = load_backbone(
+        args.checkpoint, arch=getattr(args, "arch", None), num_heads=getattr(args, "num_heads", None)
+    )
     if getattr(args, "random_init", False):
         backbone = VisionTransformer(backbone.config).eval()
         info = {**info, "random_init": True}
@@ -150,6 +176,7 @@ class Evaluation:
         dm = self.datamodule
         return {
             "checkpoint": str(self.args.checkpoint),
+            "source": self.info.get("source"),
             "random_init": bool(self.info.get("random_init", False)),
             "method": self.info.get("method"),
             "global_step": self.info.get("global_step"),
@@ -168,6 +195,8 @@ class Evaluation:
         """Two lines naming the checkpoint and the data, for the printed table."""
         what = "random init of " if self.info.get("random_init") else ""
         step = self.info.get("global_step")
+        source = self.info.get("source")
+        outside = f" ({OUTSIDE_SOURCES[source]})" if source in OUTSIDE_SOURCES else ""
         dm = self.datamodule
         where = f" {Path(dm.root).resolve()}" if dm.dataset_name != "digits" else ""
         timing = ", ".join(
@@ -176,7 +205,9 @@ class Evaluation:
             if f is not None
         )
         return (
-            f"checkpoint: {what}{self.args.checkpoint}" + (f" (step {step})" if step is not None else "") + "\n"
+            f"checkpoint: {what}{self.args.checkpoint}{outside}"
+            + (f" (step {step})" if step is not None else "")
+            + "\n"
             f"data: {dm.dataset_name}{where}, {f'{len(train)} train / ' if train is not None else ''}{len(val)} val "
             f"images at {dm.image_size}px; "
             f"{self.args.pooling} features ({val.dim}-d; {timing})"

@@ -69,3 +69,5 @@ def class_balanced_subset(targets: Sequence[int], total: int, seed: int = 0) -> 
     if len(chosen) < total:
         raise ConfigError(f"train_subset={total} is larger than the {len(targets)} images available")
     return sorted(chosen)
+
+
