@@ -5,7 +5,8 @@
         --output knn-random.json
 
 The labelled train split is the bank, the val split the queries. Features are cached, so a second
-run of the same checkpoint on the same data only searches.
+run of the same checkpoint on the same data only searches. Low-shot: --train-fraction 0.01 or --shots N
+(class-balanced, seeded) bank, --seeds 3 for the mean and standard deviation over draws.
 """
 
 from __future__ import annotations
@@ -13,9 +14,21 @@ from __future__ import annotations
 import argparse
 import time
 
-from sslvit.cli.tool_args import Evaluation, add_feature_args, write_json
+from sslvit.cli.tool_args import (
+    Evaluation,
+    add_feature_args,
+    add_subset_args,
+    describe_subset,
+    run_seeds,
+    seeds_summary,
+    subset_record,
+    train_subset,
+    write_json,
+)
 from sslvit.errors import USER_ERRORS, one_line
+from sslvit.eval.features import Features
 from sslvit.eval.knn import DEFAULT_KS, KNNClassifier, KNNResult
+from sslvit.eval.subsets import mean_and_std
 
 
 def table(result: KNNResult) -> str:
@@ -29,9 +42,13 @@ def table(result: KNNResult) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_feature_args(parser)
+    add_subset_args(parser)
     parser.add_argument("--k", type=int, default=20, help="the k whose accuracy is top1/top5 (default 20)")
     parser.add_argument(
-        "--ks", type=int, nargs="+", default=list(DEFAULT_KS), help="all k reported, from one search (10 20 100 200)"
+        "--ks",
+        type=int,
+        nargs="+",
+        help="all k reported, from one search (default 10 20 100 200, at most the bank size)",
     )
     parser.add_argument("--temperature", type=float, default=0.07, help="T of the vote weights exp(sim / T)")
     parser.add_argument("--index", choices=["flat", "ivf"], default="flat", help="exact (flat) or inverted-file (ivf)")
@@ -40,29 +57,64 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        evaluation = Evaluation.from_args(args)
-        knn = KNNClassifier(args.ks, args.k, args.temperature, args.index, args.nlist, args.nprobe)
-        train, val = evaluation.features("train"), evaluation.features("val")
-        start = time.perf_counter()
-        result = knn.fit(train.features, train.labels).evaluate(val.features, val.labels)
-        evaluation.seconds["knn"] = time.perf_counter() - start
-    except USER_ERRORS as err:
-        parser.error(one_line(err))
+def classifier(args: argparse.Namespace, bank_size: int) -> KNNClassifier:
+    """The kNN of the arguments; without --ks, the default ks that fit the bank (a low-shot bank is small)."""
+    ks = args.ks or [k for k in DEFAULT_KS if k <= bank_size] or [bank_size]
+    k = args.k if args.ks or args.k <= bank_size else max(ks)
+    return KNNClassifier(ks, k, args.temperature, args.index, args.nlist, args.nprobe)
 
+
+def evaluate_bank(args: argparse.Namespace, bank: Features, val: Features) -> tuple[KNNClassifier, KNNResult, float]:
+    knn = classifier(args, len(bank))
+    start = time.perf_counter()
+    result = knn.fit(bank.features, bank.labels).evaluate(val.features, val.labels)
+    return knn, result, time.perf_counter() - start
+
+
+def report(args: argparse.Namespace, knn: KNNClassifier, result: KNNResult, seconds: float) -> dict:
+    """Print the table of one run; its JSON record."""
     index = "exact inner product (faiss IndexFlatIP)" if args.index == "flat" else f"IVF, nprobe {knn.index.nprobe}"
-    print(evaluation.headline(train, val))
-    print(f"kNN: {index}, T = {args.temperature}, {knn.threads} threads, {evaluation.seconds['knn']:.2f} s")
+    print(f"kNN: {index}, T = {args.temperature}, {knn.threads} threads, {seconds:.2f} s")
     if result.recall is not None:
         print(f"IVF recall of the exact {knn.ks[-1]} nearest neighbours: {result.recall:.3f}")
     print(table(result))
-    record = {**result.to_dict(), "ks": knn.ks, **evaluation.describe(train, val)}
-    record["seconds"] = {**result.timings, **evaluation.seconds}
+    record = {**result.to_dict(), "ks": knn.ks}
+    record["seconds"] = {**result.timings, "knn": seconds}
     if args.index == "ivf":
         record.update(nlist=knn.index.nlist, nprobe=knn.index.nprobe)
+    return record
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    runs = []
+    try:
+        evaluation = Evaluation.from_args(args)
+        train, val = evaluation.features("train"), evaluation.features("val")
+        for seed in run_seeds(args):
+            positions = train_subset(args, train.labels, seed)
+            bank = train if positions is None else train.subset(positions)
+            runs.append((seed, positions, *evaluate_bank(args, bank, val)))
+    except USER_ERRORS as err:
+        parser.error(one_line(err))
+
+    print(evaluation.headline(train, val))
+    records = []
+    for seed, positions, knn, result, seconds in runs:
+        if positions is not None:
+            print(f"bank: {describe_subset(args, len(positions), seed)}")
+        records.append({**report(args, knn, result, seconds), "seed": seed})
+        if positions is not None:
+            records[-1]["train_subset"] = subset_record(args, len(positions))
+    record = {**records[0], **evaluation.describe(train, val)}
+    record["seconds"] = {**records[0]["seconds"], **evaluation.seconds}
+    if "train_subset" in record:
+        record["num_train"] = record["train_subset"]["num_images"]
+    if len(records) > 1:
+        summary = mean_and_std(records)
+        print(seeds_summary(summary, len(records)))
+        record.update(summary, per_seed=records, seeds=[r["seed"] for r in records])
     if args.output:
         print(f"wrote {write_json(args.output, record)}")
     return record

@@ -194,6 +194,7 @@ def read_outside_weights(
     config = infer_config(mapped, source, arch, num_heads)
     info = {
         "source": kind,
+        "native_pooling": "mean" if kind == "beit" else "cls",  # BEiT probes and fine-tunes on mean patch tokens
         "image_size": config.img_size,
         "mean": IMAGENET_MEAN,
         "std": IMAGENET_STD,
@@ -220,6 +221,7 @@ def read_timm_hub_folder(folder: Path, config: dict[str, Any]) -> tuple[ViTConfi
     pre = config.get("pretrained_cfg", {})
     info = {
         "source": "timm-hub",
+        "native_pooling": "mean" if config.get("global_pool") == "avg" else "cls",
         "timm_arch": name,
         "image_size": pre.get("input_size", [vit.img_size])[-1],
         "mean": tuple(pre.get("mean", settings["mean"])),

@@ -10,7 +10,9 @@
 
 Poolings: ``cls`` (CLS token after the final norm), ``mean`` (mean of the patch tokens) and
 ``cls_last<n>`` (the CLS tokens of the last n blocks, each normalized, concatenated: DINO's
-linear protocol uses ``cls_last4``).
+linear protocol uses ``cls_last4``), all of a backbone; and ``native``, the feature a method names
+as its own (:meth:`sslvit.methods.base.SSLMethod.native_features`: e.g. CPC's mean of its
+patch-grid latents), for which the model passed is the method rather than its backbone.
 """
 
 from __future__ import annotations
@@ -54,11 +56,16 @@ class Features:
     def dim(self) -> int:
         return self.features.shape[1]
 
+    def subset(self, positions: Sequence[int]) -> Features:
+        """The rows at ``positions`` (e.g. a low-shot subset or a held-out part), in that order."""
+        index = torch.as_tensor(list(positions), dtype=torch.long)
+        return Features(self.features[index], self.labels[index], self.from_cache)
+
 
 # ---- one batch -----------------------------------------------------------------------------------
 def last_blocks(pooling: str, depth: int) -> int:
-    """How many blocks a pooling reads (1 for ``cls``/``mean``); a ConfigError for an unknown pooling."""
-    if pooling in ("cls", "mean"):
+    """How many blocks a pooling reads (1 for ``cls``/``mean``/``native``); a ConfigError for an unknown pooling."""
+    if pooling in ("cls", "mean", "native"):
         return 1
     match = _LAST_N.fullmatch(pooling)
     if match and 1 <= int(match.group(1)) <= depth:
@@ -69,9 +76,22 @@ def last_blocks(pooling: str, depth: int) -> int:
     )
 
 
-def feature_dim(backbone: VisionTransformer, pooling: str) -> int:
-    """Width of the pooled features: ``D``, or ``n * D`` for ``cls_last<n>``."""
+def backbone_of(model: nn.Module) -> VisionTransformer:
+    """The ViT of a model: the model itself, or a method's ``backbone``."""
+    return getattr(model, "backbone", model)
+
+
+def feature_dim(model: nn.Module, pooling: str) -> int:
+    """Width of the features: ``D``, ``n * D`` for ``cls_last<n>``, a method's ``native_feature_dim`` for ``native``."""
+    backbone = backbone_of(model)
     n = last_blocks(pooling, len(backbone.blocks))
+    if pooling == "native":
+        if not hasattr(model, "native_features"):
+            raise ConfigError(
+                f"pooling='native' needs a method (it names its own features); got a {type(model).__name__}: use "
+                "'cls', 'mean' or 'cls_last<n>' for a bare backbone"
+            )
+        return model.native_feature_dim
     return backbone.embed_dim * (n if pooling.startswith("cls_last") else 1)
 
 
@@ -88,8 +108,13 @@ def frozen(module: nn.Module) -> Iterator[nn.Module]:
             m.training = training
 
 
-def encode(backbone: VisionTransformer, images: torch.Tensor, pooling: str = "cls") -> torch.Tensor:
-    """images [N, C, H, W] -> features [N, F] float32 of the frozen backbone (see :func:`feature_dim`)."""
+def encode(model: nn.Module, images: torch.Tensor, pooling: str = "cls") -> torch.Tensor:
+    """images [N, C, H, W] -> features [N, F] float32 of the frozen model (see :func:`feature_dim`).
+
+    ``model``: a backbone, or a method (its backbone is pooled; ``native`` asks the method).
+    """
+    feature_dim(model, pooling)  # validates the pooling for this model
+    backbone = backbone_of(model)
     n = last_blocks(pooling, len(backbone.blocks))
     # bf16 only where it is fast: this library's CPUs have no bf16 matmul units worth using.
     autocast = (
@@ -97,8 +122,10 @@ def encode(backbone: VisionTransformer, images: torch.Tensor, pooling: str = "cl
         if images.device.type == "cuda" and torch.cuda.is_bf16_supported()
         else nullcontext()
     )
-    with frozen(backbone), autocast:
-        if pooling.startswith("cls_last"):
+    with frozen(model), autocast:
+        if pooling == "native":
+            features = model.native_features(images)
+        elif pooling.startswith("cls_last"):
             features = torch.cat([tokens[:, 0] for tokens in backbone.get_intermediate_layers(images, n)], dim=-1)
         else:
             features = backbone.pool(backbone.forward_features(images), pooling)
@@ -109,7 +136,7 @@ def encode(backbone: VisionTransformer, images: torch.Tensor, pooling: str = "cl
 def weights_fingerprint(module: nn.Module) -> str:
     """SHA-256 of a module's state dict (names, dtypes, shapes, bytes): identical weights, identical hash."""
     digest = hashlib.sha256(type(module).__name__.encode())
-    config = getattr(module, "config", None)
+    config = getattr(module, "config", None) or getattr(module, "hparams", None)  # a backbone's, or a method's
     if config is not None:
         digest.update(repr(config).encode())
     for name, tensor in sorted(module.state_dict().items()):
@@ -223,6 +250,8 @@ def extract_features(
     cache_tag: dict[str, Any] | None = None,
 ) -> Features:
     """Features of ``loader.dataset`` (or of ``indices`` into it), in dataset order.
+
+    ``backbone``: the ViT, or a method when ``pooling="native"`` (see :func:`encode`).
 
     ``loader`` supplies the dataset, batch size, workers and collate function; its sampler is not
     used: every rank encodes the contiguous shard ``[rank * M / W, (rank + 1) * M / W)`` in order and

@@ -2,14 +2,17 @@
 
 Optimizer: LARS (MAE) or SGD, both with momentum 0.9; linear warmup then cosine decay, updated every
 step; ``lr = base_lr * batch_size / 256``. Several base learning rates are trained at once as
-parallel heads fed the same batches (their BatchNorm, having no parameters, is shared exactly), and
-the head with the best val top-1 is reported; every head's result is kept.
+parallel heads fed the same batches (their BatchNorm, having no parameters, is shared exactly).
+
+The learning rate is chosen on a held-out, class-balanced 10% of the train split; the chosen one is
+retrained on the whole train split and val is evaluated once (:func:`choose_and_report`). Choosing
+on val, as the sweeps of MAE and DINO report, is ``selection="val"`` and is labelled optimistic.
 
 Two ways to feed the heads:
 - :func:`linear_probe`: cached features of the deterministic eval transform, no augmentation
   (seconds on a CPU once the features exist);
-- :func:`linear_probe_protocol`: RandomResizedCrop + horizontal flip through the frozen backbone
-  every epoch, as the papers do.
+- :func:`sslvit.eval.linear_protocol.linear_probe_protocol`: RandomResizedCrop + horizontal flip
+  through the frozen backbone every epoch, as the papers do.
 """
 
 from __future__ import annotations
@@ -17,18 +20,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Subset
-from torchvision import transforms as T
 
 from sslvit.errors import ConfigError
-from sslvit.eval.features import Features, dataset_targets, encode, feature_dim
+from sslvit.eval.features import Features
 from sslvit.eval.knn import topk_accuracy
+from sslvit.eval.subsets import held_out_split
 from sslvit.optim import WarmupCosine
 
 OptimizerName = Literal["lars", "sgd"]
@@ -96,30 +98,55 @@ class HeadwiseSGD:
         self.weight.grad = self.bias.grad = None
 
 
+Selection = Literal["held_out", "val"]
+SELECTION_NOTES = {
+    "held_out": "learning rate chosen on {held} held-out train images, then retrained on all {train}",
+    "val": "learning rate chosen on val: optimistic, as in papers that report the best of their sweep",
+    "single": "one learning rate, nothing chosen",
+}
+
+
 @dataclass
 class LinearProbeResult:
-    """Val accuracy (percent) of the head with the best top-1, and every head's result."""
+    """The val accuracy (percent) that is reported, and how the learning rate was chosen.
+
+    ``per_lr``: every head's result on the split that chose (``per_lr_on``: the held-out part of
+    train, or val); ``val``: with held-out selection, the chosen learning rate retrained on the whole
+    train split and evaluated on val, the one time val is looked at.
+    """
 
     per_lr: dict[float, dict[str, float]]
     lr: float
     settings: dict[str, Any]
     seconds: float
+    selection: str = "val"  # held_out, val, or single (one learning rate)
+    val: dict[str, float] | None = None
+    held_out: dict[str, Any] = field(default_factory=dict)
 
     @property
     def top1(self) -> float:
-        return self.per_lr[self.lr]["top1"]
+        return (self.val or self.per_lr[self.lr])["top1"]
 
     @property
     def top5(self) -> float:
-        return self.per_lr[self.lr]["top5"]
+        return (self.val or self.per_lr[self.lr])["top5"]
+
+    @property
+    def note(self) -> str:
+        held, train = self.held_out.get("num_images"), self.settings.get("num_train")
+        return SELECTION_NOTES[self.selection].format(held=held, train=train)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "top1": self.top1,
             "top5": self.top5,
             "base_lr": self.lr,
+            "selection": self.selection,
+            "selection_note": self.note,
+            **({"held_out": self.held_out} if self.held_out else {}),
             **self.settings,
             "per_lr": {f"{lr:g}": v for lr, v in sorted(self.per_lr.items())},
+            "per_lr_on": "held_out" if self.selection == "held_out" else "val",
             "seconds": self.seconds,
         }
 
@@ -196,18 +223,51 @@ def _threads_for(device: torch.device | str, macs_per_step: int) -> Iterator[Non
             torch.set_num_threads(previous)
 
 
-def _finish(trainer: ProbeTrainer, val: Features, settings: dict[str, Any], start: float) -> LinearProbeResult:
-    per_lr = trainer.evaluate(val)
-    best = max(per_lr, key=lambda lr: (per_lr[lr]["top1"], -lr))  # ties: the smaller learning rate
-    return LinearProbeResult(per_lr, best, settings, time.perf_counter() - start)
+def best_lr(per_lr: dict[float, dict[str, float]]) -> float:
+    """The learning rate with the best top-1; ties go to the smaller one."""
+    return max(per_lr, key=lambda lr: (per_lr[lr]["top1"], -lr))
 
 
-def _check(epochs: int, batch_size: int) -> None:
+# (train positions or None for all, evaluation features, base lrs) -> {lr: {"top1", "top5", "train_loss"}}
+TrainHeads = Callable[[Sequence[int] | None, Features, Sequence[float]], dict[float, dict[str, float]]]
+
+
+def choose_and_report(
+    train_heads: TrainHeads,
+    held_features: Callable[[Sequence[int]], Features],
+    train_labels: torch.Tensor,
+    val: Features,
+    base_lrs: Sequence[float],
+    selection: Selection,
+    held_out_fraction: float,
+    seed: int,
+) -> tuple[dict[float, dict[str, float]], float, str, dict[str, float] | None, dict[str, Any]]:
+    """The selection rule of both probe paths: (per_lr, chosen lr, selection, val result, held-out record).
+
+    ``held_out``: heads for every learning rate train on the train split minus a class-balanced,
+    seeded ``held_out_fraction`` of it and are scored on that part; the chosen learning rate is
+    retrained on the whole train split and evaluated on val once. ``val``: the heads train on the
+    whole train split and the best on val is reported (optimistic). One learning rate: nothing is chosen.
+    """
+    if selection not in ("held_out", "val"):
+        raise ConfigError(f"selection={selection!r} is unknown; choose 'held_out' or 'val'")
+    if len(base_lrs) == 1 or selection == "val":
+        per_lr = train_heads(None, val, base_lrs)
+        return per_lr, best_lr(per_lr), "single" if len(base_lrs) == 1 else "val", None, {}
+    fit, held = held_out_split(train_labels, held_out_fraction, seed)
+    per_lr = train_heads(fit, held_features(held), base_lrs)
+    chosen = best_lr(per_lr)
+    final = train_heads(None, val, [chosen])[chosen]
+    record = {"fraction": held_out_fraction, "num_images": len(held), "seed": seed, **per_lr[chosen]}
+    return per_lr, chosen, "held_out", final, record
+
+
+def check_probe_settings(epochs: int, batch_size: int) -> None:
     if epochs < 1 or batch_size < 2:
         raise ConfigError(f"epochs ({epochs}) must be >= 1 and batch_size ({batch_size}) >= 2 (BatchNorm)")
 
 
-def _num_classes(*label_sets: torch.Tensor) -> int:
+def num_classes_of(*label_sets: torch.Tensor) -> int:
     return int(max(int(labels.max()) for labels in label_sets if len(labels))) + 1
 
 
@@ -222,95 +282,41 @@ def linear_probe(
     momentum: float = 0.9,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    selection: Selection = "held_out",
+    held_out_fraction: float = 0.1,
 ) -> LinearProbeResult:
     """Fast path: train heads on cached features [N, D] (shuffled each epoch, no augmentation).
 
     ``base_lrs`` default to ``DEFAULT_BASE_LRS[optimizer]``; each is scaled by ``batch_size / 256``.
+    ``selection``/``held_out_fraction``: how the learning rate is chosen (:func:`choose_and_report`).
     """
-    _check(epochs, batch_size)
+    check_probe_settings(epochs, batch_size)
     base_lrs = base_lrs or DEFAULT_BASE_LRS.get(optimizer, ())
     start = time.perf_counter()
-    steps_per_epoch = -(-len(train) // batch_size)
-    trainer = ProbeTrainer(
-        train.dim, _num_classes(train.labels, val.labels), base_lrs, batch_size, epochs * steps_per_epoch,
-        int(round(warmup_epochs * steps_per_epoch)), optimizer, momentum, device, seed,
-    )  # fmt: skip
-    features, labels = train.features.to(device), train.labels.to(device)
-    generator = torch.Generator().manual_seed(seed)
-    with _threads_for(device, batch_size * train.dim * len(base_lrs) * trainer.heads.weight.shape[1]):
-        for _ in range(epochs):
-            order = torch.randperm(len(train), generator=generator).to(device)
-            for batch in order.split(batch_size):
-                if len(batch) > 1:  # BatchNorm needs two samples
-                    trainer.train_step(features[batch], labels[batch])
+    num_classes = num_classes_of(train.labels, val.labels)
+
+    def train_heads(positions, test, lrs):
+        data = train if positions is None else train.subset(positions)
+        steps_per_epoch = -(-len(data) // batch_size)
+        trainer = ProbeTrainer(
+            data.dim, num_classes, lrs, batch_size, epochs * steps_per_epoch,
+            int(round(warmup_epochs * steps_per_epoch)), optimizer, momentum, device, seed,
+        )  # fmt: skip
+        features, labels = data.features.to(device), data.labels.to(device)
+        generator = torch.Generator().manual_seed(seed)
+        with _threads_for(device, batch_size * data.dim * len(lrs) * num_classes):
+            for _ in range(epochs):
+                order = torch.randperm(len(data), generator=generator).to(device)
+                for batch in order.split(batch_size):
+                    if len(batch) > 1:  # BatchNorm needs two samples
+                        trainer.train_step(features[batch], labels[batch])
+        return trainer.evaluate(test)
+
+    per_lr, lr, chosen_by, final, held_out = choose_and_report(
+        train_heads, train.subset, train.labels, val, base_lrs, selection, held_out_fraction, seed
+    )
     settings = dict(
         path="cached", optimizer=optimizer, epochs=epochs, batch_size=batch_size, warmup_epochs=warmup_epochs,
         momentum=momentum, base_lrs=list(base_lrs), num_train=len(train), num_val=len(val), feature_dim=train.dim,
     )  # fmt: skip
-    return _finish(trainer, val, settings, start)
-
-
-def probe_transform(image_size: int, mean: Sequence[float], std: Sequence[float], crop_scale=(0.08, 1.0)) -> Callable:
-    """The protocol's training augmentation: RandomResizedCrop (bicubic) + horizontal flip, normalized."""
-    return T.Compose(
-        [
-            T.RandomResizedCrop(image_size, scale=tuple(crop_scale), interpolation=T.InterpolationMode.BICUBIC),
-            T.RandomHorizontalFlip(),
-            T.ToTensor(),
-            T.Normalize(mean, std),
-        ]
-    )
-
-
-def linear_probe_protocol(
-    backbone: nn.Module,
-    datamodule: Any,
-    val: Features,
-    pooling: str = "cls",
-    base_lrs: Sequence[float] | None = None,
-    epochs: int = 90,
-    batch_size: int = 256,
-    warmup_epochs: float = 10,
-    optimizer: OptimizerName = "lars",
-    momentum: float = 0.9,
-    crop_scale: Sequence[float] = (0.08, 1.0),
-    seed: int = 0,
-    device: torch.device | str = "cpu",
-    progress: Callable[[int, float], None] | None = None,
-    indices: Sequence[int] | None = None,
-) -> LinearProbeResult:
-    """Protocol path: augmented images of the ``train`` split through the frozen backbone every epoch.
-
-    ``val`` holds the val features (eval transform, e.g. from the cache); ``progress(epoch, seconds)``
-    is called after each epoch; ``indices`` restricts training to those train images.
-    """
-    _check(epochs, batch_size)
-    base_lrs = base_lrs or DEFAULT_BASE_LRS.get(optimizer, ())
-    start = time.perf_counter()
-    transform = probe_transform(datamodule.image_size, datamodule.mean, datamodule.std, crop_scale)
-    dataset = datamodule.build_dataset("train", transform)
-    targets = torch.tensor(dataset_targets(dataset))
-    if indices is not None:
-        dataset, targets = Subset(dataset, list(indices)), targets[list(indices)]
-    loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=True, num_workers=datamodule.num_workers,
-        generator=torch.Generator().manual_seed(seed), persistent_workers=datamodule.num_workers > 0,
-        pin_memory=torch.device(device).type == "cuda",
-    )  # fmt: skip
-    num_classes = _num_classes(val.labels, targets)
-    trainer = ProbeTrainer(
-        feature_dim(backbone, pooling), num_classes, base_lrs, batch_size, epochs * len(loader),
-        int(round(warmup_epochs * len(loader))), optimizer, momentum, device, seed,
-    )  # fmt: skip
-    for epoch in range(epochs):
-        for images, labels in loader:
-            if len(labels) > 1:
-                trainer.train_step(encode(backbone, images.to(device, non_blocking=True), pooling), labels)
-        if progress is not None:
-            progress(epoch, time.perf_counter() - start)
-    settings = dict(
-        path="protocol", optimizer=optimizer, epochs=epochs, batch_size=batch_size, warmup_epochs=warmup_epochs,
-        momentum=momentum, base_lrs=list(base_lrs), crop_scale=list(crop_scale), num_train=len(dataset),
-        num_val=len(val), feature_dim=val.dim,
-    )  # fmt: skip
-    return _finish(trainer, val, settings, start)
+    return LinearProbeResult(per_lr, lr, settings, time.perf_counter() - start, chosen_by, final, held_out)

@@ -40,6 +40,8 @@ class MAE(SSLMethod):
         **kwargs: optimizer settings of :class:`~sslvit.methods.base.SSLMethod`.
     """
 
+    native_pooling = "cls"  # MAE's linear probe reads the CLS token, which its encoder always carries
+
     def __init__(
         self,
         backbone: ViTConfig | None = None,

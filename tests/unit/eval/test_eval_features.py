@@ -19,6 +19,8 @@ from sslvit.eval.features import (
     feature_dim,
     feature_key,
 )
+from sslvit.methods import MAE, BEiT
+from sslvit.methods.beit import CodebookConfig
 from sslvit.nn.backbone import VisionTransformer, ViTConfig
 
 
@@ -144,3 +146,16 @@ def test_two_processes_extract_shards_and_gather_in_dataset_order(tmp_path):
         gathered = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         assert torch.equal(gathered["labels"], torch.arange(11)), "dataset order, each image once (11 = 5 + 6)"
         assert torch.allclose(gathered["features"], single.features, atol=1e-5)
+
+
+def test_each_method_names_its_native_feature(tiny_vit):
+    images = torch.randn(2, 3, 16, 16)
+    mae = MAE(backbone=tiny_vit, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+    beit = BEiT(backbone=tiny_vit, codebook=CodebookConfig(vocab_size=8))
+    assert torch.equal(encode(mae, images, "native"), encode(mae.backbone, images, "cls"))
+    assert torch.equal(encode(beit, images, "native"), encode(beit.backbone, images, "mean")), (
+        "nothing trains BEiT's CLS"
+    )
+    assert feature_dim(mae, "native") == 64 and mae.training, "the method's mode is restored"
+    with pytest.raises(ConfigError, match="pooling='native' needs a method"):
+        encode(mae.backbone, images, "native")
