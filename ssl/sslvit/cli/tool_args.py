@@ -286,8 +286,9 @@ class Evaluation:
         """Features of ``train`` or ``val`` (from the cache when this checkpoint was evaluated before)."""
         start = time.perf_counter()
         result = dataset_features(
-            self.model, self.datamodule, split, self.pooling, self.args.batch_size, self.device, self.cache
-        )
+            self.model, self.datamodule, split, self.pooling, self.args.batch_size, self.device, self.cache,
+            progress=True,
+        )  # fmt: skip
         self.seconds[f"{split}_features"] = time.perf_counter() - start
         return result
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
@@ -248,6 +249,7 @@ def extract_features(
     indices: Sequence[int] | None = None,
     cache: FeatureCache | None = None,
     cache_tag: dict[str, Any] | None = None,
+    progress: str | None = None,
 ) -> Features:
     """Features of ``loader.dataset`` (or of ``indices`` into it), in dataset order.
 
@@ -258,7 +260,8 @@ def extract_features(
     the shards are gathered, so the result is the same as in one process. The loader draws its seeds
     from a private generator: extraction never advances the global RNG (training is unchanged by it).
     With ``cache``, a stored result for the same key is returned without running the backbone;
-    ``cache_tag`` adds caller-known identity (dataset name, split) to the key.
+    ``cache_tag`` adds caller-known identity (dataset name, split) to the key. ``progress``: a
+    description for a progress bar (Lightning's, on rank 0: images, images/s, time left).
     """
     device = torch.device(device) if device is not None else next(backbone.parameters()).device
     dim = feature_dim(backbone, pooling)  # also validates the pooling before any work
@@ -282,10 +285,12 @@ def extract_features(
         generator=torch.Generator().manual_seed(0),
     )
     chunks, labels = [torch.empty(0, dim, device=device)], [torch.empty(0, dtype=torch.long)]
-    with frozen(backbone):
+    bar = Tqdm(total=len(order), desc=progress, unit="img", disable=progress is None or rank != 0, dynamic_ncols=True)
+    with frozen(backbone), bar:
         for batch in shard_loader:  # (images, labels) or (images, labels, num_skipped)
             chunks.append(encode(backbone, batch[0].to(device, non_blocking=True), pooling))
             labels.append(torch.as_tensor(batch[1], dtype=torch.long))
+            bar.update(len(batch[1]) * world)  # every rank encodes a batch of about this size meanwhile
     features, targets = torch.cat(chunks), torch.cat(labels)
     if world > 1:
         features, targets = gather_in_order(features), gather_in_order(targets)
@@ -304,9 +309,12 @@ def dataset_features(
     device: torch.device | str | None = None,
     cache: FeatureCache | None = None,
     indices: Sequence[int] | None = None,
+    progress: bool = False,
 ) -> Features:
     """Features of a labelled split (``train`` or ``val``) of an :class:`~sslvit.data.SSLDataModule`,
-    with its deterministic evaluation transform (resize + center crop)."""
+    with its deterministic evaluation transform (resize + center crop); ``progress`` shows a bar."""
     loader = datamodule.eval_dataloader(split, batch_size)
     tag = {"dataset": datamodule.dataset_name, "split": split, "image_size": datamodule.image_size}
-    return extract_features(backbone, loader, pooling, device, indices, cache, tag)
+    return extract_features(
+        backbone, loader, pooling, device, indices, cache, tag, f"{split} features" if progress else None
+    )

@@ -159,3 +159,14 @@ def test_each_method_names_its_native_feature(tiny_vit):
     assert feature_dim(mae, "native") == 64 and mae.training, "the method's mode is restored"
     with pytest.raises(ConfigError, match="pooling='native' needs a method"):
         encode(mae.backbone, images, "native")
+
+
+def test_progress_bar_shows_images_per_second(tiny_vit, capsys):
+    backbone = VisionTransformer(tiny_vit)
+    loader = DataLoader(TensorDataset(torch.randn(10, 3, 16, 16), torch.arange(10)), batch_size=4)
+    silent = extract_features(backbone, loader)
+    assert capsys.readouterr().err == "", "no bar unless asked (online kNN runs inside Lightning's own)"
+    shown = extract_features(backbone, loader, progress="train features")
+    err = capsys.readouterr().err
+    assert "train features" in err and "10/10" in err and "img/s" in err
+    assert torch.equal(shown.features, silent.features)
