@@ -91,7 +91,7 @@ def probe(args: argparse.Namespace, evaluation: Evaluation, train: Features | No
     result = linear_probe_protocol(
         evaluation.model, evaluation.datamodule, val, evaluation.pooling, epochs=args.epochs or 90,
         batch_size=args.probe_batch_size or 256, crop_scale=args.crop_scale, progress=progress, indices=positions,
-        **common,
+        precision=evaluation.precision, **common,
     )  # fmt: skip
     return result, positions
 

@@ -32,6 +32,7 @@ from sslvit.eval.features import (
     dataset_features,
     default_cache_dir,
     feature_dim,
+    resolve_precision,
 )
 from sslvit.eval.subsets import low_shot_indices
 from sslvit.methods.loading import load_method, method_class
@@ -137,6 +138,12 @@ def add_feature_args(parser: argparse.ArgumentParser) -> None:
         "patch-grid latents for CPC), or a backbone pooling: cls, mean (of patch tokens), cls_last<n> (e.g. cls_last4)",
     )
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="auto (default): bf16 autocast where the device has bf16 matrix units (CUDA, CPUs with AMX), else fp32",
+    )
     parser.add_argument(
         "--cache-dir", default=None, help=f"feature cache (default $SSLVIT_CACHE/features or {default_cache_dir()})"
     )
@@ -282,12 +289,17 @@ class Evaluation:
     def backbone(self) -> VisionTransformer:
         return backbone_of(self.model)
 
+    @property
+    def precision(self) -> str:
+        """``fp32`` or ``bf16``, as ``--precision`` resolves on this device."""
+        return resolve_precision(getattr(self.args, "precision", "auto"), self.device)
+
     def features(self, split: str) -> Features:
         """Features of ``train`` or ``val`` (from the cache when this checkpoint was evaluated before)."""
         start = time.perf_counter()
         result = dataset_features(
             self.model, self.datamodule, split, self.pooling, self.args.batch_size, self.device, self.cache,
-            progress=True,
+            progress=True, precision=self.precision,
         )  # fmt: skip
         self.seconds[f"{split}_features"] = time.perf_counter() - start
         return result
@@ -310,6 +322,7 @@ class Evaluation:
             "num_train": len(train) if train is not None else None,
             "num_val": len(val),
             "device": str(self.device),
+            "precision": self.precision,
             "features_from_cache": {"train": train.from_cache if train is not None else None, "val": val.from_cache},
         }
 
@@ -332,7 +345,7 @@ class Evaluation:
             + "\n"
             f"data: {dm.dataset_name}{where}, {f'{len(train)} train / ' if train is not None else ''}{len(val)} val "
             f"images at {dm.image_size}px; "
-            f"{self.describe_features()} ({val.dim}-d; {timing})"
+            f"{self.describe_features()} ({val.dim}-d, {self.precision}; {timing})"
         )
 
     def describe_features(self) -> str:

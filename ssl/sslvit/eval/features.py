@@ -1,18 +1,12 @@
-"""Features of a frozen backbone: the one extraction behind kNN, the linear probe and online kNN.
+"""Features of a frozen backbone over a dataset: the one extraction behind kNN, the linear probe and the
+online callbacks.
 
-- :func:`encode` turns a batch of images into pooled features with the backbone frozen (eval
-  mode forced and restored, no gradients, bf16 autocast on CUDA).
-- :func:`extract_features` runs it over a dataset in order; under ``torch.distributed`` every
-  rank encodes one contiguous shard and the gathered result is in dataset order, each image once.
+- :func:`extract_features` runs :func:`sslvit.eval.encode.encode` over a dataset in order; under
+  ``torch.distributed`` every rank encodes one contiguous shard and the gathered result is in
+  dataset order, each image once.
 - :class:`FeatureCache` stores results on disk under a key made of the weights' content hash, the
-  dataset (files, transform, split), the pooling and the device type, so evaluating the same
+  dataset (files, transform, split), the pooling and the precision, so evaluating the same
   checkpoint again does not run the backbone.
-
-Poolings: ``cls`` (CLS token after the final norm), ``mean`` (mean of the patch tokens) and
-``cls_last<n>`` (the CLS tokens of the last n blocks, each normalized, concatenated: DINO's
-linear protocol uses ``cls_last4``), all of a backbone; and ``native``, the feature a method names
-as its own (:meth:`sslvit.methods.base.SSLMethod.native_features`: e.g. CPC's mean of its
-patch-grid latents), for which the model passed is the method rather than its backbone.
 """
 
 from __future__ import annotations
@@ -20,9 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,13 +25,20 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from sslvit.distributed import all_true, gather_in_order, rank_and_world
-from sslvit.errors import ConfigError
+from sslvit.eval.encode import (  # noqa: F401  (encode, frozen, ... are part of this module's interface)
+    Precision,
+    backbone_of,
+    encode,
+    feature_dim,
+    frozen,
+    last_blocks,
+    resolve_precision,
+)
 from sslvit.nn.backbone import VisionTransformer
 
 # 2: the caller's tag lives under its own key ("tag"); in format 1 it was spread over the key, and its
 # "dataset" name replaced the dataset's description, so two ImageFolders shared cached features.
 CACHE_FORMAT = 2
-_LAST_N = re.compile(r"cls_last(\d+)")
 
 
 @dataclass
@@ -61,76 +60,6 @@ class Features:
         """The rows at ``positions`` (e.g. a low-shot subset or a held-out part), in that order."""
         index = torch.as_tensor(list(positions), dtype=torch.long)
         return Features(self.features[index], self.labels[index], self.from_cache)
-
-
-# ---- one batch -----------------------------------------------------------------------------------
-def last_blocks(pooling: str, depth: int) -> int:
-    """How many blocks a pooling reads (1 for ``cls``/``mean``/``native``); a ConfigError for an unknown pooling."""
-    if pooling in ("cls", "mean", "native"):
-        return 1
-    match = _LAST_N.fullmatch(pooling)
-    if match and 1 <= int(match.group(1)) <= depth:
-        return int(match.group(1))
-    raise ConfigError(
-        f"pooling={pooling!r} is not supported; use 'cls', 'mean' or 'cls_last<n>' with 1 <= n <= {depth} "
-        "(the CLS tokens of the last n blocks concatenated, e.g. 'cls_last4' as in DINO)"
-    )
-
-
-def backbone_of(model: nn.Module) -> VisionTransformer:
-    """The ViT of a model: the model itself, or a method's ``backbone``."""
-    return getattr(model, "backbone", model)
-
-
-def feature_dim(model: nn.Module, pooling: str) -> int:
-    """Width of the features: ``D``, ``n * D`` for ``cls_last<n>``, a method's ``native_feature_dim`` for ``native``."""
-    backbone = backbone_of(model)
-    n = last_blocks(pooling, len(backbone.blocks))
-    if pooling == "native":
-        if not hasattr(model, "native_features"):
-            raise ConfigError(
-                f"pooling='native' needs a method (it names its own features); got a {type(model).__name__}: use "
-                "'cls', 'mean' or 'cls_last<n>' for a bare backbone"
-            )
-        return model.native_feature_dim
-    return backbone.embed_dim * (n if pooling.startswith("cls_last") else 1)
-
-
-@contextmanager
-def frozen(module: nn.Module) -> Iterator[nn.Module]:
-    """No gradients and every submodule in eval mode (dropout, drop-path, norms); modes restored on exit."""
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        with torch.no_grad():
-            yield module
-    finally:
-        for m, training in modes:
-            m.training = training
-
-
-def encode(model: nn.Module, images: torch.Tensor, pooling: str = "cls") -> torch.Tensor:
-    """images [N, C, H, W] -> features [N, F] float32 of the frozen model (see :func:`feature_dim`).
-
-    ``model``: a backbone, or a method (its backbone is pooled; ``native`` asks the method).
-    """
-    feature_dim(model, pooling)  # validates the pooling for this model
-    backbone = backbone_of(model)
-    n = last_blocks(pooling, len(backbone.blocks))
-    # bf16 only where it is fast: this library's CPUs have no bf16 matmul units worth using.
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if images.device.type == "cuda" and torch.cuda.is_bf16_supported()
-        else nullcontext()
-    )
-    with frozen(model), autocast:
-        if pooling == "native":
-            features = model.native_features(images)
-        elif pooling.startswith("cls_last"):
-            features = torch.cat([tokens[:, 0] for tokens in backbone.get_intermediate_layers(images, n)], dim=-1)
-        else:
-            features = backbone.pool(backbone.forward_features(images), pooling)
-    return features.float()
 
 
 # ---- identity of what is encoded -----------------------------------------------------------------
@@ -187,6 +116,7 @@ def feature_key(
     device: torch.device,
     indices: Sequence[int] | None = None,
     tag: dict[str, Any] | None = None,
+    precision: Precision = "auto",
 ) -> dict[str, Any]:
     """The cache key of one extraction (a JSON-serialisable dict).
 
@@ -201,7 +131,7 @@ def feature_key(
         "dataset": describe_dataset(dataset),
         "indices": chosen,
         "pooling": pooling,
-        "precision": "bf16" if device.type == "cuda" else "fp32",
+        "precision": resolve_precision(precision, device),
         "tag": dict(tag or {}),
     }
 
@@ -250,6 +180,7 @@ def extract_features(
     cache: FeatureCache | None = None,
     cache_tag: dict[str, Any] | None = None,
     progress: str | None = None,
+    precision: Precision = "auto",
 ) -> Features:
     """Features of ``loader.dataset`` (or of ``indices`` into it), in dataset order.
 
@@ -262,12 +193,14 @@ def extract_features(
     With ``cache``, a stored result for the same key is returned without running the backbone;
     ``cache_tag`` adds caller-known identity (dataset name, split) to the key. ``progress``: a
     description for a progress bar (Lightning's, on rank 0: images, images/s, time left).
+    ``precision``: ``auto`` (bf16 autocast on bf16 matrix units, else fp32), ``fp32`` or ``bf16``.
     """
     device = torch.device(device) if device is not None else next(backbone.parameters()).device
     dim = feature_dim(backbone, pooling)  # also validates the pooling before any work
     dataset = loader.dataset
     order = list(range(len(dataset))) if indices is None else [int(i) for i in indices]
-    key = feature_key(backbone, dataset, pooling, device, indices, cache_tag) if cache is not None else None
+    precision = resolve_precision(precision, device)
+    key = feature_key(backbone, dataset, pooling, device, indices, cache_tag, precision) if cache is not None else None
     if cache is not None:
         stored = cache.load(key)
         if all_true(stored is not None):
@@ -288,7 +221,7 @@ def extract_features(
     bar = Tqdm(total=len(order), desc=progress, unit="img", disable=progress is None or rank != 0, dynamic_ncols=True)
     with frozen(backbone), bar:
         for batch in shard_loader:  # (images, labels) or (images, labels, num_skipped)
-            chunks.append(encode(backbone, batch[0].to(device, non_blocking=True), pooling))
+            chunks.append(encode(backbone, batch[0].to(device, non_blocking=True), pooling, precision))
             labels.append(torch.as_tensor(batch[1], dtype=torch.long))
             bar.update(len(batch[1]) * world)  # every rank encodes a batch of about this size meanwhile
     features, targets = torch.cat(chunks), torch.cat(labels)
@@ -310,11 +243,11 @@ def dataset_features(
     cache: FeatureCache | None = None,
     indices: Sequence[int] | None = None,
     progress: bool = False,
+    precision: Precision = "auto",
 ) -> Features:
     """Features of a labelled split (``train`` or ``val``) of an :class:`~sslvit.data.SSLDataModule`,
     with its deterministic evaluation transform (resize + center crop); ``progress`` shows a bar."""
     loader = datamodule.eval_dataloader(split, batch_size)
     tag = {"dataset": datamodule.dataset_name, "split": split, "image_size": datamodule.image_size}
-    return extract_features(
-        backbone, loader, pooling, device, indices, cache, tag, f"{split} features" if progress else None
-    )
+    description = f"{split} features" if progress else None
+    return extract_features(backbone, loader, pooling, device, indices, cache, tag, description, precision)

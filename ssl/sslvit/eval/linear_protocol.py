@@ -16,7 +16,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from torchvision import transforms as T
 
-from sslvit.eval.features import Features, dataset_features, dataset_targets, encode, feature_dim
+from sslvit.eval.encode import Precision, encode, feature_dim
+from sslvit.eval.features import Features, dataset_features, dataset_targets
 from sslvit.eval.linear import (
     DEFAULT_BASE_LRS,
     LinearProbeResult,
@@ -59,13 +60,14 @@ def linear_probe_protocol(
     indices: Sequence[int] | None = None,
     selection: Selection = "held_out",
     held_out_fraction: float = 0.1,
+    precision: Precision = "auto",
 ) -> LinearProbeResult:
     """Protocol path: augmented images of the ``train`` split through the frozen backbone every epoch.
 
     ``val`` holds the val features (eval transform, e.g. from the cache); ``progress(epoch, seconds)``
     is called after each epoch; ``indices`` restricts training to those train images (a low-shot
     subset). With ``selection="held_out"`` the held-out images are scored with features of the
-    evaluation transform, as val is.
+    evaluation transform, as val is. ``precision``: of the encoder (:func:`sslvit.eval.encode.encode`).
     """
     check_probe_settings(epochs, batch_size)
     base_lrs = base_lrs or DEFAULT_BASE_LRS.get(optimizer, ())
@@ -91,7 +93,9 @@ def linear_probe_protocol(
         for _ in range(epochs):
             for images, labels in loader:
                 if len(labels) > 1:
-                    trainer.train_step(encode(backbone, images.to(device, non_blocking=True), pooling), labels)
+                    trainer.train_step(
+                        encode(backbone, images.to(device, non_blocking=True), pooling, precision), labels
+                    )
             if progress is not None:
                 progress(epochs_done[0], time.perf_counter() - start)
             epochs_done[0] += 1
@@ -99,7 +103,9 @@ def linear_probe_protocol(
 
     def held_features(positions: Sequence[int]) -> Features:
         held = [pool[p] for p in positions]
-        return dataset_features(backbone, datamodule, "train", pooling, batch_size, device, indices=held)
+        return dataset_features(
+            backbone, datamodule, "train", pooling, batch_size, device, indices=held, precision=precision
+        )
 
     per_lr, lr, chosen_by, final, held_out = choose_and_report(
         train_heads, held_features, targets, val, base_lrs, selection, held_out_fraction, seed

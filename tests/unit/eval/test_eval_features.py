@@ -18,6 +18,7 @@ from sslvit.eval.features import (
     extract_features,
     feature_dim,
     feature_key,
+    resolve_precision,
 )
 from sslvit.methods import MAE, BEiT
 from sslvit.methods.beit import CodebookConfig
@@ -29,10 +30,10 @@ def test_poolings_match_the_backbone(tiny_vit):
     images = torch.randn(3, 3, 16, 16)
     with torch.no_grad():
         tokens = backbone.forward_features(images)
-    assert torch.equal(encode(backbone, images, "cls"), tokens[:, 0])
-    assert torch.allclose(encode(backbone, images, "mean"), tokens[:, 1:].mean(1))
-    assert torch.allclose(encode(backbone, images, "cls_last1"), tokens[:, 0], atol=1e-6)
-    last2 = encode(backbone, images, "cls_last2")
+    assert torch.equal(encode(backbone, images, "cls", "fp32"), tokens[:, 0])
+    assert torch.allclose(encode(backbone, images, "mean", "fp32"), tokens[:, 1:].mean(1))
+    assert torch.allclose(encode(backbone, images, "cls_last1", "fp32"), tokens[:, 0], atol=1e-6)
+    last2 = encode(backbone, images, "cls_last2", "fp32")
     assert last2.shape == (3, 2 * 64) == (3, feature_dim(backbone, "cls_last2"))
     assert torch.allclose(last2[:, 64:], tokens[:, 0], atol=1e-6), "the last block's CLS comes last"
     for bad in ("avg", "cls_last0", "cls_last3"):
@@ -52,9 +53,9 @@ def test_eval_mode_is_enforced_and_restored(tiny_vit):
         assert not torch.allclose(backbone(images), reference), "train mode must be stochastic for this test"
     backbone.blocks[1].eval()  # a mixed state must come back exactly as it was
     modes = [m.training for m in backbone.modules()]
-    assert torch.equal(encode(backbone, images), reference)
+    assert torch.equal(encode(backbone, images, precision="fp32"), reference)
     loader = DataLoader(TensorDataset(images, torch.arange(4)), batch_size=3)
-    assert torch.equal(extract_features(backbone, loader).features, reference)
+    assert torch.equal(extract_features(backbone, loader, precision="fp32").features, reference)
     assert [m.training for m in backbone.modules()] == modes
     assert encode(backbone, images).requires_grad is False
 
@@ -130,7 +131,7 @@ def _extract_on_rank(rank: int, world: int, init_file: str, out_dir: str) -> Non
         backbone = VisionTransformer(TINY)
         images = torch.randn(11, 3, 16, 16, generator=torch.Generator().manual_seed(1))
         loader = DataLoader(TensorDataset(images, torch.arange(11)), batch_size=4)
-        result = extract_features(backbone, loader)
+        result = extract_features(backbone, loader, precision="fp32")
         torch.save({"features": result.features, "labels": result.labels}, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -141,7 +142,8 @@ def test_two_processes_extract_shards_and_gather_in_dataset_order(tmp_path):
     torch.manual_seed(0)
     backbone = VisionTransformer(TINY)
     images = torch.randn(11, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-    single = extract_features(backbone, DataLoader(TensorDataset(images, torch.arange(11)), batch_size=4))
+    loader = DataLoader(TensorDataset(images, torch.arange(11)), batch_size=4)
+    single = extract_features(backbone, loader, precision="fp32")
     for rank in range(2):
         gathered = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         assert torch.equal(gathered["labels"], torch.arange(11)), "dataset order, each image once (11 = 5 + 6)"
@@ -170,3 +172,22 @@ def test_progress_bar_shows_images_per_second(tiny_vit, capsys):
     err = capsys.readouterr().err
     assert "train features" in err and "10/10" in err and "img/s" in err
     assert torch.equal(shown.features, silent.features)
+
+
+def test_precision_auto_follows_the_hardware_and_keys_the_cache(tiny_vit, monkeypatch, tmp_path):
+    backbone = VisionTransformer(tiny_vit).eval()
+    images = torch.randn(4, 3, 16, 16)
+    exact, bf16 = encode(backbone, images, precision="fp32"), encode(backbone, images, precision="bf16")
+    assert bf16.dtype == torch.float32 and not torch.equal(exact, bf16)
+    assert torch.nn.functional.cosine_similarity(exact, bf16).min() > 0.999
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert resolve_precision("auto", "cpu") == "fp32", "no bf16 matrix units: bf16 would be slow"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert resolve_precision("auto", "cpu") == "bf16" and resolve_precision("fp32", "cpu") == "fp32"
+    with pytest.raises(ConfigError, match="precision='fp16' is unknown"):
+        resolve_precision("fp16", "cpu")
+    loader = DataLoader(TensorDataset(images, torch.arange(4)), batch_size=2)
+    cache = FeatureCache(tmp_path)
+    extract_features(backbone, loader, cache=cache, precision="fp32")
+    assert extract_features(backbone, loader, cache=cache, precision="bf16").from_cache is False
+    assert extract_features(backbone, loader, cache=cache, precision="auto").from_cache, "auto is bf16 here"
