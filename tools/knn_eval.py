@@ -19,8 +19,8 @@ from sslvit.cli.tool_args import (
     add_feature_args,
     add_subset_args,
     describe_subset,
+    over_seeds,
     run_seeds,
-    seeds_summary,
     subset_record,
     train_subset,
     write_json,
@@ -28,7 +28,6 @@ from sslvit.cli.tool_args import (
 from sslvit.errors import USER_ERRORS, one_line
 from sslvit.eval.features import Features
 from sslvit.eval.knn import DEFAULT_KS, KNNClassifier, KNNResult
-from sslvit.eval.subsets import mean_and_std
 
 
 def table(result: KNNResult) -> str:
@@ -111,10 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
     record["seconds"] = {**records[0]["seconds"], **evaluation.seconds}
     if "train_subset" in record:
         record["num_train"] = record["train_subset"]["num_images"]
-    if len(records) > 1:
-        summary = mean_and_std(records)
-        print(seeds_summary(summary, len(records)))
-        record.update(summary, per_seed=records, seeds=[r["seed"] for r in records])
+    record.update(over_seeds(records))
     if args.output:
         print(f"wrote {write_json(args.output, record)}")
     return record

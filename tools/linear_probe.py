@@ -22,8 +22,8 @@ from sslvit.cli.tool_args import (
     add_selection_args,
     add_subset_args,
     describe_subset,
+    over_seeds,
     run_seeds,
-    seeds_summary,
     subset_record,
     train_subset,
     write_json,
@@ -32,7 +32,6 @@ from sslvit.errors import USER_ERRORS, one_line
 from sslvit.eval.features import Features, dataset_targets
 from sslvit.eval.linear import DEFAULT_BASE_LRS, LinearProbeResult, linear_probe
 from sslvit.eval.linear_protocol import linear_probe_protocol
-from sslvit.eval.subsets import mean_and_std
 
 
 def table(result: LinearProbeResult) -> str:
@@ -127,10 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
     evaluation.seconds["probe"] = sum(result.seconds for _, result, _ in runs)
     record = {**records[0], **evaluation.describe(train, val), "seconds": evaluation.seconds}
     record["num_train"] = records[0]["num_train"]
-    if len(records) > 1:
-        summary = mean_and_std(records)
-        print(seeds_summary(summary, len(records)))
-        record.update(summary, per_seed=records, seeds=[r["seed"] for r in records])
+    record.update(over_seeds(records))
     if args.output:
         print(f"wrote {write_json(args.output, record)}")
     return record

@@ -34,7 +34,7 @@ from sslvit.eval.features import (
     feature_dim,
     resolve_precision,
 )
-from sslvit.eval.subsets import low_shot_indices
+from sslvit.eval.subsets import low_shot_indices, mean_and_std
 from sslvit.methods.loading import load_method, method_class
 from sslvit.nn.backbone import VisionTransformer
 from sslvit.runtime import tune_cpu_allocator
@@ -217,12 +217,17 @@ def subset_record(args: argparse.Namespace, count: int) -> dict[str, Any]:
     }
 
 
-def seeds_summary(summary: dict[str, float], count: int) -> str:
-    """One line: mean and sample standard deviation over ``count`` seeds."""
-    return (
-        f"over {count} seeds: top-1 {summary['top1']:.2f} +- {summary['top1_std']:.2f}, "
+def over_seeds(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """For several seeds' records: print their mean and sample standard deviation, and return what the JSON
+    adds (``top1``/``top5`` become the means, ``*_std``, ``per_seed``, ``seeds``); nothing for one seed."""
+    if len(records) < 2:
+        return {}
+    summary = mean_and_std(records)
+    print(
+        f"over {len(records)} seeds: top-1 {summary['top1']:.2f} +- {summary['top1_std']:.2f}, "
         f"top-5 {summary['top5']:.2f} +- {summary['top5_std']:.2f} (mean +- sample standard deviation)"
     )
+    return {**summary, "per_seed": records, "seeds": [r["seed"] for r in records]}
 
 
 def resolve_device(name: str) -> torch.device:

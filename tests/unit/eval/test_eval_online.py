@@ -20,12 +20,13 @@ def tiny_mae(tiny_vit):
     return MAE(backbone=tiny_vit, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2, warmup_steps=1)
 
 
-def fit(tiny_vit, root, callbacks, image_folder, epochs=3):
+def fit(tiny_vit, root, callbacks, image_folder, epochs=3, train_batches=2, validate=False):
     L.seed_everything(0)
     model = tiny_mae(tiny_vit)
     data = SSLDataModule(dataset="imagefolder", root=str(image_folder), image_size=16, batch_size=8, num_workers=0)
     trainer = L.Trainer(
-        accelerator="cpu", max_epochs=epochs, limit_train_batches=2, limit_val_batches=0, callbacks=callbacks,
+        accelerator="cpu", max_epochs=epochs, limit_train_batches=train_batches, callbacks=callbacks,
+        limit_val_batches=None if validate else 0, num_sanity_val_steps=0,
         logger=CSVLogger(root, name="", version=""), enable_checkpointing=False, enable_model_summary=False,
         enable_progress_bar=False, log_every_n_steps=1,
     )  # fmt: skip
@@ -84,28 +85,15 @@ def test_callback_from_yaml_through_the_cli(tmp_path):
     assert "knn/top1" in (tmp_path / "run" / "metrics.csv").read_text()
 
 
-def fit_with_val(tiny_vit, root, callbacks, image_folder, epochs=4):
-    L.seed_everything(0)
-    model = tiny_mae(tiny_vit)
-    data = SSLDataModule(dataset="imagefolder", root=str(image_folder), image_size=16, batch_size=8, num_workers=0)
-    trainer = L.Trainer(
-        accelerator="cpu", max_epochs=epochs, limit_train_batches=3, callbacks=callbacks, num_sanity_val_steps=0,
-        logger=CSVLogger(root, name="", version=""), enable_checkpointing=False, enable_model_summary=False,
-        enable_progress_bar=False, log_every_n_steps=1,
-    )  # fmt: skip
-    trainer.fit(model, datamodule=data)
-    return trainer, model
-
-
 def test_online_linear_probe_learns_on_train_batches_and_reports_val(tiny_vit, image_folder, tmp_path):
     probe = OnlineLinearProbe(pooling="mean", lr=0.5)
-    trainer, model = fit_with_val(tiny_vit, tmp_path / "probed", [probe], image_folder)
+    trainer, model = fit(tiny_vit, tmp_path / "probed", [probe], image_folder, epochs=4, train_batches=3, validate=True)
     assert 60 < trainer.callback_metrics["online_linear/top1"].item() <= 100, "3 colour classes: chance is 33%"
     assert "online_linear/top1" in trainer.progress_bar_metrics
     with open(tmp_path / "probed" / "metrics.csv") as f:
         logged = [row for row in csv.DictReader(f) if row.get("online_linear/top1")]
     assert len(logged) == 4 and all(row["online_linear/top5"] for row in logged), "after every validation"
-    _, plain = fit_with_val(tiny_vit, tmp_path / "plain", [], image_folder)
+    _, plain = fit(tiny_vit, tmp_path / "plain", [], image_folder, epochs=4, train_batches=3, validate=True)
     for (name, a), b in zip(plain.state_dict().items(), model.state_dict().values(), strict=True):
         assert torch.equal(a, b), f"{name}: the probe changed pretraining"
     # The head and its optimizer travel in checkpoints.
