@@ -21,7 +21,7 @@ from sslvit.cli.tool_args import (
     describe_subset,
     over_seeds,
     run_seeds,
-    subset_record,
+    seed_record,
     train_subset,
     write_json,
 )
@@ -103,9 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
     for seed, positions, knn, result, seconds in runs:
         if positions is not None:
             print(f"bank: {describe_subset(args, len(positions), seed)}")
-        records.append({**report(args, knn, result, seconds), "seed": seed})
-        if positions is not None:
-            records[-1]["train_subset"] = subset_record(args, len(positions))
+        records.append(seed_record(args, report(args, knn, result, seconds), seed, positions))
     record = {**records[0], **evaluation.describe(train, val)}
     record["seconds"] = {**records[0]["seconds"], **evaluation.seconds}
     if "train_subset" in record:

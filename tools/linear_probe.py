@@ -24,7 +24,7 @@ from sslvit.cli.tool_args import (
     describe_subset,
     over_seeds,
     run_seeds,
-    subset_record,
+    seed_record,
     train_subset,
     write_json,
 )
@@ -120,9 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"warmup {s['warmup_epochs']:g}, {s['num_train']} train / {s['num_val']} val, {result.seconds:.1f} s"
         )
         print(table(result))
-        records.append({**result.to_dict(), "seed": seed})
-        if positions is not None:
-            records[-1]["train_subset"] = subset_record(args, len(positions))
+        records.append(seed_record(args, result.to_dict(), seed, positions))
     evaluation.seconds["probe"] = sum(result.seconds for _, result, _ in runs)
     record = {**records[0], **evaluation.describe(train, val), "seconds": evaluation.seconds}
     record["num_train"] = records[0]["num_train"]

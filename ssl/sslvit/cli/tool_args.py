@@ -208,13 +208,14 @@ def describe_subset(args: argparse.Namespace, count: int, seed: int) -> str:
     return f"{args.train_fraction:.3g} of every class ({count} images, seed {seed})"
 
 
-def subset_record(args: argparse.Namespace, count: int) -> dict[str, Any]:
-    """The JSON entry of a low-shot subset."""
-    return {
-        "fraction": getattr(args, "train_fraction", None),
-        "shots": getattr(args, "shots", None),
-        "num_images": count,
-    }
+def seed_record(
+    args: argparse.Namespace, record: dict[str, Any], seed: int, positions: list[int] | None
+) -> dict[str, Any]:
+    """One seed's JSON record: ``record`` with its ``seed`` and, for a low-shot subset, ``train_subset``."""
+    if positions is None:
+        return {**record, "seed": seed}
+    subset = {"fraction": getattr(args, "train_fraction", None), "shots": getattr(args, "shots", None)}
+    return {**record, "seed": seed, "train_subset": {**subset, "num_images": len(positions)}}
 
 
 def over_seeds(records: list[dict[str, Any]]) -> dict[str, Any]:
