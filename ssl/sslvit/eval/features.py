@@ -94,7 +94,11 @@ def dataset_targets(dataset: Dataset) -> list[int]:
 
 
 def describe_dataset(dataset: Dataset) -> dict[str, Any]:
-    """What identifies a dataset's content for caching: type, size, root, transform and its file list or labels."""
+    """What identifies a dataset's content for caching: type, size, root, transform and its file list or labels.
+
+    A dataset with neither a root nor a listing (e.g. tensors in memory) is not identified by this:
+    :func:`is_identified` says so, and its features are never cached.
+    """
     base = _unwrap(dataset)
     samples = getattr(base, "samples", None)  # ImageFolder: (path, label) pairs
     listing = samples if samples is not None else getattr(base, "targets", getattr(base, "labels", None))
@@ -107,6 +111,11 @@ def describe_dataset(dataset: Dataset) -> dict[str, Any]:
         "transform": repr(getattr(base, "transform", None)),
         "listing": listed,
     }
+
+
+def is_identified(description: dict[str, Any]) -> bool:
+    """Whether a :func:`describe_dataset` result pins down the content (a root or a file/label listing)."""
+    return description["root"] is not None or description["listing"] is not None
 
 
 def feature_key(
@@ -200,6 +209,8 @@ def extract_features(
     dataset = loader.dataset
     order = list(range(len(dataset))) if indices is None else [int(i) for i in indices]
     precision = resolve_precision(precision, device)
+    if cache is not None and not is_identified(describe_dataset(dataset)):
+        cache = None  # two such datasets of one size would share a key: encode instead
     key = feature_key(backbone, dataset, pooling, device, indices, cache_tag, precision) if cache is not None else None
     if cache is not None:
         stored = cache.load(key)

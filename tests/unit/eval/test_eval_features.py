@@ -111,6 +111,10 @@ def test_two_image_folders_never_share_a_cache_entry(tiny_vit, tmp_path):
                       tag={"dataset": "imagefolder", "weights": "x", "pooling": "mean"})  # fmt: skip
     assert key["dataset"]["size"] == 18 and key["pooling"] == "cls" and key["weights"] != "x"
     assert key["tag"] == {"dataset": "imagefolder", "weights": "x", "pooling": "mean"}
+    # What cannot be identified (tensors in memory: no root, no listing) is never cached.
+    loader = DataLoader(TensorDataset(torch.randn(4, 3, 16, 16), torch.arange(4)), batch_size=2)
+    assert not extract_features(backbone, loader, cache=cache).from_cache
+    assert not extract_features(backbone, loader, cache=cache).from_cache
 
 
 def test_extraction_leaves_the_global_rng_alone(tiny_vit):
@@ -174,7 +178,7 @@ def test_progress_bar_shows_images_per_second(tiny_vit, capsys):
     assert torch.equal(shown.features, silent.features)
 
 
-def test_precision_auto_follows_the_hardware_and_keys_the_cache(tiny_vit, monkeypatch, tmp_path):
+def test_precision_auto_follows_the_hardware_and_keys_the_cache(tiny_vit, image_folder, monkeypatch, tmp_path):
     backbone = VisionTransformer(tiny_vit).eval()
     images = torch.randn(4, 3, 16, 16)
     exact, bf16 = encode(backbone, images, precision="fp32"), encode(backbone, images, precision="bf16")
@@ -186,8 +190,8 @@ def test_precision_auto_follows_the_hardware_and_keys_the_cache(tiny_vit, monkey
     assert resolve_precision("auto", "cpu") == "bf16" and resolve_precision("fp32", "cpu") == "fp32"
     with pytest.raises(ConfigError, match="precision='fp16' is unknown"):
         resolve_precision("fp16", "cpu")
-    loader = DataLoader(TensorDataset(images, torch.arange(4)), batch_size=2)
-    cache = FeatureCache(tmp_path)
-    extract_features(backbone, loader, cache=cache, precision="fp32")
-    assert extract_features(backbone, loader, cache=cache, precision="bf16").from_cache is False
-    assert extract_features(backbone, loader, cache=cache, precision="auto").from_cache, "auto is bf16 here"
+    data = SSLDataModule(dataset="imagefolder", root=str(image_folder), image_size=16, num_workers=0)
+    cache = FeatureCache(tmp_path / "cache")
+    dataset_features(backbone, data, "val", cache=cache, precision="fp32")
+    assert dataset_features(backbone, data, "val", cache=cache, precision="bf16").from_cache is False
+    assert dataset_features(backbone, data, "val", cache=cache, precision="auto").from_cache, "auto is bf16 here"
