@@ -45,6 +45,7 @@ def test_knn_tool_writes_json_and_reuses_cached_features(setup, capsys):
     assert saved["top5"] == 100.0  # 3 classes
     assert (saved["num_train"], saved["num_val"], saved["feature_dim"]) == (210, 105, 32)
     assert saved["method"] == "sslvit.methods.MAE" and saved["global_step"] == 3 and not saved["random_init"]
+    assert (saved["features"], saved["pooling"], saved["source"]) == ("native", "cls", "lightning"), "MAE's own: CLS"
     assert saved["features_from_cache"] == {"train": False, "val": False}
     out = capsys.readouterr().out
     assert "*  20" in out and "top-1" in out and "IndexFlatIP" in out
