@@ -1,11 +1,11 @@
 """Arguments and loading shared by the scripts in ``tools/`` (evaluation, figures, export).
 
 A tool takes ``--checkpoint`` (an sslvit Lightning ``.ckpt`` or export, or weights trained elsewhere:
-official MAE/BEiT/DINO, timm) and
-data as ``--data-root DIR`` (an ImageFolder with ``train/`` and ``val/``) or ``--dataset NAME``
-(cifar10, cifar100, stl10 from torchvision, or the offline ``digits``). The evaluation tools add
-pooling, device, cache and seed (:func:`add_feature_args`) and load everything in one call
-(:meth:`Evaluation.from_args`).
+official MAE/BEiT/DINO, timm) and data as ``--data-root DIR`` (an ImageFolder with ``train/`` and
+``val/``) or ``--dataset NAME`` (cifar10, cifar100, stl10 from torchvision, or the offline
+``digits``). The evaluation tools add features, precision, device, cache and seed
+(:func:`add_feature_args`), low-shot subsets (:func:`add_subset_args`) and how settings are chosen
+(:func:`add_selection_args`), and load everything in one call (:meth:`Evaluation.from_args`).
 """
 
 from __future__ import annotations

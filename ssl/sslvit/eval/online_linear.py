@@ -81,11 +81,17 @@ class OnlineLinearProbe(Callback):
             self.load_state_dict(self._pending_state)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.head.to(pl_module.device)
+        self._to(pl_module.device)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._to(pl_module.device)  # `sslvit validate` starts here, with the head of the checkpoint
+
+    def _to(self, device: torch.device) -> None:
+        self.head.to(device)
         for state in self.optimizer.state.values():  # momentum buffers restored on the CPU
             for key, value in state.items():
                 if isinstance(value, torch.Tensor):
-                    state[key] = value.to(pl_module.device)
+                    state[key] = value.to(device)
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
