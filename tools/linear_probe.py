@@ -30,8 +30,9 @@ from sslvit.cli.tool_args import (
 )
 from sslvit.errors import USER_ERRORS, one_line
 from sslvit.eval.features import Features, dataset_targets
-from sslvit.eval.linear import DEFAULT_BASE_LRS, LinearProbeResult, linear_probe
+from sslvit.eval.linear import DEFAULT_BASE_LRS, linear_probe
 from sslvit.eval.linear_protocol import linear_probe_protocol
+from sslvit.eval.selection import LinearProbeResult
 
 
 def table(result: LinearProbeResult) -> str:

@@ -11,10 +11,11 @@ from sslvit.eval.features import (
     frozen,
 )
 from sslvit.eval.knn import DEFAULT_KS, KNNClassifier, KNNResult, weighted_vote
-from sslvit.eval.linear import DEFAULT_BASE_LRS, LinearProbeResult, ParallelLinearHeads, linear_probe
+from sslvit.eval.linear import DEFAULT_BASE_LRS, ParallelLinearHeads, linear_probe
 from sslvit.eval.linear_protocol import linear_probe_protocol
 from sslvit.eval.online import OnlineKNN
 from sslvit.eval.online_linear import OnlineLinearProbe
+from sslvit.eval.selection import LinearProbeResult
 from sslvit.eval.subsets import held_out_split, low_shot_indices, mean_and_std
 
 __all__ = [

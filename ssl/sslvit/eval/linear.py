@@ -5,8 +5,8 @@ step; ``lr = base_lr * batch_size / 256``. Several base learning rates are train
 parallel heads fed the same batches (their BatchNorm, having no parameters, is shared exactly).
 
 The learning rate is chosen on a held-out, class-balanced 10% of the train split; the chosen one is
-retrained on the whole train split and val is evaluated once (:func:`choose_and_report`). Choosing
-on val, as the sweeps of MAE and DINO report, is ``selection="val"`` and is labelled optimistic.
+retrained on the whole train split and val is evaluated once (:mod:`sslvit.eval.selection`).
+Choosing on val, as the sweeps of MAE and DINO report, is ``selection="val"``, labelled optimistic.
 
 Two ways to feed the heads:
 - :func:`linear_probe`: cached features of the deterministic eval transform, no augmentation
@@ -18,10 +18,9 @@ Two ways to feed the heads:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +29,7 @@ from torch import nn
 from sslvit.errors import ConfigError
 from sslvit.eval.features import Features
 from sslvit.eval.knn import topk_accuracy
-from sslvit.eval.subsets import held_out_split
+from sslvit.eval.selection import LinearProbeResult, Selection, choose_and_report
 from sslvit.optim import WarmupCosine
 
 OptimizerName = Literal["lars", "sgd"]
@@ -96,59 +95,6 @@ class HeadwiseSGD:
 
     def zero_grad(self) -> None:
         self.weight.grad = self.bias.grad = None
-
-
-Selection = Literal["held_out", "val"]
-SELECTION_NOTES = {
-    "held_out": "learning rate chosen on {held} held-out train images, then retrained on all {train}",
-    "val": "learning rate chosen on val: optimistic, as in papers that report the best of their sweep",
-    "single": "one learning rate, nothing chosen",
-}
-
-
-@dataclass
-class LinearProbeResult:
-    """The val accuracy (percent) that is reported, and how the learning rate was chosen.
-
-    ``per_lr``: every head's result on the split that chose (``per_lr_on``: the held-out part of
-    train, or val); ``val``: with held-out selection, the chosen learning rate retrained on the whole
-    train split and evaluated on val, the one time val is looked at.
-    """
-
-    per_lr: dict[float, dict[str, float]]
-    lr: float
-    settings: dict[str, Any]
-    seconds: float
-    selection: str = "val"  # held_out, val, or single (one learning rate)
-    val: dict[str, float] | None = None
-    held_out: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def top1(self) -> float:
-        return (self.val or self.per_lr[self.lr])["top1"]
-
-    @property
-    def top5(self) -> float:
-        return (self.val or self.per_lr[self.lr])["top5"]
-
-    @property
-    def note(self) -> str:
-        held, train = self.held_out.get("num_images"), self.settings.get("num_train")
-        return SELECTION_NOTES[self.selection].format(held=held, train=train)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "top1": self.top1,
-            "top5": self.top5,
-            "base_lr": self.lr,
-            "selection": self.selection,
-            "selection_note": self.note,
-            **({"held_out": self.held_out} if self.held_out else {}),
-            **self.settings,
-            "per_lr": {f"{lr:g}": v for lr, v in sorted(self.per_lr.items())},
-            "per_lr_on": "held_out" if self.selection == "held_out" else "val",
-            "seconds": self.seconds,
-        }
 
 
 class ProbeTrainer:
@@ -223,45 +169,6 @@ def _threads_for(device: torch.device | str, macs_per_step: int) -> Iterator[Non
             torch.set_num_threads(previous)
 
 
-def best_lr(per_lr: dict[float, dict[str, float]]) -> float:
-    """The learning rate with the best top-1; ties go to the smaller one."""
-    return max(per_lr, key=lambda lr: (per_lr[lr]["top1"], -lr))
-
-
-# (train positions or None for all, evaluation features, base lrs) -> {lr: {"top1", "top5", "train_loss"}}
-TrainHeads = Callable[[Sequence[int] | None, Features, Sequence[float]], dict[float, dict[str, float]]]
-
-
-def choose_and_report(
-    train_heads: TrainHeads,
-    held_features: Callable[[Sequence[int]], Features],
-    train_labels: torch.Tensor,
-    val: Features,
-    base_lrs: Sequence[float],
-    selection: Selection,
-    held_out_fraction: float,
-    seed: int,
-) -> tuple[dict[float, dict[str, float]], float, str, dict[str, float] | None, dict[str, Any]]:
-    """The selection rule of both probe paths: (per_lr, chosen lr, selection, val result, held-out record).
-
-    ``held_out``: heads for every learning rate train on the train split minus a class-balanced,
-    seeded ``held_out_fraction`` of it and are scored on that part; the chosen learning rate is
-    retrained on the whole train split and evaluated on val once. ``val``: the heads train on the
-    whole train split and the best on val is reported (optimistic). One learning rate: nothing is chosen.
-    """
-    if selection not in ("held_out", "val"):
-        raise ConfigError(f"selection={selection!r} is unknown; choose 'held_out' or 'val'")
-    if len(base_lrs) == 1 or selection == "val":
-        per_lr = train_heads(None, val, base_lrs)
-        return per_lr, best_lr(per_lr), "single" if len(base_lrs) == 1 else "val", None, {}
-    fit, held = held_out_split(train_labels, held_out_fraction, seed)
-    per_lr = train_heads(fit, held_features(held), base_lrs)
-    chosen = best_lr(per_lr)
-    final = train_heads(None, val, [chosen])[chosen]
-    record = {"fraction": held_out_fraction, "num_images": len(held), "seed": seed, **per_lr[chosen]}
-    return per_lr, chosen, "held_out", final, record
-
-
 def check_probe_settings(epochs: int, batch_size: int) -> None:
     if epochs < 1 or batch_size < 2:
         raise ConfigError(f"epochs ({epochs}) must be >= 1 and batch_size ({batch_size}) >= 2 (BatchNorm)")
@@ -312,11 +219,12 @@ def linear_probe(
                         trainer.train_step(features[batch], labels[batch])
         return trainer.evaluate(test)
 
-    per_lr, lr, chosen_by, final, held_out = choose_and_report(
+    result = choose_and_report(
         train_heads, train.subset, train.labels, val, base_lrs, selection, held_out_fraction, seed
     )
-    settings = dict(
+    result.settings = dict(
         path="cached", optimizer=optimizer, epochs=epochs, batch_size=batch_size, warmup_epochs=warmup_epochs,
         momentum=momentum, base_lrs=list(base_lrs), num_train=len(train), num_val=len(val), feature_dim=train.dim,
     )  # fmt: skip
-    return LinearProbeResult(per_lr, lr, settings, time.perf_counter() - start, chosen_by, final, held_out)
+    result.seconds = time.perf_counter() - start
+    return result

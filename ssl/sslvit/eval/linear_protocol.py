@@ -18,16 +18,8 @@ from torchvision import transforms as T
 
 from sslvit.eval.encode import Precision, encode, feature_dim
 from sslvit.eval.features import Features, dataset_features, dataset_targets
-from sslvit.eval.linear import (
-    DEFAULT_BASE_LRS,
-    LinearProbeResult,
-    OptimizerName,
-    ProbeTrainer,
-    Selection,
-    check_probe_settings,
-    choose_and_report,
-    num_classes_of,
-)
+from sslvit.eval.linear import DEFAULT_BASE_LRS, OptimizerName, ProbeTrainer, check_probe_settings, num_classes_of
+from sslvit.eval.selection import LinearProbeResult, Selection, choose_and_report
 
 
 def probe_transform(image_size: int, mean: Sequence[float], std: Sequence[float], crop_scale=(0.08, 1.0)) -> Callable:
@@ -107,12 +99,14 @@ def linear_probe_protocol(
             backbone, datamodule, "train", pooling, batch_size, device, indices=held, precision=precision
         )
 
-    per_lr, lr, chosen_by, final, held_out = choose_and_report(
-        train_heads, held_features, targets, val, base_lrs, selection, held_out_fraction, seed
-    )
-    settings = dict(
+    result = choose_and_report(
+        train_heads, held_features=held_features, train_labels=targets, val=val, base_lrs=base_lrs,
+        selection=selection, held_out_fraction=held_out_fraction, seed=seed,
+    )  # fmt: skip
+    result.settings = dict(
         path="protocol", optimizer=optimizer, epochs=epochs, batch_size=batch_size, warmup_epochs=warmup_epochs,
         momentum=momentum, base_lrs=list(base_lrs), crop_scale=list(crop_scale), num_train=len(pool),
         num_val=len(val), feature_dim=val.dim,
     )  # fmt: skip
-    return LinearProbeResult(per_lr, lr, settings, time.perf_counter() - start, chosen_by, final, held_out)
+    result.seconds = time.perf_counter() - start
+    return result
