@@ -63,47 +63,38 @@ def classifier(args: argparse.Namespace, bank_size: int) -> KNNClassifier:
     return KNNClassifier(ks, k, args.temperature, args.index, args.nlist, args.nprobe)
 
 
-def evaluate_bank(args: argparse.Namespace, bank: Features, val: Features) -> tuple[KNNClassifier, KNNResult, float]:
+def evaluate_seed(args: argparse.Namespace, train: Features, val: Features, seed: int) -> dict:
+    """kNN with the bank of one seed (the low-shot draw, or all of train): print its table, return its record."""
+    positions = train_subset(args, train.labels, seed)
+    bank = train if positions is None else train.subset(positions)
     knn = classifier(args, len(bank))
     start = time.perf_counter()
     result = knn.fit(bank.features, bank.labels).evaluate(val.features, val.labels)
-    return knn, result, time.perf_counter() - start
-
-
-def report(args: argparse.Namespace, knn: KNNClassifier, result: KNNResult, seconds: float) -> dict:
-    """Print the table of one run; its JSON record."""
+    seconds = time.perf_counter() - start
+    if positions is not None:
+        print(f"bank: {describe_subset(args, len(positions), seed)}")
     index = "exact inner product (faiss IndexFlatIP)" if args.index == "flat" else f"IVF, nprobe {knn.index.nprobe}"
     print(f"kNN: {index}, T = {args.temperature}, {knn.threads} threads, {seconds:.2f} s")
     if result.recall is not None:
         print(f"IVF recall of the exact {knn.ks[-1]} nearest neighbours: {result.recall:.3f}")
     print(table(result))
-    record = {**result.to_dict(), "ks": knn.ks}
-    record["seconds"] = {**result.timings, "knn": seconds}
+    record = {**result.to_dict(), "ks": knn.ks, "seconds": {**result.timings, "knn": seconds}}
     if args.index == "ivf":
         record.update(nlist=knn.index.nlist, nprobe=knn.index.nprobe)
-    return record
+    return seed_record(args, record, seed, positions)
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
-    runs = []
     try:
         evaluation = Evaluation.from_args(args)
         train, val = evaluation.features("train"), evaluation.features("val")
-        for seed in run_seeds(args):
-            positions = train_subset(args, train.labels, seed)
-            bank = train if positions is None else train.subset(positions)
-            runs.append((seed, positions, *evaluate_bank(args, bank, val)))
+        print(evaluation.headline(train, val))
+        records = [evaluate_seed(args, train, val, seed) for seed in run_seeds(args)]
     except USER_ERRORS as err:
         parser.error(one_line(err))
 
-    print(evaluation.headline(train, val))
-    records = []
-    for seed, positions, knn, result, seconds in runs:
-        if positions is not None:
-            print(f"bank: {describe_subset(args, len(positions), seed)}")
-        records.append(seed_record(args, report(args, knn, result, seconds), seed, positions))
     record = {**records[0], **evaluation.describe(train, val)}
     record["seconds"] = {**records[0]["seconds"], **evaluation.seconds}
     if "train_subset" in record:

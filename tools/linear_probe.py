@@ -70,59 +70,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def probe(args: argparse.Namespace, evaluation: Evaluation, train: Features | None, val: Features, seed: int):
-    """One probe: (result, low-shot positions or None) for ``seed`` (subset draw, heads, shuffling, held-out part)."""
+def probe(args: argparse.Namespace, evaluation: Evaluation, train: Features | None, val: Features, seed: int) -> dict:
+    """One probe for ``seed`` (subset draw, heads, shuffling, held-out part): print its table, return its record."""
     common = dict(
         base_lrs=args.lrs, warmup_epochs=args.warmup_epochs, optimizer=args.optimizer, seed=seed,
         device=evaluation.device, selection="val" if args.select_on_val else "held_out",
         held_out_fraction=args.held_out_fraction,
     )  # fmt: skip
+    targets = train.labels if train is not None else dataset_targets(evaluation.datamodule.build_dataset("train", None))
+    positions = train_subset(args, targets, seed)
+    if positions is not None:
+        print(f"train: {describe_subset(args, len(positions), seed)}")
     if not args.protocol:
-        positions = train_subset(args, train.labels, seed)
         part = train if positions is None else train.subset(positions)
         epochs, batch = args.epochs or 100, args.probe_batch_size or 1024
-        return linear_probe(part, val, epochs=epochs, batch_size=batch, **common), positions
-    targets = dataset_targets(evaluation.datamodule.build_dataset("train", None))
-    positions = train_subset(args, targets, seed)
+        result = linear_probe(part, val, epochs=epochs, batch_size=batch, **common)
+    else:
 
-    def progress(epoch: int, seconds: float) -> None:
-        print(f"epoch {epoch + 1}: {seconds:.1f} s", flush=True)
+        def progress(epoch: int, seconds: float) -> None:
+            print(f"epoch {epoch + 1}: {seconds:.1f} s", flush=True)
 
-    result = linear_probe_protocol(
-        evaluation.model, evaluation.datamodule, val, evaluation.pooling, epochs=args.epochs or 90,
-        batch_size=args.probe_batch_size or 256, crop_scale=args.crop_scale, progress=progress, indices=positions,
-        precision=evaluation.precision, **common,
-    )  # fmt: skip
-    return result, positions
+        result = linear_probe_protocol(
+            evaluation.model, evaluation.datamodule, val, evaluation.pooling, epochs=args.epochs or 90,
+            batch_size=args.probe_batch_size or 256, crop_scale=args.crop_scale, progress=progress,
+            indices=positions, precision=evaluation.precision, **common,
+        )  # fmt: skip
+    s = result.settings
+    what = "cached features" if s["path"] == "cached" else f"augmented images (crop scale {tuple(s['crop_scale'])})"
+    print(
+        f"linear probe on {what}: {s['optimizer'].upper()}, {s['epochs']} epochs, batch {s['batch_size']}, "
+        f"warmup {s['warmup_epochs']:g}, {s['num_train']} train / {s['num_val']} val, {result.seconds:.1f} s"
+    )
+    print(table(result))
+    return seed_record(args, result.to_dict(), seed, positions)
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
-    runs = []
     try:
         evaluation = Evaluation.from_args(args)
         train = None if args.protocol else evaluation.features("train")
         val = evaluation.features("val")
-        for seed in run_seeds(args):
-            runs.append((seed, *probe(args, evaluation, train, val, seed)))
+        print(evaluation.headline(train, val))
+        records = [probe(args, evaluation, train, val, seed) for seed in run_seeds(args)]
     except USER_ERRORS as err:
         parser.error(one_line(err))
 
-    print(evaluation.headline(train, val))
-    records = []
-    for seed, result, positions in runs:
-        s = result.settings
-        if positions is not None:
-            print(f"train: {describe_subset(args, len(positions), seed)}")
-        what = "cached features" if s["path"] == "cached" else f"augmented images (crop scale {tuple(s['crop_scale'])})"
-        print(
-            f"linear probe on {what}: {s['optimizer'].upper()}, {s['epochs']} epochs, batch {s['batch_size']}, "
-            f"warmup {s['warmup_epochs']:g}, {s['num_train']} train / {s['num_val']} val, {result.seconds:.1f} s"
-        )
-        print(table(result))
-        records.append(seed_record(args, result.to_dict(), seed, positions))
-    evaluation.seconds["probe"] = sum(result.seconds for _, result, _ in runs)
+    evaluation.seconds["probe"] = sum(r["seconds"] for r in records)
     record = {**records[0], **evaluation.describe(train, val), "seconds": evaluation.seconds}
     record["num_train"] = records[0]["num_train"]
     record.update(over_seeds(records))
