@@ -34,7 +34,8 @@ from sslvit.cli.tool_args import backbone_from_args
 from sslvit.data import SSLDataModule, class_balanced_subset
 from sslvit.eval.features import FeatureCache, dataset_features, dataset_targets
 from sslvit.eval.knn import DEFAULT_KS, KNNClassifier, available_cores, topk_accuracy, weighted_vote
-from sslvit.eval.linear import linear_probe, linear_probe_protocol
+from sslvit.eval.linear import linear_probe
+from sslvit.eval.linear_protocol import linear_probe_protocol
 from sslvit.nn import VisionTransformer, ViTConfig
 
 

@@ -3,6 +3,7 @@
     python tools/visualize_mae.py --checkpoint runs/.../last.ckpt --data-root ../shared/data/cifar10 \
         --num-images 8 --output recon.png
 
+The checkpoint is an sslvit MAE run or an official facebookresearch/mae .pth with its decoder.
 Images are spread evenly over the split (evaluation transform); the masks depend only on --seed.
 """
 
@@ -19,7 +20,7 @@ from sslvit.viz.reconstruction import PATCH_STATS, load_mae, reconstruct, recons
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ToolParser(__file__, description=__doc__)
-    add_checkpoint_args(parser, random_init=False)
+    add_checkpoint_args(parser, random_init=False, outside=False)
     add_data_args(parser)
     parser.add_argument("--split", choices=["train", "val"], default="val")
     parser.add_argument("--num-images", type=int, default=8, help="rows of the grid")
@@ -32,6 +33,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="with norm_pix_loss, un-normalize predictions with each original patch's mean/variance (patch, the "
         "official demo) or with statistics of the visible patches only (visible)",
     )
+    parser.add_argument(
+        "--decoder-num-heads",
+        type=int,
+        help="official MAE .pth only: attention heads of its decoder (default: one per 32 channels, 16 for 512)",
+    )
+    parser.add_argument(
+        "--norm-pix-loss",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="official MAE .pth only: the weights predict per-patch normalized pixels (the released pretraining "
+        "weights do; the demo's visualize weights do not: --no-norm-pix-loss)",
+    )
     parser.add_argument("--panel-size", type=int, default=128, help="side of one panel in pixels")
     parser.add_argument("--output", default="recon.png", help="PNG file to write")
     return parser
@@ -41,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     with one_line_errors(parser.prog):
-        model, info = load_mae(args.checkpoint)
+        model, info = load_mae(args.checkpoint, args.decoder_num_heads, args.norm_pix_loss)
         data = datamodule_from_args(args, info)
         images = evenly_spaced_images(data.build_dataset(args.split, data.eval_transform()), args.num_images)
         result = reconstruct(model, images, data.mean, data.std, args.seed, args.mask_ratio, args.stats)

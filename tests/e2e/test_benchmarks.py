@@ -1,4 +1,5 @@
-"""benchmarks/train_step.py: its FLOP count is the model's, its loader makes training batches, compile compiles."""
+"""benchmarks/: train_step.py's FLOP count is the model's, its loader makes training batches, compiled variants
+really compile, and extraction.py compares the same features."""
 
 import json
 import subprocess
@@ -6,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, TINY_CONFIGS
+from conftest import REPO, TINY_CONFIGS, load_script
 
 CONFIG = TINY_CONFIGS["mae"]
 
@@ -63,3 +64,14 @@ def test_loader_benchmark_makes_training_batches_on_the_device(tmp_path):
 def test_compiled_variant_really_runs_compiled_graphs(tmp_path):
     result = benchmark(tmp_path, "--steps", "2", "--warmup", "1", "--compile", "model")
     assert result["rows"]["sslvit"]["compiled_graphs"] >= 1
+
+
+def test_extraction_benchmark_compares_the_same_features():
+    record = load_script("benchmarks/extraction.py").main(
+        ["--images", "48", "--batch-size", "16", "--rounds", "1", "--warmup", "0", "--num-workers", "0"]
+    )
+    rows = record["rows"]
+    assert rows["before"]["speedup_vs_before"] == 1.0 and record["images"] == 48 and record["gflop_per_image"] > 0
+    for name in ("sslvit-fp32", "timm-fp32", "sslvit-model-fp32", "timm-model-fp32"):
+        assert rows[name]["max_abs_difference"] < 1e-4, name  # fp32: the same features, whatever the loop
+    assert rows["sslvit"]["min_cosine"] > 0.999 and rows["timm"]["images_per_s"] > 0

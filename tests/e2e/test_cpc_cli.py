@@ -5,9 +5,12 @@ import sys
 import pytest
 import torch
 
-from conftest import TINY_CONFIGS, read_run, sslvit
+from conftest import TINY_CONFIGS, load_script, read_run, sslvit
 from sslvit.checkpoints import load_backbone
 from sslvit.cli import main, run_cli
+from sslvit.data import DigitsDataset, SSLDataModule
+from sslvit.eval import FeatureCache, encode
+from sslvit.methods import load_method
 
 TINY = TINY_CONFIGS["cpc"]
 
@@ -65,3 +68,20 @@ def fit_in_subprocess(run_dir, *args: str) -> dict:
     assert out.returncode == 0, out.stderr[-4000:]
     run = read_run(run_dir)
     return {"losses": run["losses"], "state_dict": run["ckpt"]["state_dict"]}
+
+
+def test_tools_use_cpcs_own_features_by_default(tmp_path):
+    """CPC's encoder learns on single patches: its native feature is the mean of the patch-grid latents."""
+    run_cli(["fit", "--config", TINY, "--trainer.default_root_dir", str(tmp_path / "run")])
+    knn_eval = load_script("tools/knn_eval.py")
+    args = ["--checkpoint", str(tmp_path / "run" / "checkpoints" / "last.ckpt"), "--ks", "5", "--k", "5"]
+    args += ["--num-workers", "0", "--cache-dir", str(tmp_path / "cache")]
+    native, mean = knn_eval.main(args), knn_eval.main([*args, "--features", "mean"])
+    assert (native["features"], native["pooling"], mean["pooling"]) == ("native", "patch_grid", "mean")
+    assert native["per_k"] != mean["per_k"] and native["num_train"] == 1497
+    method, _ = load_method(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    cached = FeatureCache(tmp_path / "cache")
+    transform = SSLDataModule(dataset="digits", image_size=16).eval_transform()
+    images = torch.stack([DigitsDataset("val", transform)[i][0] for i in range(4)])
+    assert torch.equal(encode(method, images, "native", "fp32"), method.eval().grid_features(images))
+    assert len(list(cached.directory.glob("*.pt"))) == 4, "native and mean features are cached apart"

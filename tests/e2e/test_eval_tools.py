@@ -1,6 +1,7 @@
 """tools/knn_eval.py and tools/linear_probe.py end to end on a tiny checkpoint and a generated ImageFolder."""
 
 import json
+import statistics
 import subprocess
 import sys
 
@@ -44,11 +45,26 @@ def test_knn_tool_writes_json_and_reuses_cached_features(setup, capsys):
     assert saved["top5"] == 100.0  # 3 classes
     assert (saved["num_train"], saved["num_val"], saved["feature_dim"]) == (210, 105, 32)
     assert saved["method"] == "sslvit.methods.MAE" and saved["global_step"] == 3 and not saved["random_init"]
+    assert (saved["features"], saved["pooling"], saved["source"]) == ("native", "cls", "lightning"), "MAE's own: CLS"
     assert saved["features_from_cache"] == {"train": False, "val": False}
     out = capsys.readouterr().out
     assert "*  20" in out and "top-1" in out and "IndexFlatIP" in out
     again = knn_eval.main(common(setup, setup / "knn2.json"))
     assert again["features_from_cache"] == {"train": True, "val": True} and again["per_k"] == record["per_k"]
+
+
+def test_a_second_image_folder_is_never_served_the_first_ones_features(setup, tmp_path):
+    """Same checkpoint, same cache directory, two ImageFolders of different content and size."""
+    other = write_image_folder(tmp_path / "other", classes=2, per_class=40, seed=7)
+    args = ["--ks", "5", "--k", "5", "--cache-dir", str(tmp_path / "cache")]
+    first = knn_eval.main(common(setup, tmp_path / "a.json", *args))
+    second = knn_eval.main(common(setup, tmp_path / "b.json", *args, "--data-root", str(other)))
+    fresh = knn_eval.main(
+        common(setup, tmp_path / "c.json", "--ks", "5", "--k", "5", "--no-cache", "--data-root", str(other))
+    )
+    assert first["num_train"] == 210 and second["num_train"] == fresh["num_train"] == 80
+    assert second["features_from_cache"] == {"train": False, "val": False}
+    assert second["per_k"] == fresh["per_k"]
 
 
 def test_knn_tool_random_init_and_ivf(setup):
@@ -63,20 +79,44 @@ def test_knn_tool_random_init_and_ivf(setup):
 
 
 def test_linear_tool_cached_and_protocol(setup, capsys):
-    fast = linear_probe.main(
-        common(setup, setup / "lin.json", "--epochs", "10", "--warmup-epochs", "1", "--probe-batch-size", "32")
-    )
+    settings = ("--epochs", "30", "--warmup-epochs", "1", "--probe-batch-size", "32")
+    fast = linear_probe.main(common(setup, setup / "lin.json", *settings))
     saved = json.loads((setup / "lin.json").read_text())
+    assert saved == json.loads(json.dumps(fast))
     assert saved["path"] == "cached" and saved["top1"] > 90 and saved["top5"] == 100.0
-    assert saved["top1"] == saved["per_lr"][f"{saved['base_lr']:g}"]["top1"] == fast["top1"]
-    assert len(saved["per_lr"]) == 6 and saved["optimizer"] == "lars" and saved["epochs"] == 10
+    assert saved["selection"] == "held_out" and saved["per_lr_on"] == "held_out" and len(saved["per_lr"]) == 6
+    assert saved["held_out"] == {
+        "fraction": 0.1,
+        "num_images": 21,
+        "seed": 0,
+        **saved["per_lr"][f"{saved['base_lr']:g}"],
+    }
+    assert saved["num_train"] == 210 and saved["optimizer"] == "lars" and saved["epochs"] == 30
+    optimistic = linear_probe.main(common(setup, setup / "val.json", *settings, "--select-on-val"))
+    assert optimistic["selection"] == "val" and "optimistic" in optimistic["selection_note"]
+    assert optimistic["top1"] == max(v["top1"] for v in optimistic["per_lr"].values())
     slow = linear_probe.main(
         common(setup, setup / "proto.json", "--protocol", "--epochs", "1", "--probe-batch-size", "64", "--lrs", "1")
     )
     assert slow["path"] == "protocol" and slow["num_train"] == 210 and list(slow["per_lr"]) == ["1"]
-    assert slow["features_from_cache"]["val"] is True, "val features come from the cache"
+    assert slow["selection"] == "single" and slow["features_from_cache"]["val"] is True, "val features from the cache"
     out = capsys.readouterr().out
-    assert "base lr" in out and "augmented images" in out and "epoch 1/1" in out
+    assert "held-out top-1" in out and "val (reported once)" in out and "optimistic" in out
+    assert "augmented images" in out and "epoch 1: " in out
+
+
+def test_low_shot_and_seeds(setup, capsys):
+    knn = knn_eval.main(common(setup, setup / "few.json", "--shots", "4", "--seeds", "3"))
+    assert knn["ks"] == [10] and knn["k"] == 10, "the default ks that fit a bank of 12 images"
+    assert [r["train_subset"]["num_images"] for r in knn["per_seed"]] == [12, 12, 12] and knn["seeds"] == [0, 1, 2]
+    top1 = [r["top1"] for r in knn["per_seed"]]
+    assert knn["top1"] == pytest.approx(sum(top1) / 3) and knn["top1_std"] == pytest.approx(statistics.stdev(top1))
+    probe = linear_probe.main(
+        common(setup, setup / "frac.json", "--train-fraction", "0.1", "--epochs", "5", "--probe-batch-size", "8")
+    )
+    assert probe["num_train"] == 21 and probe["held_out"]["num_images"] == 3, "a tenth of a tenth, one per class"
+    out = capsys.readouterr().out
+    assert "bank: 4 per class (12 images, seed 2)" in out and "over 3 seeds: top-1" in out
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,9 @@
-"""The trained encoder of any sslvit checkpoint: a Lightning ``.ckpt`` of any method, or an exported folder.
+"""The trained encoder of a checkpoint: sslvit's own (a Lightning ``.ckpt`` of any method, an exported
+folder) or one trained elsewhere (official MAE/BEiT/DINO weights, timm; :mod:`sslvit.checkpoints.outside`).
 
-Both formats carry the architecture (``ViTConfig``) and the preprocessing the encoder was trained
-with (image size, mean, std, evaluation crop), which the evaluation tools use as their defaults.
+sslvit's formats carry the architecture (``ViTConfig``) and the preprocessing the encoder was trained
+with (image size, mean, std, evaluation crop), which the evaluation tools use as their defaults;
+outside weights give the architecture through their shapes and ImageNet's preprocessing.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 
 from sslvit.checkpoints.io import check_state_dict, safe_load
 from sslvit.checkpoints.official import BACKBONE_PREFIX
+from sslvit.checkpoints.outside import read_outside_weights, read_timm_hub_folder
 from sslvit.errors import CheckpointError
 from sslvit.nn.backbone import VisionTransformer, ViTConfig
 
@@ -47,10 +50,18 @@ class LightningCheckpoint:
         }
 
 
-def read_lightning_checkpoint(path: str | Path) -> LightningCheckpoint:
-    """Read a Lightning checkpoint written by an sslvit method (safely: tensors and plain containers only)."""
+def is_sslvit_checkpoint(ckpt: Any) -> bool:
+    """Whether a loaded file is a Lightning checkpoint of an sslvit method (its hyper-parameters name a backbone)."""
+    return isinstance(ckpt, dict) and "state_dict" in ckpt and "backbone" in ckpt.get("hyper_parameters", {})
+
+
+def read_lightning_checkpoint(path: str | Path, ckpt: dict[str, Any] | None = None) -> LightningCheckpoint:
+    """Read a Lightning checkpoint written by an sslvit method (safely: tensors and plain containers only).
+
+    ``ckpt``: the file's content when the caller has loaded it already.
+    """
     path = Path(path)
-    ckpt = safe_load(path)
+    ckpt = safe_load(path) if ckpt is None else ckpt
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"{path} is not a Lightning checkpoint (no 'state_dict'); for plain weights export them")
     hparams = dict(ckpt.get("hyper_parameters", {}))
@@ -68,8 +79,8 @@ def read_lightning_checkpoint(path: str | Path) -> LightningCheckpoint:
     )
 
 
-def _lightning_backbone(path: Path) -> tuple[ViTConfig, dict[str, torch.Tensor], dict[str, Any]]:
-    ckpt = read_lightning_checkpoint(path)
+def _lightning_backbone(path: Path, raw: dict[str, Any]) -> tuple[ViTConfig, dict[str, torch.Tensor], dict[str, Any]]:
+    ckpt = read_lightning_checkpoint(path, raw)
     prefix = len(BACKBONE_PREFIX)
     state = {k[prefix:]: v for k, v in ckpt.state_dict.items() if k.startswith(BACKBONE_PREFIX)}
     info = {
@@ -82,14 +93,22 @@ def _lightning_backbone(path: Path) -> tuple[ViTConfig, dict[str, torch.Tensor],
     return ckpt.backbone_config(), state, info
 
 
-def _exported_backbone(folder: Path) -> tuple[ViTConfig, dict[str, torch.Tensor], dict[str, Any]]:
+def _folder_backbone(folder: Path) -> tuple[ViTConfig, dict[str, torch.Tensor], dict[str, Any]]:
+    """An sslvit export, or any timm hub folder (``config.json`` + ``model.safetensors``)."""
     config_file, weights = folder / EXPORT_CONFIG, folder / EXPORT_WEIGHTS
-    if not config_file.is_file() or not weights.is_file():
-        raise CheckpointError(f"{folder} is not an exported encoder: it needs {EXPORT_CONFIG} and {EXPORT_WEIGHTS}")
+    if not config_file.is_file():
+        raise CheckpointError(
+            f"{folder} is not an exported encoder or timm hub folder: it needs {EXPORT_CONFIG} and {EXPORT_WEIGHTS}"
+        )
     config = json.loads(config_file.read_text())
     backbone = config.get("sslvit_backbone")
-    if backbone is None:
-        raise CheckpointError(f"{config_file} has no 'sslvit_backbone' entry; was it written by sslvit's export?")
+    if backbone is None and "architecture" in config:
+        return read_timm_hub_folder(folder, config)
+    if backbone is None or not weights.is_file():
+        raise CheckpointError(
+            f"{config_file} has neither 'sslvit_backbone' (sslvit's export) nor 'architecture' (timm's hub "
+            f"format), or {EXPORT_WEIGHTS} is missing"
+        )
     pre = config.get("pretrained_cfg", {})
     info = {"source": "exported", "hparams": config, "image_size": pre.get("input_size", [backbone["img_size"]])[-1]}
     info.update({k: pre[k] for k in ("mean", "std") if k in pre})
@@ -98,16 +117,35 @@ def _exported_backbone(folder: Path) -> tuple[ViTConfig, dict[str, torch.Tensor]
     return ViTConfig.from_dict(backbone), safe_load(weights), info
 
 
-def load_backbone(path: str | Path) -> tuple[VisionTransformer, dict[str, Any]]:
-    """The trained encoder of any sslvit checkpoint: a Lightning ``.ckpt`` or an exported folder.
+def load_backbone(
+    path: str | Path, arch: str | None = None, num_heads: int | None = None
+) -> tuple[VisionTransformer, dict[str, Any]]:
+    """The trained encoder of a checkpoint, whatever its format (recognised from its keys):
 
-    Returns the backbone (in eval mode, on the CPU) and a dict describing where it came from.
+    - a Lightning ``.ckpt`` of any sslvit method, or a folder written by sslvit's export;
+    - a timm hub folder (``config.json`` naming a timm ViT + ``model.safetensors``);
+    - an official MAE ``.pth`` (``{"model": ...}``, with or without decoder), a BEiT or DINO state
+      dict, or a timm ViT state dict (``.pth``/``.safetensors``).
+
+    ``arch`` (an sslvit preset or a timm model name) and ``num_heads`` are only read for the plain
+    state dicts, whose shapes give every size but the number of attention heads (default: the ViT
+    preset of that width). Returns the backbone (in eval mode, on the CPU) and a dict describing
+    where it came from (``source``: lightning, exported, timm-hub, mae, beit or timm).
     """
     path = Path(path)
     if path.is_dir():
-        config, state, info = _exported_backbone(path)
+        config, state, info = _folder_backbone(path)
     elif path.is_file():
-        config, state, info = _lightning_backbone(path)
+        raw = safe_load(path)
+        if is_sslvit_checkpoint(raw):
+            config, state, info = _lightning_backbone(path, raw)
+        else:
+            try:
+                config, state, info = read_outside_weights(raw, f"checkpoint {path}", arch, num_heads)
+            except CheckpointError:
+                if isinstance(raw, dict) and "hyper_parameters" in raw:  # Lightning, not sslvit: say what it lacks
+                    read_lightning_checkpoint(path, raw)
+                raise
     else:
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if not state:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from sslvit.checkpoints.io import check_state_dict, safe_load
@@ -20,14 +21,16 @@ MAE_DECODER_KEYS = (
 )
 
 
-def load_official_mae(model: nn.Module, path: str | Path) -> None:
+def load_official_mae(model: nn.Module, path: str | Path, state: dict[str, torch.Tensor] | None = None) -> None:
     """Load an official facebookresearch/mae checkpoint (``{"model": state_dict}``) into an sslvit MAE.
 
     Encoder keys map to ``backbone.<key>``, decoder keys keep their names. The decoder may be
     absent (the released encoder-only files); every key present must match in name and shape.
+    ``state``: the file's state dict when the caller has read it already.
     """
-    state = safe_load(path)
-    state = state.get("model", state)
+    if state is None:
+        state = safe_load(path)
+        state = state.get("model", state)
     mapped = {k if k.startswith(MAE_DECODER_KEYS) else BACKBONE_PREFIX + k: v for k, v in state.items()}
     own = model.state_dict()
     has_decoder = any(k.startswith(MAE_DECODER_KEYS) for k in state)

@@ -1,10 +1,11 @@
 """Arguments and loading shared by the scripts in ``tools/`` (evaluation, figures, export).
 
-A tool takes ``--checkpoint`` (a Lightning ``.ckpt`` of any method, or an exported folder) and
-data as ``--data-root DIR`` (an ImageFolder with ``train/`` and ``val/``) or ``--dataset NAME``
-(cifar10, cifar100, stl10 from torchvision, or the offline ``digits``). The evaluation tools add
-pooling, device, cache and seed (:func:`add_feature_args`) and load everything in one call
-(:meth:`Evaluation.from_args`).
+A tool takes ``--checkpoint`` (an sslvit Lightning ``.ckpt`` or export, or weights trained elsewhere:
+official MAE/BEiT/DINO, timm) and data as ``--data-root DIR`` (an ImageFolder with ``train/`` and
+``val/``) or ``--dataset NAME`` (cifar10, cifar100, stl10 from torchvision, or the offline
+``digits``). The evaluation tools add features, precision, device, cache and seed
+(:func:`add_feature_args`), low-shot subsets (:func:`add_subset_args`) and how settings are chosen
+(:func:`add_selection_args`), and load everything in one call (:meth:`Evaluation.from_args`).
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from sslvit.checkpoints.loading import load_backbone
 from sslvit.constants import IMAGENET_MEAN, IMAGENET_STD
@@ -24,15 +27,49 @@ from sslvit.data import SSLDataModule
 from sslvit.data.folders import is_unlabelled, unlabelled_message
 from sslvit.data.shards import INDEX, ShardDataset
 from sslvit.errors import ConfigError
-from sslvit.eval.features import FeatureCache, Features, dataset_features, default_cache_dir, feature_dim
+from sslvit.eval.features import (
+    FeatureCache,
+    Features,
+    backbone_of,
+    dataset_features,
+    default_cache_dir,
+    feature_dim,
+    resolve_precision,
+)
+from sslvit.eval.subsets import low_shot_indices, mean_and_std
+from sslvit.methods.loading import load_method, method_class
 from sslvit.nn.backbone import VisionTransformer
 from sslvit.runtime import tune_cpu_allocator
 
+BACKBONE_POOLINGS = ("cls", "mean")
+# How the headline names weights trained elsewhere (load_backbone's ``source``).
+OUTSIDE_SOURCES = {
+    "mae": "official MAE weights",
+    "beit": "BEiT weights",
+    "timm": "ViT weights in timm's key names",
+    "timm-hub": "timm hub folder",
+}
 
-def add_checkpoint_args(parser: argparse.ArgumentParser, random_init: bool = True) -> None:
+
+def add_checkpoint_args(parser: argparse.ArgumentParser, random_init: bool = True, outside: bool = True) -> None:
+    """``--checkpoint`` (any format :func:`~sslvit.checkpoints.load_backbone` reads), ``--random-init``, and for
+    weights trained elsewhere ``--arch``/``--num-heads`` (what their shapes do not say)."""
     parser.add_argument(
-        "--checkpoint", required=True, help="Lightning .ckpt of any sslvit method, or an exported folder"
+        "--checkpoint",
+        required=True,
+        help="an sslvit Lightning .ckpt or export folder, an official MAE/BEiT/DINO .pth, a timm ViT state dict "
+        "(.pth/.safetensors) or a timm hub folder (config.json + model.safetensors); the format is read from the keys",
     )
+    if outside:
+        parser.add_argument(
+            "--arch",
+            help="for a plain state dict: the timm model name the weights come from (e.g. vit_small_patch16_224) or an "
+            "sslvit preset (vit_tiny ... vit_huge); sizes are read from the weights' shapes",
+        )
+        parser.add_argument(
+            "--num-heads", type=int, help="for a plain state dict: attention heads (default: from --arch, or the "
+            "ViT preset of the weights' width)"
+        )  # fmt: skip
     if random_init:
         parser.add_argument(
             "--random-init",
@@ -56,7 +93,9 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
 def backbone_from_args(args: argparse.Namespace) -> tuple[VisionTransformer, dict[str, Any]]:
     """The checkpoint's encoder (eval mode); with ``--random-init`` the same architecture, untrained."""
     tune_cpu_allocator()
-    backbone, info = load_backbone(args.checkpoint)
+    backbone, info = load_backbone(
+        args.checkpoint, arch=getattr(args, "arch", None), num_heads=getattr(args, "num_heads", None)
+    )
     if getattr(args, "random_init", False):
         backbone = VisionTransformer(backbone.config).eval()
         info = {**info, "random_init": True}
@@ -99,15 +138,105 @@ def add_feature_args(parser: argparse.ArgumentParser) -> None:
     add_checkpoint_args(parser)
     add_data_args(parser)
     parser.add_argument(
-        "--pooling", default="cls", help="cls (default), mean (of patch tokens) or cls_last<n> (e.g. cls_last4, DINO)"
+        "--features",
+        "--pooling",
+        dest="features",
+        default="native",
+        help="native (default: the method's own feature: CLS for MAE, mean patch token for BEiT, the mean of the "
+        "patch-grid latents for CPC), or a backbone pooling: cls, mean (of patch tokens), cls_last<n> (e.g. cls_last4)",
     )
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="auto (default): bf16 autocast where the device has bf16 matrix units (CUDA, CPUs with AMX), else fp32",
+    )
     parser.add_argument(
         "--cache-dir", default=None, help=f"feature cache (default $SSLVIT_CACHE/features or {default_cache_dir()})"
     )
     parser.add_argument("--no-cache", action="store_true", help="always run the backbone; store nothing")
     parser.add_argument("--seed", type=int, default=0, help="seed of --random-init weights and of the probe")
     parser.add_argument("--output", help="write the results as JSON to this file")
+
+
+def add_subset_args(parser: argparse.ArgumentParser) -> None:
+    """Low-shot evaluation: a class-balanced, seeded part of the train split, and repeats over seeds."""
+    group = parser.add_argument_group("low-shot (class-balanced, seeded)")
+    group.add_argument(
+        "--train-fraction", type=float, help="train on this fraction of every class of the train split (e.g. 0.01)"
+    )
+    group.add_argument("--shots", type=int, help="train on N images of every class")
+    group.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="repeat with seeds --seed, --seed + 1, ... (new draws of the subset, new probe initialisations) and "
+        "report the mean and sample standard deviation of top-1/top-5",
+    )
+
+
+def add_selection_args(parser: argparse.ArgumentParser) -> None:
+    """How settings are chosen: on a held-out part of the train split (default), or on val (optimistic)."""
+    parser.add_argument(
+        "--held-out-fraction",
+        type=float,
+        default=0.1,
+        help="class-balanced, seeded fraction of the train split held out to choose settings (default 0.1); the "
+        "chosen setting is then retrained on the whole train split and val is evaluated once",
+    )
+    parser.add_argument(
+        "--select-on-val",
+        action="store_true",
+        help="choose settings by val accuracy and report that accuracy (optimistic; only to compare with papers "
+        "that did so: the output says so)",
+    )
+
+
+def run_seeds(args: argparse.Namespace) -> list[int]:
+    """The seeds of ``--seeds`` repeats: ``--seed``, ``--seed + 1``, ..."""
+    if getattr(args, "seeds", 1) < 1:
+        raise ConfigError(f"--seeds must be at least 1, got {args.seeds}")
+    return [args.seed + i for i in range(getattr(args, "seeds", 1))]
+
+
+def train_subset(args: argparse.Namespace, labels: Sequence[int] | torch.Tensor, seed: int) -> list[int] | None:
+    """Positions of the low-shot subset of ``--train-fraction``/``--shots`` drawn with ``seed`` (class-balanced,
+    sorted), or None for the whole train split."""
+    fraction, shots = getattr(args, "train_fraction", None), getattr(args, "shots", None)
+    if fraction is None and shots is None:
+        return None
+    return low_shot_indices(labels, fraction=fraction, shots=shots, seed=seed)
+
+
+def describe_subset(args: argparse.Namespace, count: int, seed: int) -> str:
+    """``1% of every class (450 images, seed 0)``, for the printed headline."""
+    if getattr(args, "shots", None) is not None:
+        return f"{args.shots} per class ({count} images, seed {seed})"
+    return f"{args.train_fraction:.3g} of every class ({count} images, seed {seed})"
+
+
+def seed_record(
+    args: argparse.Namespace, record: dict[str, Any], seed: int, positions: list[int] | None
+) -> dict[str, Any]:
+    """One seed's JSON record: ``record`` with its ``seed`` and, for a low-shot subset, ``train_subset``."""
+    if positions is None:
+        return {**record, "seed": seed}
+    subset = {"fraction": getattr(args, "train_fraction", None), "shots": getattr(args, "shots", None)}
+    return {**record, "seed": seed, "train_subset": {**subset, "num_images": len(positions)}}
+
+
+def over_seeds(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """For several seeds' records: print their mean and sample standard deviation, and return what the JSON
+    adds (``top1``/``top5`` become the means, ``*_std``, ``per_seed``, ``seeds``); nothing for one seed."""
+    if len(records) < 2:
+        return {}
+    summary = mean_and_std(records)
+    print(
+        f"over {len(records)} seeds: top-1 {summary['top1']:.2f} +- {summary['top1_std']:.2f}, "
+        f"top-5 {summary['top5']:.2f} +- {summary['top5_std']:.2f} (mean +- sample standard deviation)"
+    )
+    return {**summary, "per_seed": records, "seeds": [r["seed"] for r in records]}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -122,34 +251,70 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def resolve_features(
+    args: argparse.Namespace, backbone: VisionTransformer, info: dict[str, Any]
+) -> tuple[nn.Module, str, str]:
+    """What ``--features`` encodes with: (the backbone or the method, the pooling to extract, its name).
+
+    ``native`` is the method's :attr:`~sslvit.methods.base.SSLMethod.native_pooling`: a backbone pooling
+    (MAE: cls, BEiT: mean), or a feature only the method computes (CPC: patch_grid), for which the
+    whole method is loaded around ``backbone``. Outside weights: their source's own (BEiT mean, else cls).
+    """
+    if args.features != "native":
+        return backbone, args.features, args.features
+    if info.get("source") != "lightning":
+        pooling = info.get("native_pooling", "cls")
+        return backbone, pooling, pooling
+    native = method_class(info.get("method"), str(args.checkpoint)).native_pooling
+    if native in BACKBONE_POOLINGS:
+        return backbone, native, native
+    method, _ = load_method(args.checkpoint)
+    method.backbone = backbone  # the checkpoint's encoder, or the fresh one of --random-init
+    return method.eval(), "native", native
+
+
 @dataclass
 class Evaluation:
-    """A loaded backbone with its data, device and cache, ready to encode the labelled splits."""
+    """A loaded backbone (or method, for native features) with its data, device and cache, ready to encode
+    the labelled splits. ``pooling`` goes to the extraction; ``feature_name`` says what it is."""
 
     args: argparse.Namespace
-    backbone: VisionTransformer
+    model: nn.Module
     info: dict[str, Any]
     datamodule: SSLDataModule
     device: torch.device
     cache: FeatureCache | None
     seconds: dict[str, float]
+    pooling: str = "cls"
+    feature_name: str = "cls"
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Evaluation:
         torch.manual_seed(args.seed)  # --random-init weights are the same every run (and hit the cache)
         backbone, info = backbone_from_args(args)
         datamodule = datamodule_from_args(args, info)
-        feature_dim(backbone, args.pooling)  # a bad --pooling fails before any image is read
+        model, pooling, name = resolve_features(args, backbone, info)
+        feature_dim(model, pooling)  # a bad --features fails before any image is read
         device = resolve_device(args.device)
         cache = None if args.no_cache else FeatureCache(args.cache_dir)
-        return cls(args, backbone.to(device), info, datamodule, device, cache, {})
+        return cls(args, model.to(device), info, datamodule, device, cache, {}, pooling, name)
+
+    @property
+    def backbone(self) -> VisionTransformer:
+        return backbone_of(self.model)
+
+    @property
+    def precision(self) -> str:
+        """``fp32`` or ``bf16``, as ``--precision`` resolves on this device."""
+        return resolve_precision(getattr(self.args, "precision", "auto"), self.device)
 
     def features(self, split: str) -> Features:
         """Features of ``train`` or ``val`` (from the cache when this checkpoint was evaluated before)."""
         start = time.perf_counter()
         result = dataset_features(
-            self.backbone, self.datamodule, split, self.args.pooling, self.args.batch_size, self.device, self.cache
-        )
+            self.model, self.datamodule, split, self.pooling, self.args.batch_size, self.device, self.cache,
+            progress=True, precision=self.precision,
+        )  # fmt: skip
         self.seconds[f"{split}_features"] = time.perf_counter() - start
         return result
 
@@ -158,17 +323,20 @@ class Evaluation:
         dm = self.datamodule
         return {
             "checkpoint": str(self.args.checkpoint),
+            "source": self.info.get("source"),
             "random_init": bool(self.info.get("random_init", False)),
             "method": self.info.get("method"),
             "global_step": self.info.get("global_step"),
             "dataset": dm.dataset_name,
             "data_root": str(Path(dm.root).resolve()) if dm.dataset_name != "digits" else None,
             "image_size": dm.image_size,
-            "pooling": self.args.pooling,
+            "features": self.args.features,
+            "pooling": self.feature_name,
             "feature_dim": val.dim,
             "num_train": len(train) if train is not None else None,
             "num_val": len(val),
             "device": str(self.device),
+            "precision": self.precision,
             "features_from_cache": {"train": train.from_cache if train is not None else None, "val": val.from_cache},
         }
 
@@ -176,6 +344,8 @@ class Evaluation:
         """Two lines naming the checkpoint and the data, for the printed table."""
         what = "random init of " if self.info.get("random_init") else ""
         step = self.info.get("global_step")
+        source = self.info.get("source")
+        outside = f" ({OUTSIDE_SOURCES[source]})" if source in OUTSIDE_SOURCES else ""
         dm = self.datamodule
         where = f" {Path(dm.root).resolve()}" if dm.dataset_name != "digits" else ""
         timing = ", ".join(
@@ -184,11 +354,19 @@ class Evaluation:
             if f is not None
         )
         return (
-            f"checkpoint: {what}{self.args.checkpoint}" + (f" (step {step})" if step is not None else "") + "\n"
+            f"checkpoint: {what}{self.args.checkpoint}{outside}"
+            + (f" (step {step})" if step is not None else "")
+            + "\n"
             f"data: {dm.dataset_name}{where}, {f'{len(train)} train / ' if train is not None else ''}{len(val)} val "
             f"images at {dm.image_size}px; "
-            f"{self.args.pooling} features ({val.dim}-d; {timing})"
+            f"{self.describe_features()} ({val.dim}-d, {self.precision}; {timing})"
         )
+
+    def describe_features(self) -> str:
+        """``native features (patch_grid)`` or ``mean features``."""
+        if self.args.features == "native":
+            return f"native features ({self.feature_name})"
+        return f"{self.feature_name} features"
 
 
 def write_json(path: str | Path, record: dict[str, Any]) -> Path:

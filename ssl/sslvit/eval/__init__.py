@@ -1,4 +1,5 @@
-"""Evaluation: frozen features (with caching), Faiss kNN, linear probe, online kNN; end-to-end fine-tuning."""
+"""Evaluation of frozen backbones: feature extraction with caching, Faiss kNN, linear probe, online kNN and
+linear probe, low-shot subsets and held-out selection; end-to-end fine-tuning."""
 
 from sslvit.eval.features import (
     FeatureCache,
@@ -11,14 +12,12 @@ from sslvit.eval.features import (
 )
 from sslvit.eval.finetune import FineTune
 from sslvit.eval.knn import DEFAULT_KS, KNNClassifier, KNNResult, weighted_vote
-from sslvit.eval.linear import (
-    DEFAULT_BASE_LRS,
-    LinearProbeResult,
-    ParallelLinearHeads,
-    linear_probe,
-    linear_probe_protocol,
-)
+from sslvit.eval.linear import DEFAULT_BASE_LRS, ParallelLinearHeads, linear_probe
+from sslvit.eval.linear_protocol import linear_probe_protocol
 from sslvit.eval.online import OnlineKNN
+from sslvit.eval.online_linear import OnlineLinearProbe
+from sslvit.eval.selection import LinearProbeResult
+from sslvit.eval.subsets import held_out_split, low_shot_indices, mean_and_std
 
 __all__ = [
     "DEFAULT_BASE_LRS",
@@ -30,13 +29,17 @@ __all__ = [
     "KNNResult",
     "LinearProbeResult",
     "OnlineKNN",
+    "OnlineLinearProbe",
     "ParallelLinearHeads",
     "dataset_features",
     "encode",
     "extract_features",
     "feature_dim",
     "frozen",
+    "held_out_split",
     "linear_probe",
     "linear_probe_protocol",
+    "low_shot_indices",
+    "mean_and_std",
     "weighted_vote",
 ]

@@ -1,16 +1,12 @@
-"""Features of a frozen backbone: the one extraction behind kNN, the linear probe and online kNN.
+"""Features of a frozen backbone over a dataset: the one extraction behind kNN, the linear probe and the
+online callbacks.
 
-- :func:`encode` turns a batch of images into pooled features with the backbone frozen (eval
-  mode forced and restored, no gradients, bf16 autocast on CUDA).
-- :func:`extract_features` runs it over a dataset in order; under ``torch.distributed`` every
-  rank encodes one contiguous shard and the gathered result is in dataset order, each image once.
+- :func:`extract_features` runs :func:`sslvit.eval.encode.encode` over a dataset in order; under
+  ``torch.distributed`` every rank encodes one contiguous shard and the gathered result is in
+  dataset order, each image once.
 - :class:`FeatureCache` stores results on disk under a key made of the weights' content hash, the
-  dataset (files, transform, split), the pooling and the device type, so evaluating the same
+  dataset (files, transform, split), the pooling and the precision, so evaluating the same
   checkpoint again does not run the backbone.
-
-Poolings: ``cls`` (CLS token after the final norm), ``mean`` (mean of the patch tokens) and
-``cls_last<n>`` (the CLS tokens of the last n blocks, each normalized, concatenated: DINO's
-linear protocol uses ``cls_last4``).
 """
 
 from __future__ import annotations
@@ -18,23 +14,31 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from sslvit.distributed import all_true, gather_in_order, rank_and_world
-from sslvit.errors import ConfigError
+from sslvit.eval.encode import (  # noqa: F401  (encode, frozen, ... are part of this module's interface)
+    Precision,
+    backbone_of,
+    encode,
+    feature_dim,
+    frozen,
+    last_blocks,
+    resolve_precision,
+)
 from sslvit.nn.backbone import VisionTransformer
 
-CACHE_FORMAT = 1
-_LAST_N = re.compile(r"cls_last(\d+)")
+# 2: the caller's tag lives under its own key ("tag"); in format 1 it was spread over the key, and its
+# "dataset" name replaced the dataset's description, so two ImageFolders shared cached features.
+CACHE_FORMAT = 2
 
 
 @dataclass
@@ -52,62 +56,17 @@ class Features:
     def dim(self) -> int:
         return self.features.shape[1]
 
-
-# ---- one batch -----------------------------------------------------------------------------------
-def last_blocks(pooling: str, depth: int) -> int:
-    """How many blocks a pooling reads (1 for ``cls``/``mean``); a ConfigError for an unknown pooling."""
-    if pooling in ("cls", "mean"):
-        return 1
-    match = _LAST_N.fullmatch(pooling)
-    if match and 1 <= int(match.group(1)) <= depth:
-        return int(match.group(1))
-    raise ConfigError(
-        f"pooling={pooling!r} is not supported; use 'cls', 'mean' or 'cls_last<n>' with 1 <= n <= {depth} "
-        "(the CLS tokens of the last n blocks concatenated, e.g. 'cls_last4' as in DINO)"
-    )
-
-
-def feature_dim(backbone: VisionTransformer, pooling: str) -> int:
-    """Width of the pooled features: ``D``, or ``n * D`` for ``cls_last<n>``."""
-    n = last_blocks(pooling, len(backbone.blocks))
-    return backbone.embed_dim * (n if pooling.startswith("cls_last") else 1)
-
-
-@contextmanager
-def frozen(module: nn.Module) -> Iterator[nn.Module]:
-    """No gradients and every submodule in eval mode (dropout, drop-path, norms); modes restored on exit."""
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        with torch.no_grad():
-            yield module
-    finally:
-        for m, training in modes:
-            m.training = training
-
-
-def encode(backbone: VisionTransformer, images: torch.Tensor, pooling: str = "cls") -> torch.Tensor:
-    """images [N, C, H, W] -> features [N, F] float32 of the frozen backbone (see :func:`feature_dim`)."""
-    n = last_blocks(pooling, len(backbone.blocks))
-    # bf16 only where it is fast: this library's CPUs have no bf16 matmul units worth using.
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if images.device.type == "cuda" and torch.cuda.is_bf16_supported()
-        else nullcontext()
-    )
-    with frozen(backbone), autocast:
-        if pooling.startswith("cls_last"):
-            features = torch.cat([tokens[:, 0] for tokens in backbone.get_intermediate_layers(images, n)], dim=-1)
-        else:
-            features = backbone.pool(backbone.forward_features(images), pooling)
-    return features.float()
+    def subset(self, positions: Sequence[int]) -> Features:
+        """The rows at ``positions`` (e.g. a low-shot subset or a held-out part), in that order."""
+        index = torch.as_tensor(list(positions), dtype=torch.long)
+        return Features(self.features[index], self.labels[index], self.from_cache)
 
 
 # ---- identity of what is encoded -----------------------------------------------------------------
 def weights_fingerprint(module: nn.Module) -> str:
     """SHA-256 of a module's state dict (names, dtypes, shapes, bytes): identical weights, identical hash."""
     digest = hashlib.sha256(type(module).__name__.encode())
-    config = getattr(module, "config", None)
+    config = getattr(module, "config", None) or getattr(module, "hparams", None)  # a backbone's, or a method's
     if config is not None:
         digest.update(repr(config).encode())
     for name, tensor in sorted(module.state_dict().items()):
@@ -135,7 +94,11 @@ def dataset_targets(dataset: Dataset) -> list[int]:
 
 
 def describe_dataset(dataset: Dataset) -> dict[str, Any]:
-    """What identifies a dataset's content for caching: type, size, root, transform and its file list or labels."""
+    """What identifies a dataset's content for caching: type, size, root, transform and its file list or labels.
+
+    A dataset with neither a root nor a listing (e.g. tensors in memory) is not identified by this:
+    :func:`is_identified` says so, and its features are never cached.
+    """
     base = _unwrap(dataset)
     samples = getattr(base, "samples", None)  # ImageFolder: (path, label) pairs
     listing = samples if samples is not None else getattr(base, "targets", getattr(base, "labels", None))
@@ -150,6 +113,11 @@ def describe_dataset(dataset: Dataset) -> dict[str, Any]:
     }
 
 
+def is_identified(description: dict[str, Any]) -> bool:
+    """Whether a :func:`describe_dataset` result pins down the content (a root or a file/label listing)."""
+    return description["root"] is not None or description["listing"] is not None
+
+
 def feature_key(
     backbone: VisionTransformer,
     dataset: Dataset,
@@ -157,8 +125,14 @@ def feature_key(
     device: torch.device,
     indices: Sequence[int] | None = None,
     tag: dict[str, Any] | None = None,
+    precision: Precision = "auto",
 ) -> dict[str, Any]:
-    """The cache key of one extraction (a JSON-serialisable dict)."""
+    """The cache key of one extraction (a JSON-serialisable dict).
+
+    What identifies the content (weights, the dataset's description, indices, pooling, precision) is
+    computed here; ``tag`` (caller-known names such as the split) is added under its own ``"tag"``
+    entry, so it can only make the key longer, never replace a part of it.
+    """
     chosen = None if indices is None else hashlib.sha256(json.dumps(list(map(int, indices))).encode()).hexdigest()
     return {
         "format": CACHE_FORMAT,
@@ -166,8 +140,8 @@ def feature_key(
         "dataset": describe_dataset(dataset),
         "indices": chosen,
         "pooling": pooling,
-        "precision": "bf16" if device.type == "cuda" else "fp32",
-        **(tag or {}),
+        "precision": resolve_precision(precision, device),
+        "tag": dict(tag or {}),
     }
 
 
@@ -214,21 +188,30 @@ def extract_features(
     indices: Sequence[int] | None = None,
     cache: FeatureCache | None = None,
     cache_tag: dict[str, Any] | None = None,
+    progress: str | None = None,
+    precision: Precision = "auto",
 ) -> Features:
     """Features of ``loader.dataset`` (or of ``indices`` into it), in dataset order.
+
+    ``backbone``: the ViT, or a method when ``pooling="native"`` (see :func:`encode`).
 
     ``loader`` supplies the dataset, batch size, workers and collate function; its sampler is not
     used: every rank encodes the contiguous shard ``[rank * M / W, (rank + 1) * M / W)`` in order and
     the shards are gathered, so the result is the same as in one process. The loader draws its seeds
     from a private generator: extraction never advances the global RNG (training is unchanged by it).
     With ``cache``, a stored result for the same key is returned without running the backbone;
-    ``cache_tag`` adds caller-known identity (dataset name, split) to the key.
+    ``cache_tag`` adds caller-known identity (dataset name, split) to the key. ``progress``: a
+    description for a progress bar (Lightning's, on rank 0: images, images/s, time left).
+    ``precision``: ``auto`` (bf16 autocast on bf16 matrix units, else fp32), ``fp32`` or ``bf16``.
     """
     device = torch.device(device) if device is not None else next(backbone.parameters()).device
     dim = feature_dim(backbone, pooling)  # also validates the pooling before any work
     dataset = loader.dataset
     order = list(range(len(dataset))) if indices is None else [int(i) for i in indices]
-    key = feature_key(backbone, dataset, pooling, device, indices, cache_tag) if cache is not None else None
+    precision = resolve_precision(precision, device)
+    if cache is not None and not is_identified(describe_dataset(dataset)):
+        cache = None  # two such datasets of one size would share a key: encode instead
+    key = feature_key(backbone, dataset, pooling, device, indices, cache_tag, precision) if cache is not None else None
     if cache is not None:
         stored = cache.load(key)
         if all_true(stored is not None):
@@ -246,10 +229,12 @@ def extract_features(
         generator=torch.Generator().manual_seed(0),
     )
     chunks, labels = [torch.empty(0, dim, device=device)], [torch.empty(0, dtype=torch.long)]
-    with frozen(backbone):
+    bar = Tqdm(total=len(order), desc=progress, unit="img", disable=progress is None or rank != 0, dynamic_ncols=True)
+    with frozen(backbone), bar:
         for batch in shard_loader:  # (images, labels) or (images, labels, num_skipped)
-            chunks.append(encode(backbone, batch[0].to(device, non_blocking=True), pooling))
+            chunks.append(encode(backbone, batch[0].to(device, non_blocking=True), pooling, precision))
             labels.append(torch.as_tensor(batch[1], dtype=torch.long))
+            bar.update(len(batch[1]) * world)  # every rank encodes a batch of about this size meanwhile
     features, targets = torch.cat(chunks), torch.cat(labels)
     if world > 1:
         features, targets = gather_in_order(features), gather_in_order(targets)
@@ -268,9 +253,12 @@ def dataset_features(
     device: torch.device | str | None = None,
     cache: FeatureCache | None = None,
     indices: Sequence[int] | None = None,
+    progress: bool = False,
+    precision: Precision = "auto",
 ) -> Features:
     """Features of a labelled split (``train`` or ``val``) of an :class:`~sslvit.data.SSLDataModule`,
-    with its deterministic evaluation transform (resize + center crop)."""
+    with its deterministic evaluation transform (resize + center crop); ``progress`` shows a bar."""
     loader = datamodule.eval_dataloader(split, batch_size)
     tag = {"dataset": datamodule.dataset_name, "split": split, "image_size": datamodule.image_size}
-    return extract_features(backbone, loader, pooling, device, indices, cache, tag)
+    description = f"{split} features" if progress else None
+    return extract_features(backbone, loader, pooling, device, indices, cache, tag, description, precision)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -29,6 +30,18 @@ IndexKind = Literal["flat", "ivf"]
 def available_cores() -> int:
     """CPU cores this process may run on (the affinity mask, not the machine's total)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@contextmanager
+def faiss_threads(threads: int) -> Iterator[None]:
+    """Faiss on ``threads`` OpenMP threads for the block, then the previous count again: torch shares
+    the OpenMP runtime, so a count left behind would change the threads (and float sums) of training."""
+    previous = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(threads)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(previous)
 
 
 def weighted_vote(
@@ -143,7 +156,6 @@ class KNNClassifier:
                 f"k={self.ks[-1]} is larger than the bank of {size} training features: every k must be at most "
                 f"{size} (asked for k in {self.ks})"
             )
-        faiss.omp_set_num_threads(self.threads)
         bank = self._normalized(features)
         self.dim, self.labels = bank.shape[1], labels.detach().cpu().long()
         self.num_classes = int(self.labels.max()) + 1
@@ -156,10 +168,12 @@ class KNNClassifier:
             quantizer = faiss.IndexFlatIP(self.dim)
             self.index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
             sample = np.random.default_rng(0).permutation(size)[: min(size, 64 * nlist)]
-            self.index.train(bank[np.sort(sample)])
+            with faiss_threads(self.threads):
+                self.index.train(bank[np.sort(sample)])
             self.index.nprobe = min(self.nprobe, nlist)
             self._quantizer = quantizer  # the IVF index does not own it
-        self.index.add(bank)
+        with faiss_threads(self.threads):
+            self.index.add(bank)
         return self
 
     # ---- queries ----
@@ -170,11 +184,11 @@ class KNNClassifier:
         k = k or self.ks[-1]
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise ValueError(f"queries must be [Q, {self.dim}], got {tuple(queries.shape)}")
-        faiss.omp_set_num_threads(self.threads)
         q = self._normalized(queries)
         sims, ids = [], []
         for start in range(0, q.shape[0], self.batch_size):
-            s, i = self.index.search(q[start : start + self.batch_size], k)
+            with faiss_threads(self.threads):
+                s, i = self.index.search(q[start : start + self.batch_size], k)
             sims.append(s)
             ids.append(i)
         if not sims:
@@ -200,7 +214,8 @@ class KNNClassifier:
         k = k or self.ks[-1]
         queries = queries[: self.recall_queries]
         _, found = self.search(queries, k)
-        _, truth = faiss.knn(self._normalized(queries), self._bank, k, metric=faiss.METRIC_INNER_PRODUCT)
+        with faiss_threads(self.threads):
+            _, truth = faiss.knn(self._normalized(queries), self._bank, k, metric=faiss.METRIC_INNER_PRODUCT)
         hits = sum(len(set(a) & set(b)) for a, b in zip(found.numpy().tolist(), truth.tolist(), strict=True))
         return hits / max(1, truth.size)
 

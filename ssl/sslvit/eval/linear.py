@@ -2,33 +2,34 @@
 
 Optimizer: LARS (MAE) or SGD, both with momentum 0.9; linear warmup then cosine decay, updated every
 step; ``lr = base_lr * batch_size / 256``. Several base learning rates are trained at once as
-parallel heads fed the same batches (their BatchNorm, having no parameters, is shared exactly), and
-the head with the best val top-1 is reported; every head's result is kept.
+parallel heads fed the same batches (their BatchNorm, having no parameters, is shared exactly).
+
+The learning rate is chosen on a held-out, class-balanced 10% of the train split; the chosen one is
+retrained on the whole train split and val is evaluated once (:mod:`sslvit.eval.selection`).
+Choosing on val, as the sweeps of MAE and DINO report, is ``selection="val"``, labelled optimistic.
 
 Two ways to feed the heads:
 - :func:`linear_probe`: cached features of the deterministic eval transform, no augmentation
   (seconds on a CPU once the features exist);
-- :func:`linear_probe_protocol`: RandomResizedCrop + horizontal flip through the frozen backbone
-  every epoch, as the papers do.
+- :func:`sslvit.eval.linear_protocol.linear_probe_protocol`: RandomResizedCrop + horizontal flip
+  through the frozen backbone every epoch, as the papers do.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Subset
-from torchvision import transforms as T
 
 from sslvit.errors import ConfigError
-from sslvit.eval.features import Features, dataset_targets, encode, feature_dim
+from sslvit.eval.features import Features
 from sslvit.eval.knn import topk_accuracy
+from sslvit.eval.selection import LinearProbeResult, Selection, choose_and_report
 from sslvit.optim import WarmupCosine
 
 OptimizerName = Literal["lars", "sgd"]
@@ -94,34 +95,6 @@ class HeadwiseSGD:
 
     def zero_grad(self) -> None:
         self.weight.grad = self.bias.grad = None
-
-
-@dataclass
-class LinearProbeResult:
-    """Val accuracy (percent) of the head with the best top-1, and every head's result."""
-
-    per_lr: dict[float, dict[str, float]]
-    lr: float
-    settings: dict[str, Any]
-    seconds: float
-
-    @property
-    def top1(self) -> float:
-        return self.per_lr[self.lr]["top1"]
-
-    @property
-    def top5(self) -> float:
-        return self.per_lr[self.lr]["top5"]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "top1": self.top1,
-            "top5": self.top5,
-            "base_lr": self.lr,
-            **self.settings,
-            "per_lr": {f"{lr:g}": v for lr, v in sorted(self.per_lr.items())},
-            "seconds": self.seconds,
-        }
 
 
 class ProbeTrainer:
@@ -196,18 +169,12 @@ def _threads_for(device: torch.device | str, macs_per_step: int) -> Iterator[Non
             torch.set_num_threads(previous)
 
 
-def _finish(trainer: ProbeTrainer, val: Features, settings: dict[str, Any], start: float) -> LinearProbeResult:
-    per_lr = trainer.evaluate(val)
-    best = max(per_lr, key=lambda lr: (per_lr[lr]["top1"], -lr))  # ties: the smaller learning rate
-    return LinearProbeResult(per_lr, best, settings, time.perf_counter() - start)
-
-
-def _check(epochs: int, batch_size: int) -> None:
+def check_probe_settings(epochs: int, batch_size: int) -> None:
     if epochs < 1 or batch_size < 2:
         raise ConfigError(f"epochs ({epochs}) must be >= 1 and batch_size ({batch_size}) >= 2 (BatchNorm)")
 
 
-def _num_classes(*label_sets: torch.Tensor) -> int:
+def num_classes_of(*label_sets: torch.Tensor) -> int:
     return int(max(int(labels.max()) for labels in label_sets if len(labels))) + 1
 
 
@@ -222,95 +189,42 @@ def linear_probe(
     momentum: float = 0.9,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    selection: Selection = "held_out",
+    held_out_fraction: float = 0.1,
 ) -> LinearProbeResult:
     """Fast path: train heads on cached features [N, D] (shuffled each epoch, no augmentation).
 
     ``base_lrs`` default to ``DEFAULT_BASE_LRS[optimizer]``; each is scaled by ``batch_size / 256``.
+    ``selection``/``held_out_fraction``: how the learning rate is chosen (:func:`choose_and_report`).
     """
-    _check(epochs, batch_size)
+    check_probe_settings(epochs, batch_size)
     base_lrs = base_lrs or DEFAULT_BASE_LRS.get(optimizer, ())
     start = time.perf_counter()
-    steps_per_epoch = -(-len(train) // batch_size)
-    trainer = ProbeTrainer(
-        train.dim, _num_classes(train.labels, val.labels), base_lrs, batch_size, epochs * steps_per_epoch,
-        int(round(warmup_epochs * steps_per_epoch)), optimizer, momentum, device, seed,
-    )  # fmt: skip
-    features, labels = train.features.to(device), train.labels.to(device)
-    generator = torch.Generator().manual_seed(seed)
-    with _threads_for(device, batch_size * train.dim * len(base_lrs) * trainer.heads.weight.shape[1]):
-        for _ in range(epochs):
-            order = torch.randperm(len(train), generator=generator).to(device)
-            for batch in order.split(batch_size):
-                if len(batch) > 1:  # BatchNorm needs two samples
-                    trainer.train_step(features[batch], labels[batch])
-    settings = dict(
+    num_classes = num_classes_of(train.labels, val.labels)
+
+    def train_heads(positions, test, lrs):
+        data = train if positions is None else train.subset(positions)
+        steps_per_epoch = -(-len(data) // batch_size)
+        trainer = ProbeTrainer(
+            data.dim, num_classes, lrs, batch_size, epochs * steps_per_epoch,
+            int(round(warmup_epochs * steps_per_epoch)), optimizer, momentum, device, seed,
+        )  # fmt: skip
+        features, labels = data.features.to(device), data.labels.to(device)
+        generator = torch.Generator().manual_seed(seed)
+        with _threads_for(device, batch_size * data.dim * len(lrs) * num_classes):
+            for _ in range(epochs):
+                order = torch.randperm(len(data), generator=generator).to(device)
+                for batch in order.split(batch_size):
+                    if len(batch) > 1:  # BatchNorm needs two samples
+                        trainer.train_step(features[batch], labels[batch])
+        return trainer.evaluate(test)
+
+    result = choose_and_report(
+        train_heads, train.subset, train.labels, val, base_lrs, selection, held_out_fraction, seed
+    )
+    result.settings = dict(
         path="cached", optimizer=optimizer, epochs=epochs, batch_size=batch_size, warmup_epochs=warmup_epochs,
         momentum=momentum, base_lrs=list(base_lrs), num_train=len(train), num_val=len(val), feature_dim=train.dim,
     )  # fmt: skip
-    return _finish(trainer, val, settings, start)
-
-
-def probe_transform(image_size: int, mean: Sequence[float], std: Sequence[float], crop_scale=(0.08, 1.0)) -> Callable:
-    """The protocol's training augmentation: RandomResizedCrop (bicubic) + horizontal flip, normalized."""
-    return T.Compose(
-        [
-            T.RandomResizedCrop(image_size, scale=tuple(crop_scale), interpolation=T.InterpolationMode.BICUBIC),
-            T.RandomHorizontalFlip(),
-            T.ToTensor(),
-            T.Normalize(mean, std),
-        ]
-    )
-
-
-def linear_probe_protocol(
-    backbone: nn.Module,
-    datamodule: Any,
-    val: Features,
-    pooling: str = "cls",
-    base_lrs: Sequence[float] | None = None,
-    epochs: int = 90,
-    batch_size: int = 256,
-    warmup_epochs: float = 10,
-    optimizer: OptimizerName = "lars",
-    momentum: float = 0.9,
-    crop_scale: Sequence[float] = (0.08, 1.0),
-    seed: int = 0,
-    device: torch.device | str = "cpu",
-    progress: Callable[[int, float], None] | None = None,
-    indices: Sequence[int] | None = None,
-) -> LinearProbeResult:
-    """Protocol path: augmented images of the ``train`` split through the frozen backbone every epoch.
-
-    ``val`` holds the val features (eval transform, e.g. from the cache); ``progress(epoch, seconds)``
-    is called after each epoch; ``indices`` restricts training to those train images.
-    """
-    _check(epochs, batch_size)
-    base_lrs = base_lrs or DEFAULT_BASE_LRS.get(optimizer, ())
-    start = time.perf_counter()
-    transform = probe_transform(datamodule.image_size, datamodule.mean, datamodule.std, crop_scale)
-    dataset = datamodule.build_dataset("train", transform)
-    targets = torch.tensor(dataset_targets(dataset))
-    if indices is not None:
-        dataset, targets = Subset(dataset, list(indices)), targets[list(indices)]
-    loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=True, num_workers=datamodule.num_workers,
-        generator=torch.Generator().manual_seed(seed), persistent_workers=datamodule.num_workers > 0,
-        pin_memory=torch.device(device).type == "cuda",
-    )  # fmt: skip
-    num_classes = _num_classes(val.labels, targets)
-    trainer = ProbeTrainer(
-        feature_dim(backbone, pooling), num_classes, base_lrs, batch_size, epochs * len(loader),
-        int(round(warmup_epochs * len(loader))), optimizer, momentum, device, seed,
-    )  # fmt: skip
-    for epoch in range(epochs):
-        for images, labels in loader:
-            if len(labels) > 1:
-                trainer.train_step(encode(backbone, images.to(device, non_blocking=True), pooling), labels)
-        if progress is not None:
-            progress(epoch, time.perf_counter() - start)
-    settings = dict(
-        path="protocol", optimizer=optimizer, epochs=epochs, batch_size=batch_size, warmup_epochs=warmup_epochs,
-        momentum=momentum, base_lrs=list(base_lrs), crop_scale=list(crop_scale), num_train=len(dataset),
-        num_val=len(val), feature_dim=val.dim,
-    )  # fmt: skip
-    return _finish(trainer, val, settings, start)
+    result.seconds = time.perf_counter() - start
+    return result

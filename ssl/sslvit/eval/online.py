@@ -12,7 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from sslvit.data.datasets import class_balanced_subset
 from sslvit.errors import ConfigError
-from sslvit.eval.features import dataset_features, dataset_targets, last_blocks
+from sslvit.eval.features import dataset_features, dataset_targets, feature_dim
 from sslvit.eval.knn import KNNClassifier
 from sslvit.nn.backbone import VisionTransformer
 
@@ -32,7 +32,8 @@ class OnlineKNN(Callback):
         train_subset: images of the labelled train split in the bank (class-balanced, fixed seed);
             None uses all of them.
         k: neighbours that vote (DINO: 20); temperature: T of the vote weights exp(sim / T).
-        pooling: ``cls``, ``mean`` or ``cls_last<n>``.
+        pooling: ``cls``, ``mean``, ``cls_last<n>``, or ``native``: the method's own feature
+            (:meth:`~sslvit.methods.base.SSLMethod.native_features`, e.g. CPC's patch-grid mean).
         batch_size: images per forward pass (default: the data module's batch size).
         compare_random_init: at the last evaluation, also classify with a random initialisation of the
             same architecture (seeded by ``seed``; the global RNG is untouched), log it as
@@ -70,7 +71,7 @@ class OnlineKNN(Callback):
         backbone = getattr(pl_module, "backbone", None)
         if backbone is None:
             raise ConfigError(f"OnlineKNN needs pl_module.backbone; {type(pl_module).__name__} has none")
-        last_blocks(self.pooling, len(backbone.blocks))  # a bad pooling fails before training starts
+        feature_dim(self._model(pl_module), self.pooling)  # a bad pooling fails before training starts
         bank = self._bank(datamodule)
         if len(bank) < self.knn.k:
             raise ConfigError(f"OnlineKNN: the labelled train split has {len(bank)} images, fewer than k={self.knn.k}")
@@ -85,8 +86,13 @@ class OnlineKNN(Callback):
                 self._bank_indices = list(range(len(targets)))
         return self._bank_indices
 
+    def _model(self, pl_module: L.LightningModule) -> Any:
+        """What is encoded: the method itself for its native features, else its backbone."""
+        return pl_module if self.pooling == "native" else pl_module.backbone
+
     def evaluate(self, backbone: Any, datamodule: Any) -> dict[str, float]:
-        """kNN accuracy (percent) of the backbone as it is now: ``{"top1", "top5", "seconds"}``."""
+        """kNN accuracy (percent) of the backbone (or, for ``native``, the method) as it is now:
+        ``{"top1", "top5", "seconds"}``."""
         start = time.perf_counter()
         device = next(backbone.parameters()).device
         size = self.batch_size or datamodule.batch_size
@@ -105,20 +111,33 @@ class OnlineKNN(Callback):
         )
         if trainer.sanity_checking or (epoch % self.every_n_epochs and not last):
             return
-        metrics = self.evaluate(pl_module.backbone, trainer.datamodule)
+        metrics = self.evaluate(self._model(pl_module), trainer.datamodule)
         self.history.append({"epoch": epoch, "step": trainer.global_step, **metrics})
         # Every rank holds the same value (features are gathered); sync_dist averages identical
         # numbers, which keeps Lightning from warning about epoch-level metrics under DDP.
         pl_module.log("knn/top1", metrics["top1"], prog_bar=True, on_epoch=True, sync_dist=True)
         pl_module.log("knn/top5", metrics["top5"], on_epoch=True, sync_dist=True)
         if last and self.compare_random_init:
-            baseline = self.evaluate(self.random_init_like(pl_module.backbone), trainer.datamodule)["top1"]
+            baseline = self.evaluate_random_init(pl_module, trainer.datamodule)["top1"]
             pl_module.log("knn/random_init_top1", baseline, on_epoch=True, sync_dist=True)
             rank_zero_info(
                 f"kNN top-1 ({self.pooling} features, k = {self.knn.k}) after {trainer.global_step} steps: "
                 f"{metrics['top1']:.2f}%; a random initialisation of the same architecture: {baseline:.2f}% "
                 f"({metrics['top1'] - baseline:+.2f} points)"
             )
+
+    def evaluate_random_init(self, pl_module: L.LightningModule, datamodule: Any) -> dict[str, float]:
+        """:meth:`evaluate` with a random initialisation of the backbone in its place (for ``native``, inside
+        the method for the duration of the call, so the method's own feature is read from random weights)."""
+        trained = pl_module.backbone
+        random_backbone = self.random_init_like(trained).eval()
+        if self.pooling != "native":
+            return self.evaluate(random_backbone, datamodule)
+        pl_module.backbone = random_backbone
+        try:
+            return self.evaluate(pl_module, datamodule)
+        finally:
+            pl_module.backbone = trained
 
     def random_init_like(self, backbone: VisionTransformer) -> VisionTransformer:
         """A freshly initialised backbone of ``backbone``'s architecture, on its device, from ``seed`` alone."""

@@ -9,7 +9,7 @@ to use the labels, and so shares the optimizer, schedule, NaN guard and exact re
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import lightning as L
 import torch
@@ -83,6 +83,18 @@ class SSLMethod(L.LightningModule):
         :func:`sslvit.seeding.keyed_rand`, so they are reproducible and independent of batching.
         """
         raise NotImplementedError
+
+    #: the backbone pooling that is this method's own evaluation feature (``--features native``)
+    native_pooling: ClassVar[str] = "cls"
+
+    def native_features(self, images: torch.Tensor) -> torch.Tensor:
+        """images [N, C, H, W] -> the features this method is evaluated with by default [N, native_feature_dim]:
+        the backbone's ``native_pooling``; a method whose encoder sees something else overrides this (CPC)."""
+        return self.backbone(images, pooling=self.native_pooling)
+
+    @property
+    def native_feature_dim(self) -> int:
+        return self.backbone.embed_dim
 
     @property
     def input_size(self) -> int:

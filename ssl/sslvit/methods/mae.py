@@ -6,12 +6,17 @@ D encoder width, Dd decoder width.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import torch
 from timm.layers import LayerNorm
 from torch import nn
 
+from sslvit.checkpoints.io import safe_load
 from sslvit.checkpoints.official import load_official_mae
-from sslvit.errors import ConfigError
+from sslvit.checkpoints.outside import read_outside_weights, unwrap_state_dict
+from sslvit.errors import CheckpointError, ConfigError
 from sslvit.methods.base import SSLMethod
 from sslvit.nn.backbone import ViTConfig
 from sslvit.nn.losses import masked_mse, normalize_patches
@@ -34,6 +39,8 @@ class MAE(SSLMethod):
             with or without decoder) loaded before training; any key or shape mismatch is an error.
         **kwargs: optimizer settings of :class:`~sslvit.methods.base.SSLMethod`.
     """
+
+    native_pooling = "cls"  # MAE's linear probe reads the CLS token, which its encoder always carries
 
     def __init__(
         self,
@@ -76,6 +83,38 @@ class MAE(SSLMethod):
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
+
+    @classmethod
+    def from_official(
+        cls, path: str | Path, decoder_num_heads: int | None = None, norm_pix_loss: bool = True
+    ) -> tuple[MAE, dict[str, Any]]:
+        """Encoder and decoder of an official facebookresearch/mae ``.pth`` with its decoder (eval mode, CPU).
+
+        Every size comes from the weights' shapes except the decoder's heads, which no tensor records:
+        ``decoder_num_heads`` defaults to one per 32 channels (the official 512-wide decoder has 16).
+        ``norm_pix_loss``: whether the weights were trained on per-patch normalized pixels (the released
+        pretraining weights were; the demo's "visualize" weights were not). Returns the model and
+        ``{"image_size", "mean", "std", ...}`` for the data.
+        """
+        raw = safe_load(path)
+        source = f"official MAE checkpoint {path}"
+        config, _, info = read_outside_weights(raw, source)
+        state, _ = unwrap_state_dict(raw, source)
+        if not info["has_decoder"]:
+            raise CheckpointError(
+                f"{path} holds the MAE encoder only: reconstructions need the decoder (decoder_embed, "
+                "decoder_blocks, decoder_pred); its features work with every evaluation tool"
+            )
+        width = state["decoder_embed.weight"].shape[0]
+        model = cls(
+            backbone=config,
+            decoder_embed_dim=width,
+            decoder_depth=1 + max(int(k.split(".")[1]) for k in state if k.startswith("decoder_blocks.")),
+            decoder_num_heads=decoder_num_heads or max(1, width // 32),
+            norm_pix_loss=norm_pix_loss,
+        )
+        load_official_mae(model, path, state)
+        return model.eval(), {**info, "method": "official MAE", "global_step": None}
 
     def setup(self, stage: str) -> None:
         # Here rather than in __init__: runs before a resumed checkpoint is restored, so resuming

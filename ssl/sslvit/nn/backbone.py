@@ -2,7 +2,8 @@
 
 Built from timm's layers with timm's parameter names (``patch_embed.proj``, ``cls_token``,
 ``pos_embed``, ``blocks.N.attn.qkv``, ``norm``), so a state dict moves into
-``timm.create_model("vit_*", **config.timm_kwargs())`` and back. Positions are fixed 2-D sin-cos.
+``timm.create_model("vit_*", **config.timm_kwargs())`` and back. Positions are fixed 2-D sin-cos, or
+a learned table (``pos_embed="learned"``) for weights trained that way elsewhere (timm, DINO).
 
 Three ways in, one trunk:
 - :meth:`VisionTransformer.forward_features` encodes all patches;
@@ -18,7 +19,7 @@ from typing import Any, Literal
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import LayerNorm, PatchEmbed
+from timm.layers import LayerNorm, PatchEmbed, resample_abs_pos_embed
 from timm.models.vision_transformer import Block
 from torch.utils.checkpoint import checkpoint
 
@@ -43,6 +44,7 @@ TIMM_ARCH = {
     "vit_huge": "vit_huge_patch14_224",
 }
 Pooling = Literal["cls", "mean"]
+PosEmbed = Literal["sincos", "learned"]
 
 
 @dataclass
@@ -58,6 +60,8 @@ class ViTConfig:
         drop_path_rate: stochastic depth, rising linearly to this value over the blocks.
         layer_scale_init: initial value of LayerScale (e.g. 0.1 for BEiT); None disables it.
         grad_checkpointing: recompute block activations in the backward pass to save memory.
+        pos_embed: ``sincos`` (fixed, regenerated exactly for other grids; MAE) or ``learned`` (a
+            trained table, as in timm's and DINO's ViTs: a parameter, resized bicubically for other grids).
     """
 
     arch: str = "vit_base"
@@ -72,10 +76,13 @@ class ViTConfig:
     drop_path_rate: float = 0.0
     layer_scale_init: float | None = None
     grad_checkpointing: bool = False
+    pos_embed: PosEmbed = "sincos"
 
     def __post_init__(self) -> None:
         if self.arch not in PRESETS:
             raise ConfigError(f"backbone.arch={self.arch!r} is unknown; choose one of {sorted(PRESETS)}")
+        if self.pos_embed not in ("sincos", "learned"):
+            raise ConfigError(f"backbone.pos_embed={self.pos_embed!r} is unknown; choose 'sincos' or 'learned'")
         for key in ("img_size", "patch_size", "in_chans"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"backbone.{key} must be positive, got {getattr(self, key)}")
@@ -162,9 +169,12 @@ class VisionTransformer(nn.Module):
         self.patch_embed = PatchEmbed(config.img_size, config.patch_size, config.in_chans, dim, strict_img_size=False)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         # Fixed positions: a buffer, so the optimizer never sees it; persistent, so the state
-        # dict carries it under timm's name.
-        pos = sincos_pos_embed_2d(dim, config.grid_size, cls_token=True)
-        self.register_buffer("pos_embed", pos.unsqueeze(0), persistent=True)
+        # dict carries it under timm's name. Learned positions: a parameter under the same name.
+        pos = sincos_pos_embed_2d(dim, config.grid_size, cls_token=True).unsqueeze(0)
+        if config.pos_embed == "learned":
+            self.pos_embed = nn.Parameter(nn.init.trunc_normal_(torch.empty_like(pos), std=0.02))  # timm's init
+        else:
+            self.register_buffer("pos_embed", pos, persistent=True)
         rates = torch.linspace(0, config.drop_path_rate, depth).tolist()
         self.blocks = nn.ModuleList(
             Block(
@@ -213,9 +223,13 @@ class VisionTransformer(nn.Module):
         return h // p, w // p
 
     def position_table(self, grid: tuple[int, int]) -> torch.Tensor:
-        """[1, 1 + H*W, D] fixed positions for a grid; regenerated exactly for a new grid size."""
-        if grid == (self.config.grid_size, self.config.grid_size):
+        """[1, 1 + H*W, D] positions for a grid: sin-cos regenerated exactly for a new grid size, a
+        learned table resized as timm resizes it (bicubic, antialiased), so features stay timm's."""
+        native = self.config.grid_size
+        if grid == (native, native):
             return self.pos_embed
+        if self.config.pos_embed == "learned":
+            return resample_abs_pos_embed(self.pos_embed, new_size=list(grid), old_size=[native, native])
         pos = sincos_pos_embed_2d(self.embed_dim, grid, cls_token=True)
         return pos.to(self.pos_embed).unsqueeze(0)
 

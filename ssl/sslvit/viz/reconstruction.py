@@ -25,6 +25,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from matplotlib.figure import Figure
 
+from sslvit.checkpoints.io import safe_load
+from sslvit.checkpoints.loading import is_sslvit_checkpoint
 from sslvit.constants import IMAGENET_MEAN, IMAGENET_STD
 from sslvit.data import SSLDataModule
 from sslvit.errors import CheckpointError, ConfigError
@@ -45,14 +47,21 @@ STATS_NOTES = {
 }
 
 
-def load_mae(path: str | Path) -> tuple[MAE, dict[str, Any]]:
-    """A full MAE (encoder and decoder) from a Lightning checkpoint, in eval mode on the CPU.
+def load_mae(
+    path: str | Path, decoder_num_heads: int | None = None, norm_pix_loss: bool = True
+) -> tuple[MAE, dict[str, Any]]:
+    """A full MAE (encoder and decoder) in eval mode on the CPU, from an sslvit Lightning checkpoint or an
+    official facebookresearch/mae ``.pth`` with its decoder (``decoder_num_heads`` and ``norm_pix_loss``
+    describe the latter: see :meth:`sslvit.methods.MAE.from_official`).
 
     Returns the model and ``{"image_size", "mean", "std", "eval_crop_fraction", ...}`` for the data;
     the image size is the model's, since the decoder's positions are fixed to its grid.
     """
     try:
-        model, info = load_method(path, expected=MAE)
+        if Path(path).is_file() and not is_sslvit_checkpoint(safe_load(path)):
+            model, info = MAE.from_official(path, decoder_num_heads, norm_pix_loss)
+        else:
+            model, info = load_method(path, expected=MAE)
     except CheckpointError as err:
         raise ConfigError(
             f"{err}: reconstructions need an MAE checkpoint with its decoder "

@@ -49,7 +49,7 @@ def test_unknown_architecture_is_a_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="hyper_parameters have no 'backbone'"):
         load_backbone(tmp_path / "x.ckpt")
     torch.save({"weights": torch.zeros(2)}, tmp_path / "plain.pth")
-    with pytest.raises(CheckpointError, match="not a Lightning checkpoint"):
+    with pytest.raises(CheckpointError, match="matches none of the formats sslvit reads"):
         load_backbone(tmp_path / "plain.pth")
     with pytest.raises(FileNotFoundError):
         load_backbone(tmp_path / "missing.ckpt")

@@ -8,9 +8,20 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.utils.data import DataLoader, TensorDataset
 
+from conftest import write_image_folder
 from sslvit.data import SSLDataModule
 from sslvit.errors import ConfigError
-from sslvit.eval.features import FeatureCache, dataset_features, encode, extract_features, feature_dim
+from sslvit.eval.features import (
+    FeatureCache,
+    dataset_features,
+    encode,
+    extract_features,
+    feature_dim,
+    feature_key,
+    resolve_precision,
+)
+from sslvit.methods import MAE, BEiT
+from sslvit.methods.beit import CodebookConfig
 from sslvit.nn.backbone import VisionTransformer, ViTConfig
 
 
@@ -19,10 +30,10 @@ def test_poolings_match_the_backbone(tiny_vit):
     images = torch.randn(3, 3, 16, 16)
     with torch.no_grad():
         tokens = backbone.forward_features(images)
-    assert torch.equal(encode(backbone, images, "cls"), tokens[:, 0])
-    assert torch.allclose(encode(backbone, images, "mean"), tokens[:, 1:].mean(1))
-    assert torch.allclose(encode(backbone, images, "cls_last1"), tokens[:, 0], atol=1e-6)
-    last2 = encode(backbone, images, "cls_last2")
+    assert torch.equal(encode(backbone, images, "cls", "fp32"), tokens[:, 0])
+    assert torch.allclose(encode(backbone, images, "mean", "fp32"), tokens[:, 1:].mean(1))
+    assert torch.allclose(encode(backbone, images, "cls_last1", "fp32"), tokens[:, 0], atol=1e-6)
+    last2 = encode(backbone, images, "cls_last2", "fp32")
     assert last2.shape == (3, 2 * 64) == (3, feature_dim(backbone, "cls_last2"))
     assert torch.allclose(last2[:, 64:], tokens[:, 0], atol=1e-6), "the last block's CLS comes last"
     for bad in ("avg", "cls_last0", "cls_last3"):
@@ -42,9 +53,9 @@ def test_eval_mode_is_enforced_and_restored(tiny_vit):
         assert not torch.allclose(backbone(images), reference), "train mode must be stochastic for this test"
     backbone.blocks[1].eval()  # a mixed state must come back exactly as it was
     modes = [m.training for m in backbone.modules()]
-    assert torch.equal(encode(backbone, images), reference)
+    assert torch.equal(encode(backbone, images, precision="fp32"), reference)
     loader = DataLoader(TensorDataset(images, torch.arange(4)), batch_size=3)
-    assert torch.equal(extract_features(backbone, loader).features, reference)
+    assert torch.equal(extract_features(backbone, loader, precision="fp32").features, reference)
     assert [m.training for m in backbone.modules()] == modes
     assert encode(backbone, images).requires_grad is False
 
@@ -79,6 +90,33 @@ def test_cache_reuses_features_and_keys_what_matters(tiny_vit, image_folder, tmp
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 5
 
 
+def test_two_image_folders_never_share_a_cache_entry(tiny_vit, tmp_path):
+    """Regression: the caller's tag ({"dataset": "imagefolder", ...}) replaced the dataset's description
+    in the key, so a second ImageFolder evaluated with the same weights got the first one's features."""
+    backbone = VisionTransformer(tiny_vit).eval()
+    small = write_image_folder(tmp_path / "small", classes=3, per_class=4, seed=0)
+    large = write_image_folder(tmp_path / "large", classes=2, per_class=9, seed=1)
+    cache = FeatureCache(tmp_path / "cache")
+    modules = [
+        SSLDataModule(dataset="imagefolder", root=str(root), image_size=16, batch_size=8, num_workers=0)
+        for root in (small, large)
+    ]
+    first = dataset_features(backbone, modules[0], "train", cache=cache)
+    second = dataset_features(backbone, modules[1], "train", cache=cache)
+    uncached = dataset_features(backbone, modules[1], "train")
+    assert (len(first), len(second)) == (12, 18) and not second.from_cache
+    assert torch.equal(second.features, uncached.features) and torch.equal(second.labels, uncached.labels)
+    # The tag is kept apart: it cannot replace what identifies the content.
+    key = feature_key(backbone, modules[1].eval_dataloader("train").dataset, "cls", torch.device("cpu"),
+                      tag={"dataset": "imagefolder", "weights": "x", "pooling": "mean"})  # fmt: skip
+    assert key["dataset"]["size"] == 18 and key["pooling"] == "cls" and key["weights"] != "x"
+    assert key["tag"] == {"dataset": "imagefolder", "weights": "x", "pooling": "mean"}
+    # What cannot be identified (tensors in memory: no root, no listing) is never cached.
+    loader = DataLoader(TensorDataset(torch.randn(4, 3, 16, 16), torch.arange(4)), batch_size=2)
+    assert not extract_features(backbone, loader, cache=cache).from_cache
+    assert not extract_features(backbone, loader, cache=cache).from_cache
+
+
 def test_extraction_leaves_the_global_rng_alone(tiny_vit):
     backbone = VisionTransformer(tiny_vit)
     loader = DataLoader(TensorDataset(torch.randn(6, 3, 16, 16), torch.arange(6)), batch_size=4)
@@ -97,7 +135,7 @@ def _extract_on_rank(rank: int, world: int, init_file: str, out_dir: str) -> Non
         backbone = VisionTransformer(TINY)
         images = torch.randn(11, 3, 16, 16, generator=torch.Generator().manual_seed(1))
         loader = DataLoader(TensorDataset(images, torch.arange(11)), batch_size=4)
-        result = extract_features(backbone, loader)
+        result = extract_features(backbone, loader, precision="fp32")
         torch.save({"features": result.features, "labels": result.labels}, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -108,8 +146,52 @@ def test_two_processes_extract_shards_and_gather_in_dataset_order(tmp_path):
     torch.manual_seed(0)
     backbone = VisionTransformer(TINY)
     images = torch.randn(11, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-    single = extract_features(backbone, DataLoader(TensorDataset(images, torch.arange(11)), batch_size=4))
+    loader = DataLoader(TensorDataset(images, torch.arange(11)), batch_size=4)
+    single = extract_features(backbone, loader, precision="fp32")
     for rank in range(2):
         gathered = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         assert torch.equal(gathered["labels"], torch.arange(11)), "dataset order, each image once (11 = 5 + 6)"
         assert torch.allclose(gathered["features"], single.features, atol=1e-5)
+
+
+def test_each_method_names_its_native_feature(tiny_vit):
+    images = torch.randn(2, 3, 16, 16)
+    mae = MAE(backbone=tiny_vit, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+    beit = BEiT(backbone=tiny_vit, codebook=CodebookConfig(vocab_size=8))
+    assert torch.equal(encode(mae, images, "native"), encode(mae.backbone, images, "cls"))
+    assert torch.equal(encode(beit, images, "native"), encode(beit.backbone, images, "mean")), (
+        "nothing trains BEiT's CLS"
+    )
+    assert feature_dim(mae, "native") == 64 and mae.training, "the method's mode is restored"
+    with pytest.raises(ConfigError, match="pooling='native' needs a method"):
+        encode(mae.backbone, images, "native")
+
+
+def test_progress_bar_shows_images_per_second(tiny_vit, capsys):
+    backbone = VisionTransformer(tiny_vit)
+    loader = DataLoader(TensorDataset(torch.randn(10, 3, 16, 16), torch.arange(10)), batch_size=4)
+    silent = extract_features(backbone, loader)
+    assert capsys.readouterr().err == "", "no bar unless asked (online kNN runs inside Lightning's own)"
+    shown = extract_features(backbone, loader, progress="train features")
+    err = capsys.readouterr().err
+    assert "train features" in err and "10/10" in err and "img/s" in err
+    assert torch.equal(shown.features, silent.features)
+
+
+def test_precision_auto_follows_the_hardware_and_keys_the_cache(tiny_vit, image_folder, monkeypatch, tmp_path):
+    backbone = VisionTransformer(tiny_vit).eval()
+    images = torch.randn(4, 3, 16, 16)
+    exact, bf16 = encode(backbone, images, precision="fp32"), encode(backbone, images, precision="bf16")
+    assert bf16.dtype == torch.float32 and not torch.equal(exact, bf16)
+    assert torch.nn.functional.cosine_similarity(exact, bf16).min() > 0.999
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert resolve_precision("auto", "cpu") == "fp32", "no bf16 matrix units: bf16 would be slow"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert resolve_precision("auto", "cpu") == "bf16" and resolve_precision("fp32", "cpu") == "fp32"
+    with pytest.raises(ConfigError, match="precision='fp16' is unknown"):
+        resolve_precision("fp16", "cpu")
+    data = SSLDataModule(dataset="imagefolder", root=str(image_folder), image_size=16, num_workers=0)
+    cache = FeatureCache(tmp_path / "cache")
+    dataset_features(backbone, data, "val", cache=cache, precision="fp32")
+    assert dataset_features(backbone, data, "val", cache=cache, precision="bf16").from_cache is False
+    assert dataset_features(backbone, data, "val", cache=cache, precision="auto").from_cache, "auto is bf16 here"

@@ -87,6 +87,15 @@ def test_ivf_reports_recall_against_exact_search():
     assert everything.recall == 1.0 and everything.per_k == exact.per_k
 
 
+def test_faiss_leaves_torchs_thread_count_alone():
+    """Faiss and torch share the OpenMP runtime: a thread count left behind changed training after online kNN."""
+    threads = torch.get_num_threads()
+    bank, bank_labels = clusters(500, classes=5, dim=8, spread=1.0)
+    for index in ("flat", "ivf"):
+        KNNClassifier(index=index, threads=threads + 1).fit(bank, bank_labels).evaluate(bank[:50], bank_labels[:50])
+        assert torch.get_num_threads() == threads
+
+
 def test_bad_settings_are_clear_errors():
     bank, bank_labels = clusters(50)
     with pytest.raises(ConfigError, match=r"k=200 is larger than the bank of 50 training features"):

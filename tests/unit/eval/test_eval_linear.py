@@ -1,12 +1,15 @@
 """Linear probe: accuracy on separable and on random labels, parallel heads, LARS, the protocol path."""
 
+import math
+
 import pytest
 import torch
 
 from sslvit.data import SSLDataModule
 from sslvit.errors import ConfigError
 from sslvit.eval.features import Features, dataset_features
-from sslvit.eval.linear import HeadwiseSGD, ProbeTrainer, linear_probe, linear_probe_protocol
+from sslvit.eval.linear import HeadwiseSGD, ProbeTrainer, linear_probe
+from sslvit.eval.linear_protocol import linear_probe_protocol
 from sslvit.nn.backbone import VisionTransformer
 
 
@@ -25,8 +28,25 @@ def test_separable_features_are_learned(optimizer):
     train, val = gaussian_classes(2000), gaussian_classes(500, seed=1)
     result = linear_probe(train, val, epochs=20, batch_size=256, warmup_epochs=2, optimizer=optimizer)
     assert result.top1 > 95 and result.top5 >= result.top1
-    assert len(result.per_lr) == 6 and result.lr in result.per_lr
-    assert result.top1 == max(r["top1"] for r in result.per_lr.values()), "the best head on val is reported"
+    assert len(result.per_lr) == 6 and result.lr in result.per_lr and result.selection == "held_out"
+    held = sum(math.ceil(0.1 * int(n)) for n in train.labels.bincount())  # a tenth of each class, rounded up
+    assert result.held_out["num_images"] == held and result.held_out["top1"] == result.per_lr[result.lr]["top1"]
+
+
+def test_the_learning_rate_is_chosen_without_looking_at_val():
+    train, val = gaussian_classes(1000, seed=4), gaussian_classes(300, seed=5)
+    noise = Features(val.features, torch.randint(0, 10, (300,), generator=torch.Generator().manual_seed(6)))
+    settings = dict(epochs=5, batch_size=128, warmup_epochs=1, base_lrs=[0.01, 0.3, 10.0, 1000.0])
+    honest, on_noise = linear_probe(train, val, **settings), linear_probe(train, noise, **settings)
+    assert honest.lr == on_noise.lr and honest.per_lr == on_noise.per_lr, "val labels must not change the choice"
+    assert honest.top1 > 90 > on_noise.top1
+    # What is reported: the chosen learning rate retrained on the whole train split, val evaluated once.
+    alone = linear_probe(train, val, **{**settings, "base_lrs": [honest.lr]})
+    assert alone.selection == "single" and (alone.top1, alone.top5) == (honest.top1, honest.top5)
+    # The old rule, kept for comparisons with papers: the best head on val, said to be optimistic.
+    optimistic = linear_probe(train, val, **settings, selection="val")
+    assert optimistic.top1 == max(r["top1"] for r in optimistic.per_lr.values())
+    assert optimistic.to_dict()["per_lr_on"] == "val" and "optimistic" in optimistic.note
 
 
 def test_random_labels_stay_near_chance():
@@ -90,7 +110,9 @@ def test_protocol_path_trains_through_the_frozen_backbone(tiny_vit, image_folder
         backbone, data, val, epochs=3, batch_size=8, warmup_epochs=1, base_lrs=[1.0, 10.0],
         progress=lambda epoch, seconds: epochs.append(epoch),
     )  # fmt: skip
-    assert epochs == [0, 1, 2] and result.settings["path"] == "protocol" and result.settings["num_train"] == 24
+    assert epochs == [0, 1, 2, 3, 4, 5], "3 epochs for the choice on held-out images, 3 to retrain the chosen one"
+    assert result.settings["path"] == "protocol" and result.settings["num_train"] == 24
+    assert result.held_out["num_images"] == 3, "one of each class's 8 images"
     assert set(result.per_lr) == {1.0, 10.0} and 0 <= result.top1 <= result.top5 <= 100
     assert backbone.training, "the caller's mode is restored"
     assert all(torch.equal(v, backbone.state_dict()[k]) for k, v in weights.items()), "the backbone stays frozen"

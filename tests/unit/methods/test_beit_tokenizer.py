@@ -77,6 +77,10 @@ def test_save_and_load_give_identical_codes(tmp_path, patterns):
     assert loaded.settings() == tokenizer.settings() and loaded.info == {"fit": {"seed": 0}}
     meta = json.loads((tmp_path / "tok" / "tokenizer.json").read_text())
     assert meta["vocab_size"] == 16 and meta["patch_size"] == P and meta["color_weight"] == 0.25
+    # Information about the fit never replaces a setting the codebook is rebuilt from.
+    tokenizer.info = {"fit": {"seed": 0}, "vocab_size": 999, "color_weight": 9.0}
+    tokenizer.save(tmp_path / "tok2")
+    assert load_tokenizer(tmp_path / "tok2").settings() == tokenizer.settings()
 
 
 def test_loading_a_missing_or_foreign_directory_is_a_clear_error(tmp_path):

@@ -47,6 +47,10 @@ class BEiT(SSLMethod):
         **kwargs: further optimizer settings of :class:`~sslvit.methods.base.SSLMethod` (``lr``, ``min_lr``, ...).
     """
 
+    # BEiT's objective reads the patch tokens only; nothing trains the CLS token (the paper probes and
+    # fine-tunes on the mean of the patch tokens).
+    native_pooling = "mean"
+
     def __init__(
         self,
         backbone: ViTConfig | None = None,

@@ -200,7 +200,9 @@ class KMeansTokenizer(VisualTokenizer):
         tensors = {"centroids": self.centroids, "patch_centroids": self.patch_centroids}
         tensors = {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
         save_file(tensors, str(directory / CODEBOOK_FILE))
-        meta = {**self.settings(), **self.info}
+        # The settings describe the codebook and are what load_tokenizer rebuilds it from: info is
+        # added around them and never replaces one of them.
+        meta = {**self.info, **self.settings()}
         (directory / TOKENIZER_JSON).write_text(json.dumps(meta, indent=2) + "\n")
         return directory
 

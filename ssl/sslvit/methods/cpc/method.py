@@ -163,6 +163,14 @@ class CPC(SSLMethod):
         """Image features [N, D]: the mean of the un-augmented patch latents over the grid."""
         return self.encode_patches(images).mean(dim=(1, 2))
 
+    # The encoder is trained on single patches, so its own image feature is the mean of the patch-grid
+    # latents, each formed as in training; a whole image through the backbone is a different input.
+    native_pooling = "patch_grid"
+
+    def native_features(self, images: torch.Tensor) -> torch.Tensor:
+        """images [N, C, S, S] -> [N, D]: :meth:`grid_features`, the latents as training formed them."""
+        return self.grid_features(images)
+
     def contexts(self, z: torch.Tensor, direction: Direction = "top_down") -> torch.Tensor:
         """Latents z [N, G, G, D] -> contexts [N, G, G, Dc] in the grid turned by ``orient(., direction)``."""
         return self.context[direction](orient(z, direction))
