@@ -21,9 +21,14 @@ install: $(INSTALLED)
 test: install
 	$(PY) -m pytest
 
+# Ends with the kNN of the trained encoder against an untrained one, then what to try next on the run it made.
 quickstart: install
-	$(VENV)/bin/sslvit fit --config configs/mae/quickstart.yaml \
-		--trainer.default_root_dir runs/quickstart-$$(date +%Y%m%d-%H%M%S)
+	@run=runs/quickstart-$$(date +%Y%m%d-%H%M%S) && \
+	$(VENV)/bin/sslvit fit --config configs/mae/quickstart.yaml --trainer.default_root_dir $$run && \
+	echo && echo "Next, on the run you just made ($$run):" && \
+	echo "  $(VENV)/bin/python tools/visualize_mae.py --checkpoint $$run/checkpoints/last.ckpt --output $$run/recon.png" && \
+	echo "  $(VENV)/bin/python tools/knn_eval.py --checkpoint $$run/checkpoints/last.ckpt --random-init" && \
+	echo "  $(VENV)/bin/python tools/plot_metrics.py $$run --output $$run/curves.png"
 
 lint: install
 	$(PY) -m ruff check ssl tools benchmarks tests
