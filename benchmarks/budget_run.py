@@ -3,13 +3,15 @@
     python benchmarks/budget_run.py --config configs/mae/cifar10_vit_tiny.yaml --data-root ../shared/data/cifar10 \\
         --minutes 10 --train-images 10000 --run-dir runs/budget-mae-cifar10 --output budget.json
 
-1. a short probe run measures the training throughput of the config on this machine, data loading included;
-2. ``max_steps`` is set so that the cosine schedule ends with the budget (``max_time`` stops training at
-   the budget in any case), with ``--warmup-steps`` of linear warmup;
-3. ``sslvit fit`` trains on a class-balanced subset of ``--train-images`` images;
-4. ``tools/knn_eval.py`` evaluates the final checkpoint (CLS token, k = 20, T = 0.07, bank = the whole
-   labelled train split, queries = val).
-Extra ``sslvit fit`` settings go after ``--``.
+1. ``sslvit fit`` trains on a class-balanced subset of ``--train-images`` images with
+   ``sslvit.cli.TimeBudget``: the warmup + cosine schedule follows the clock (progress = elapsed /
+   budget, warmup the first ``--warmup-fraction``), so every method spends the same wall time whatever
+   its speed, start-up, tokenizer fitting or a busy machine (no throughput probe to get wrong);
+2. ``tools/knn_eval.py`` evaluates the final checkpoint and a random initialisation of the same
+   architecture (the method's native features, k = 20, T = 0.07, bank = the whole labelled train
+   split, queries = val), as a user would run it.
+Extra ``sslvit fit`` settings go after ``--``. ``benchmarks/results.py`` is the full table (linear probe,
+fine-tuning, the official MAE code); this is the quick single-method version.
 """
 
 from __future__ import annotations
@@ -18,26 +20,13 @@ import argparse
 import json
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-import lightning as L
-
-from sslvit.cli import run_cli
+from sslvit.cli import TimeBudget, run_cli
 from sslvit.cli.parser import ToolParser
+from sslvit.errors import one_line_errors
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-class StepClock(L.Callback):
-    """Wall-clock times at the end of every training step."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-
-    def on_train_batch_end(self, *args) -> None:
-        self.times.append(time.perf_counter())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,77 +35,50 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-root", required=True, help="an ImageFolder root with train/ and val/")
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--train-images", type=int, default=10000, help="class-balanced pretraining subset")
-    parser.add_argument("--warmup-steps", type=int, default=100)
-    parser.add_argument("--probe-steps", type=int, default=25, help="steps of the throughput probe")
+    parser.add_argument("--warmup-fraction", type=float, default=0.05, help="part of the budget spent warming up")
     parser.add_argument("--run-dir", required=True)
     parser.add_argument("--output", help="write the results as JSON here")
     parser.add_argument("fit_args", nargs="*", help="extra `sslvit fit` settings, after --")
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+def knn(checkpoint: Path, data_root: str, output: Path, *extra: str) -> dict:
+    command = [sys.executable, str(REPO / "tools" / "knn_eval.py"), "--checkpoint", str(checkpoint),
+               "--data-root", data_root, "--output", str(output), *extra]  # fmt: skip
+    subprocess.run(command, check=True)
+    return json.loads(output.read_text())
 
-    data = [
-        "--data.dataset",
-        "imagefolder",
-        "--data.root",
-        args.data_root,
-        "--data.train_subset",
-        str(args.train_images),
-    ]
-    common = [*data, "--trainer.callbacks", "[]", "--trainer.check_val_every_n_epoch", "1000", *args.fit_args]
-    # 1. throughput probe, the first steps (start-up, first batches) left out
-    clock = StepClock()
-    with tempfile.TemporaryDirectory() as probe_dir:
-        probe_args = ["--trainer.max_steps", str(args.probe_steps), "--trainer.max_epochs", "-1"]
-        probe = run_cli(["fit", "--config", args.config, "--trainer.default_root_dir", probe_dir, *common, *probe_args],
-                        callbacks=[clock])  # fmt: skip
-    batch = probe.datamodule.batch_size
-    skip = min(5, len(clock.times) - 2)
-    seconds_per_step = (clock.times[-1] - clock.times[skip]) / (len(clock.times) - 1 - skip)
-    budget_s = args.minutes * 60
-    steps = int(budget_s / seconds_per_step)
-    print(f"probe: {batch / seconds_per_step:.1f} images/s -> {steps} steps in {args.minutes:g} minutes")
 
-    # 2-3. the budget run
-    clock = StepClock()
+def main(argv: list[str] | None = None) -> dict:
+    parser = build_parser()
+    args = parser.parse_args(argv)
     run_dir = Path(args.run_dir)
-    minutes, seconds = divmod(int(budget_s), 60)
-    budget = [
-        "--trainer.max_steps", str(steps), "--trainer.max_epochs", "-1",
-        "--trainer.max_time", f"00:00:{minutes:02d}:{seconds:02d}",
-        "--model.init_args.warmup_steps", str(args.warmup_steps),
+    budget = TimeBudget(minutes=args.minutes, warmup_fraction=args.warmup_fraction)
+    fit_args = [
+        "fit", "--config", args.config, "--trainer.default_root_dir", str(run_dir),
+        "--data.dataset", "imagefolder", "--data.root", args.data_root, "--data.train_subset", str(args.train_images),
+        "--trainer.callbacks", "[]", "--trainer.limit_val_batches", "0",
+        "--trainer.max_epochs", "-1", "--trainer.max_steps", "-1", *args.fit_args,
     ]  # fmt: skip
-    fit_args = ["fit", "--config", args.config, "--trainer.default_root_dir", str(run_dir), *common, *budget]
-    cli = run_cli(fit_args, callbacks=[clock])
-    trained_s = clock.times[-1] - clock.times[0]
-    done = cli.trainer.global_step
-    print(f"trained {done} steps ({done * batch} images) in {trained_s / 60:.1f} minutes")
+    with one_line_errors(parser.prog):
+        cli = run_cli(fit_args, callbacks=[budget])
+    batch, steps = cli.datamodule.batch_size, cli.trainer.global_step
+    print(f"trained {steps} steps ({steps * batch} images) in {budget.elapsed / 60:.1f} minutes")
 
-    # 4. kNN on the final weights, with the user's command
-    knn_json = run_dir / "knn.json"
-    knn_command = [
-        sys.executable,
-        str(REPO / "tools" / "knn_eval.py"),
-        "--checkpoint",
-        str(run_dir / "checkpoints" / "last.ckpt"),
-        "--data-root",
-        args.data_root,
-        "--output",
-        str(knn_json),
-    ]
-    subprocess.run(knn_command, check=True)
-    knn = json.loads(knn_json.read_text())
+    last = run_dir / "checkpoints" / "last.ckpt"
+    trained = knn(last, args.data_root, run_dir / "knn.json")
+    random_init = knn(last, args.data_root, run_dir / "knn-random.json", "--random-init")
     result = {
         "config": args.config, "minutes": args.minutes, "train_images": args.train_images, "batch_size": batch,
-        "probe_images_per_s": batch / seconds_per_step, "planned_steps": steps, "steps": done,
-        "images_per_s": done * batch / trained_s, "final_loss": float(cli.trainer.callback_metrics["train/loss"]),
-        "knn_top1": knn["top1"], "knn_top5": knn["top5"], "fit_args": args.fit_args,
+        "steps": steps, "images_seen": steps * batch, "seconds": budget.elapsed,
+        "images_per_s": steps * batch / budget.elapsed, "final_loss": float(cli.trainer.callback_metrics["train/loss"]),
+        "features": trained.get("features"), "knn_top1": trained["top1"], "knn_top5": trained["top5"],
+        "random_init_knn_top1": random_init["top1"], "fit_args": args.fit_args,
     }  # fmt: skip
-    print(json.dumps(result, indent=2))
+    print(f"kNN top-1 on val: {trained['top1']:.2f}% after {args.minutes:g} minutes; random init {random_init['top1']:.2f}%")
     if args.output:
         Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+    return result
 
 
 if __name__ == "__main__":

@@ -49,7 +49,8 @@ class SSLCLI(LightningCLI):
         )
 
     def run_dir(self) -> Path:
-        return Path(self.config[self.subcommand].trainer.default_root_dir)
+        config = self.config if self.subcommand is None else self.config[self.subcommand]  # run=False: no subcommand
+        return Path(config.trainer.default_root_dir)
 
     def _parse_ckpt_path(self) -> None:
         # Lightning would replace the configured model by the checkpoint's hyper-parameters (another
