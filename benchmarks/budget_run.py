@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> dict:
         "features": trained.get("features"), "knn_top1": trained["top1"], "knn_top5": trained["top5"],
         "random_init_knn_top1": random_init["top1"], "fit_args": args.fit_args,
     }  # fmt: skip
-    print(f"kNN top-1 on val: {trained['top1']:.2f}% after {args.minutes:g} minutes; random init {random_init['top1']:.2f}%")
+    trained_top1, random_top1 = trained["top1"], random_init["top1"]
+    print(f"kNN top-1 on val after {args.minutes:g} minutes: {trained_top1:.2f}%; random init {random_top1:.2f}%")
     if args.output:
         Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
     return result
