@@ -4,12 +4,16 @@
         [--device cpu|cuda] [--compile [model|blocks]] [--precision 32|bf16-mixed] [--loader] [--reference-mae PATH]
         [--levers] [--profile ROWS] [--json out.json]
         [-- <extra sslvit fit settings, e.g. --model.init_args.mask_ratio=0.6>]
+    python benchmarks/train_step.py --config configs/mae/cifar10_vit_tiny.yaml \
+        --config "configs/beit/cifar10_vit_tiny.yaml --model.init_args.tokenizer=runs/tokenizer-cifar10"
 
 A step is forward, backward and the optimizer update on synthetic images already on the device
 (``--loader`` measures the data pipeline alone). Every measured variant runs in its own process
 (settings such as the allocator are per process); the processes take turns, one step each, so all
 of them see the same machine load, and each reports the median over ``--steps`` steps after
-``--warmup`` steps.
+``--warmup`` steps. ``--config`` given several times measures several configs side by side the same
+way (one variant each; settings quoted after a config's path apply to it alone, those after ``--``
+to all), e.g. BEiT's GFLOP/s against MAE's in one run.
 
 ``--reference-mae PATH`` adds facebookresearch/mae's ``MaskedAutoencoderViT`` from a checkout of that
 repository (not part of sslvit), built with the same sizes and weights and run as its training
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -80,7 +85,8 @@ def count_cpu_attention() -> None:
 
 
 # ---- worker: one variant in its own process ------------------------------------------------
-def build_worker(args: argparse.Namespace, variant: dict[str, Any]):
+def build_worker(args: argparse.Namespace, variant: dict[str, Any], count_flops: bool = True):
+    """(one training step, device sync, facts about the model) for ``variant`` of ``args.config[0]``."""
     import torch
 
     from sslvit.cli import run_cli
@@ -89,19 +95,20 @@ def build_worker(args: argparse.Namespace, variant: dict[str, Any]):
 
     if variant.get("malloc"):
         tune_cpu_allocator()
-    overrides = [*args.overrides, "--trainer.logger", "false"]
+    config, *own_overrides = shlex.split(args.config[0])
+    overrides = [*own_overrides, *args.overrides, "--trainer.logger", "false"]
     if args.batch_size:
         overrides.append(f"--data.batch_size={args.batch_size}")
     if variant.get("compile"):
         overrides.append(f"--model.init_args.compile={variant['compile']}")
-    cli = run_cli(["--config", args.config, *overrides], run=False)
+    cli = run_cli(["--config", config, *overrides], run=False)
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = cli.model.to(device).train()
     batch, size = cli.datamodule.batch_size, model.input_size
     images, keys = torch.randn(batch, 3, size, size, device=device), random_keys(batch)
     labels = torch.arange(batch, device=device) % model.hparams.get("num_classes", 1)  # for fine-tuning
-    info: dict[str, Any] = {"batch_size": batch, "image_size": size, "method": type(model).__name__}
+    info: dict[str, Any] = {"batch_size": batch, "image_size": size, "method": type(model).__name__, "config": config}
     official_step = None
     if variant["kind"] == "reference" and info["method"] == "FineTune":
         from reference_finetune import OfficialFineTune  # benchmarks/reference_finetune.py
@@ -139,13 +146,14 @@ def build_worker(args: argparse.Namespace, variant: dict[str, Any]):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    from torch.utils.flop_counter import FlopCounterMode
+    if count_flops:
+        from torch.utils.flop_counter import FlopCounterMode
 
-    count_cpu_attention()
-    with FlopCounterMode(display=False) as counter, torch.autocast(**autocast):
-        loss_fn().backward()
-    optimizer.zero_grad(set_to_none=True)
-    info["flops_per_image"] = counter.get_total_flops() / batch
+        count_cpu_attention()
+        with FlopCounterMode(display=False) as counter, torch.autocast(**autocast):
+            loss_fn().backward()
+        optimizer.zero_grad(set_to_none=True)
+        info["flops_per_image"] = counter.get_total_flops() / batch
     # Compile only now: a first call under the FLOP counter's dispatch mode can leave dynamo running it eagerly.
     model.configure_model()
     sync = device_sync(device)
@@ -259,8 +267,11 @@ def loader_throughput(args: argparse.Namespace) -> dict[str, Any]:
 
     from sslvit.cli import run_cli
 
-    overrides = [*args.overrides] + ([f"--data.batch_size={args.batch_size}"] if args.batch_size else [])
-    datamodule = run_cli(["--config", args.config, "--trainer.logger", "false", *overrides], run=False).datamodule
+    config, *own_overrides = shlex.split(args.config[0])
+    overrides = [*own_overrides, *args.overrides] + (
+        [f"--data.batch_size={args.batch_size}"] if args.batch_size else []
+    )
+    datamodule = run_cli(["--config", config, "--trainer.logger", "false", *overrides], run=False).datamodule
     datamodule.setup("fit")
     device = torch.device(args.device)
     sync = device_sync(device)
@@ -288,7 +299,8 @@ def loader_throughput(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ToolParser(__file__, description=__doc__)
-    parser.add_argument("--config", required=True)
+    parser.add_argument("--config", required=True, action="append", metavar="'CONFIG [SETTING ...]'",
+                        help="a method config, with settings for it alone; several run side by side")  # fmt: skip
     parser.add_argument("--batch-size", type=int, help="default: the config's data.batch_size")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
@@ -317,26 +329,31 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
         return run_worker(args)
+    if len(args.config) > 1 and (args.loader or args.levers or args.reference_mae):
+        raise SystemExit("--loader, --levers and --reference-mae measure one --config")
     if args.loader:
-        result = {"config": args.config, **loader_throughput(args)}
+        result = {"config": args.config[0], **loader_throughput(args)}
         print(json.dumps(result, indent=2))
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
         return
 
-    argv = ["--config", args.config, "--steps", str(args.steps), "--warmup", str(args.warmup), "--device",
-            args.device, "--precision", args.precision, "--profile", str(args.profile)]  # fmt: skip
+    argv = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device,
+            "--precision", args.precision, "--profile", str(args.profile)]  # fmt: skip
     if args.batch_size:
         argv += ["--batch-size", str(args.batch_size)]
     if args.reference_mae:
         argv += ["--reference-mae", args.reference_mae]
     argv += ["--", *args.overrides]
-    variants = [("sslvit", {**SSLVIT, "compile": args.compile or False})]
+    sslvit = {**SSLVIT, "compile": args.compile or False}
+    variants = [("sslvit", args.config[0], sslvit)]
+    if len(args.config) > 1:
+        variants = [(config_name(config), config, sslvit) for config in args.config]
     if args.levers:
-        variants = [(name, {**SSLVIT, **change}) for name, change in LEVERS]
+        variants = [(name, args.config[0], {**SSLVIT, **change}) for name, change in LEVERS]
     if args.reference_mae:
-        variants.insert(0, ("facebookresearch/mae", {"kind": "reference", "malloc": False}))
-    workers = [Worker(name, variant, argv) for name, variant in variants]
+        variants.insert(0, ("facebookresearch/mae", args.config[0], {"kind": "reference", "malloc": False}))
+    workers = [Worker(name, variant, ["--config", config, *argv]) for name, config, variant in variants]
     for _ in range(args.steps):  # round robin: every variant sees the same machine load
         for worker in workers:
             worker.step()
@@ -345,33 +362,44 @@ def main(argv: list[str] | None = None) -> None:
     report(args, workers)
 
 
+def config_name(config: str) -> str:
+    """A variant's name: 'configs/cpc/cifar10_vit_tiny.yaml --model.init_args.x=1' -> 'cpc/cifar10_vit_tiny x=1'."""
+    path, *settings = shlex.split(config)
+    settings = [s.removeprefix("--").removeprefix("model.init_args.") for s in settings]
+    return " ".join([f"{Path(path).parent.name}/{Path(path).stem}", *settings])
+
+
 def report(args: argparse.Namespace, workers: list[Worker]) -> None:
     info = workers[-1].info
-    batch, flops = info["batch_size"], info["flops_per_image"]
     peak = args.peak_tflops
     if peak is None and args.device.startswith("cuda"):
         import torch
 
         peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in torch.cuda.get_device_name()), None)
-    result: dict[str, Any] = {"config": args.config, "method": info["method"], "device": args.device,
-                              "batch_size": batch, "image_size": info["image_size"], "precision": args.precision,
-                              "gflop_per_image": flops / 1e9, "rows": {}}  # fmt: skip
-    baseline = workers[0].name
-    print(f"{'variant':<24}{'images/s':>10}{'ms/step':>10}{'GFLOP/s':>10}{'vs ' + baseline[:18]:>22}"
-          + (f"{'MFU':>8}" if peak else ""))  # fmt: skip
+    result: dict[str, Any] = {"config": info["config"], "method": info["method"], "device": args.device,
+                              "batch_size": info["batch_size"], "image_size": info["image_size"],
+                              "precision": args.precision, "gflop_per_image": info["flops_per_image"] / 1e9,
+                              "rows": {}}  # fmt: skip
+    baseline, width = workers[0].name, max(24, *(len(w.name) + 2 for w in workers))
+    print(f"{'variant':<{width}}{'images/s':>10}{'ms/step':>10}{'GFLOP/s':>10}{'images/s vs ' + baseline[:18]:>32}"
+          f"{'GFLOP/s vs first':>18}" + (f"{'MFU':>8}" if peak else ""))  # fmt: skip
     for worker in workers:
-        median = statistics.median(worker.times)
+        median, batch = statistics.median(worker.times), worker.info["batch_size"]
         own_flops = worker.info["flops_per_image"]  # each variant's own count (sslvit embeds only kept patches)
-        row = {"images_per_s": batch / median, "ms_per_step": median * 1e3, "gflop_per_image": own_flops / 1e9,
+        row = {"config": worker.info["config"], "method": worker.info["method"], "batch_size": batch,
+               "images_per_s": batch / median, "ms_per_step": median * 1e3, "gflop_per_image": own_flops / 1e9,
                "gflops": own_flops * batch / median / 1e9}  # fmt: skip
-        row["speedup"] = statistics.median(workers[0].times) / median
+        first = result["rows"].get(baseline, row)
+        row["speedup"] = row["images_per_s"] / first["images_per_s"]
+        row["gflops_ratio"] = row["gflops"] / first["gflops"]
         if "compiled_graphs" in worker.info:
             row["compiled_graphs"] = worker.info["compiled_graphs"]
         if peak:
             row["mfu"] = row["gflops"] / (peak * 1e3)
         result["rows"][worker.name] = row
-        print(f"{worker.name:<24}{row['images_per_s']:>10.1f}{row['ms_per_step']:>10.1f}{row['gflops']:>10.1f}"
-              f"{row['speedup']:>21.2f}x" + (f"{row['mfu']:>8.1%}" if peak else ""))  # fmt: skip
+        print(f"{worker.name:<{width}}{row['images_per_s']:>10.1f}{row['ms_per_step']:>10.1f}{row['gflops']:>10.1f}"
+              f"{row['speedup']:>31.2f}x{row['gflops_ratio']:>17.2f}x"
+              + (f"{row['mfu']:>8.1%}" if peak else ""))  # fmt: skip
     if "loss_check" in workers[0].info:
         result["loss_check"] = workers[0].info["loss_check"]
         print(f"same weights and masks, loss: {result['loss_check']}")

@@ -1,5 +1,6 @@
-"""benchmarks/: train_step.py's FLOP count is the model's, its loader makes training batches, compiled variants
-really compile, and extraction.py compares the same features."""
+"""benchmarks/: train_step.py's FLOP count is the model's, configs side by side, its loader makes training batches,
+compiled variants really compile; step_memory.py: memory per image from fresh processes; extraction.py compares
+the same features."""
 
 import json
 import subprocess
@@ -12,10 +13,10 @@ from conftest import REPO, TINY_CONFIGS, load_script
 CONFIG = TINY_CONFIGS["mae"]
 
 
-def benchmark(tmp_path, *args: str) -> dict:
+def benchmark(tmp_path, *args: str, script: str = "train_step.py", configs: tuple[str, ...] = (CONFIG,)) -> dict:
     out = tmp_path / "bench.json"
-    command = [sys.executable, str(REPO / "benchmarks" / "train_step.py"), "--config", CONFIG, "--device", "cpu",
-               "--json", str(out), *args]  # fmt: skip
+    command = [sys.executable, str(REPO / "benchmarks" / script), *(f"--config={c}" for c in configs), "--device",
+               "cpu", "--json", str(out), *args]  # fmt: skip
     subprocess.run(command, check=True, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     return json.loads(out.read_text())
 
@@ -52,6 +53,30 @@ def test_step_flops_are_those_of_the_architecture(tmp_path):
     expected = mae_step_flops(width=32, depth=1, patches=16, kept=4, patch_values=48, dec_width=16, dec_depth=1)
     assert result["gflop_per_image"] * 1e9 == pytest.approx(expected, rel=1e-9)
     assert result["batch_size"] == 16 and result["method"] == "MAE" and result["rows"]["sslvit"]["images_per_s"] > 0
+
+
+def test_configs_side_by_side_each_with_its_own_settings(tmp_path):
+    cpc = f"{TINY_CONFIGS['cpc']} --data.batch_size=4"  # a setting for this config alone
+    result = benchmark(tmp_path, "--steps", "2", "--warmup", "1", configs=(CONFIG, cpc))
+    mae, cpc = result["rows"]["configs/mae_tiny"], result["rows"]["configs/cpc_tiny data.batch_size=4"]
+    assert (mae["method"], mae["batch_size"], cpc["method"], cpc["batch_size"]) == ("MAE", 16, "CPC", 4)
+    assert cpc["gflop_per_image"] > 10 * mae["gflop_per_image"]  # 49 patch sequences per image, 4 directions
+    for row in (mae, cpc):
+        assert row["gflops"] == pytest.approx(row["gflop_per_image"] * row["images_per_s"])
+    assert cpc["gflops_ratio"] == pytest.approx(cpc["gflops"] / mae["gflops"])
+    assert cpc["speedup"] == pytest.approx(cpc["images_per_s"] / mae["images_per_s"])
+
+
+def test_memory_per_image_is_the_slope_of_fresh_processes_peaks(tmp_path):
+    result = benchmark(tmp_path, "--batch-sizes", "2", "64", "--budget-gb", "4", script="step_memory.py",
+                       configs=(TINY_CONFIGS["cpc"],))  # fmt: skip
+    row = result["rows"]["configs/cpc_tiny"]
+    small, large = row["points"]
+    assert (small["batch_size"], large["batch_size"], small["method"]) == (2, 64, "CPC")
+    assert large["peak_bytes"] > small["peak_bytes"] > small["before_steps_bytes"] > 0  # a step's activations
+    assert row["bytes_per_image"] == pytest.approx((large["peak_bytes"] - small["peak_bytes"]) / 62)
+    assert row["fixed_bytes"] == pytest.approx(small["peak_bytes"] - 2 * row["bytes_per_image"])
+    assert row["batch_in_budget"] == int((4e9 - row["fixed_bytes"]) // row["bytes_per_image"])
 
 
 def test_loader_benchmark_makes_training_batches_on_the_device(tmp_path):

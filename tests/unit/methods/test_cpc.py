@@ -152,6 +152,76 @@ def test_input_size_is_the_whole_image_and_the_backbone_sees_patches():
     assert seen == [torch.Size([2 * 49, 1 + 4, 32])], "every patch is its own sequence of 2x2 tokens + CLS"
 
 
+def loss_and_gradients(model: CPC, images: torch.Tensor, keys: torch.Tensor) -> tuple[float, dict[str, torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    loss = model.compute_loss(images, keys)["loss"]
+    loss.backward()
+    return loss.item(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize(
+    "chunk,checkpointing,drop_path",
+    [
+        (40, False, 0.0),  # 2 x 49 = 98 patches: chunks of 40, 40 and 18
+        (1000, False, 0.0),  # one chunk, checkpointed as a whole
+        (30, True, 0.0),
+        (
+            None,
+            True,
+            0.2,
+        ),  # per-block checkpointing replays the drop-path draws; chunks would draw them in another order
+    ],
+)
+def test_chunked_and_checkpointed_encoding_give_the_same_loss_and_gradients(chunk, checkpointing, drop_path):
+    backbone = PATCH_VIT.to_dict() | {"depth": 2, "drop_path_rate": drop_path}
+    directions = ["top_down", "left_right"]
+    reference = tiny_cpc(backbone=backbone, directions=directions).train()
+    model = tiny_cpc(
+        backbone=backbone | {"grad_checkpointing": checkpointing}, directions=directions, patches_per_chunk=chunk
+    ).train()
+    model.load_state_dict(reference.state_dict())
+    images, keys = torch.randn(2, 3, 16, 16), torch.tensor([3, 4])
+    torch.manual_seed(5)
+    expected_loss, expected = loss_and_gradients(reference, images, keys)
+    torch.manual_seed(5)
+    loss, gradients = loss_and_gradients(model, images, keys)
+    assert loss == pytest.approx(expected_loss, rel=1e-5)
+    assert gradients.keys() == expected.keys()
+    for name, grad in gradients.items():
+        torch.testing.assert_close(grad, expected[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def saved_activation_bytes(model: CPC, images: torch.Tensor) -> int:
+    """Bytes of the tensors autograd keeps for the backward pass of the patch encoder (outside checkpoints)."""
+    total = 0
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model.encode_patches(images, augment_keys=torch.arange(len(images)))
+    return total
+
+
+def test_chunking_and_backbone_checkpointing_really_store_fewer_activations():
+    backbone = PATCH_VIT.to_dict() | {"depth": 4}
+    plain = tiny_cpc(backbone=backbone).train()
+    images = torch.randn(8, 3, 16, 16)  # 392 patch sequences
+    stored = saved_activation_bytes(plain, images)
+    per_block = saved_activation_bytes(tiny_cpc(backbone=backbone | {"grad_checkpointing": True}).train(), images)
+    chunked = saved_activation_bytes(tiny_cpc(backbone=backbone, patches_per_chunk=49).train(), images)
+    # per-block checkpointing keeps each block's input; chunking keeps only the patches' pixels and latents
+    assert per_block < 0.5 * stored
+    assert chunked < 0.5 * per_block
+    # what chunking keeps grows with the batch like the context network and the loss, not like the backbone
+    assert (
+        saved_activation_bytes(tiny_cpc(backbone=backbone | {"depth": 8}, patches_per_chunk=49).train(), images)
+        == chunked
+    )
+
+
 @pytest.mark.parametrize(
     "kwargs,message",
     [
@@ -162,6 +232,7 @@ def test_input_size_is_the_whole_image_and_the_backbone_sees_patches():
         (dict(temperature=0.0), "model.temperature must be positive"),
         (dict(channel_drop_prob=1.5), "model.channel_drop_prob must be a probability"),
         (dict(image_size=15), "model.image_size=15 minus the patch side backbone.img_size=4"),
+        (dict(patches_per_chunk=0), "model.patches_per_chunk must be a positive number"),
     ],
 )
 def test_bad_settings_name_the_key(kwargs, message):

@@ -16,6 +16,7 @@ from typing import Literal
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from sslvit.distributed import gather_with_grad
 from sslvit.errors import ConfigError
@@ -55,6 +56,12 @@ class CPC(SSLMethod):
         normalize: score by cosine similarity instead; the default temperature is then 0.1.
         channel_drop_prob, hflip_prob: CPC v2 patch augmentation during training, drawn per patch
             (see :func:`sslvit.methods.cpc.patch_grid.augment_patches`).
+        patches_per_chunk: encode the N*G*G patches this many at a time and, when gradients are
+            needed, recompute each chunk's backbone activations in the backward pass instead of
+            storing them (activation checkpointing of the whole patch encoder, one chunk at a time):
+            activation memory is then that of one chunk, plus each patch's pixels and latent, at the
+            cost of a second forward pass of the backbone. Loss and gradients are those of
+            ``null`` (one pass over all patches, everything stored) up to float rounding.
         **kwargs: optimizer settings of :class:`~sslvit.methods.base.SSLMethod`.
     """
 
@@ -74,6 +81,7 @@ class CPC(SSLMethod):
         normalize: bool = False,
         channel_drop_prob: float = 0.5,
         hflip_prob: float = 0.5,
+        patches_per_chunk: int | None = None,
         **kwargs,
     ) -> None:
         config = ViTConfig.from_dict(backbone) if backbone is not None else ViTConfig(img_size=8, patch_size=4)
@@ -87,6 +95,10 @@ class CPC(SSLMethod):
         for key, value in (("channel_drop_prob", channel_drop_prob), ("hflip_prob", hflip_prob)):
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"model.{key} must be a probability in [0, 1], got {value}")
+        if patches_per_chunk is not None and patches_per_chunk < 1:
+            raise ConfigError(
+                f"model.patches_per_chunk must be a positive number of patches or null, got {patches_per_chunk}"
+            )
         super().__init__(backbone=config, **kwargs)
         dim = self.backbone.embed_dim
         context_dim = context_dim or dim
@@ -94,6 +106,7 @@ class CPC(SSLMethod):
         self.patch_pooling, self.normalize = patch_pooling, normalize
         self.temperature = temperature if temperature is not None else (0.1 if normalize else dim**0.5)
         self.channel_drop_prob, self.hflip_prob = channel_drop_prob, hflip_prob
+        self.patches_per_chunk = patches_per_chunk
         self.context = nn.ModuleDict(
             {d: CausalContext(dim, context_dim, context_depth, context_heads, grid.size) for d in directions}
         )
@@ -153,7 +166,21 @@ class CPC(SSLMethod):
         if augment_keys is not None:
             draws = keyed_rand(augment_keys, g * g, 3, salt=PATCH_AUGMENT_SALT, device=images.device)  # [N, G*G, 3]
             flat = augment_patches(flat, self.channel_drop_prob, self.hflip_prob, draws.view(n * g * g, 3))
-        return self.backbone(flat, pooling=self.patch_pooling).view(n, g, g, -1)
+        return self.encode_flat_patches(flat).view(n, g, g, -1)
+
+    def encode_flat_patches(self, patches: torch.Tensor) -> torch.Tensor:
+        """patches [M, C, P, P] -> latents [M, D], ``patches_per_chunk`` at a time (all at once when null).
+
+        With gradients, each chunk runs under activation checkpointing: its forward keeps only its
+        input and its latents, and the backward pass recomputes one chunk's activations at a time.
+        """
+        chunk = self.patches_per_chunk
+        if chunk is None:
+            return self.backbone(patches, pooling=self.patch_pooling)
+        encode = lambda x: self.backbone(x, pooling=self.patch_pooling)  # noqa: E731
+        if not torch.is_grad_enabled():
+            return torch.cat([encode(part) for part in patches.split(chunk)])
+        return torch.cat([checkpoint(encode, part, use_reentrant=False) for part in patches.split(chunk)])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Patch latents z [N, G, G, D] of un-augmented images."""
