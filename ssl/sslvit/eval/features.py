@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,8 +165,12 @@ class FeatureCache:
         path = self.path(key)
         if not path.is_file():
             return None
-        stored = torch.load(path, map_location="cpu", weights_only=True)
-        if stored.get("key") != json.dumps(key, sort_keys=True):
+        try:
+            stored = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # a damaged entry (disk full, a copy cut short) is a miss, re-encoded and replaced
+            warnings.warn(f"feature cache entry {path} cannot be read ({type(err).__name__}); encoding again")
+            return None
+        if not isinstance(stored, dict) or stored.get("key") != json.dumps(key, sort_keys=True):
             return None
         return Features(stored["features"], stored["labels"], from_cache=True)
 
@@ -174,8 +179,12 @@ class FeatureCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(f".{os.getpid()}.tmp")
         record = {"key": json.dumps(key, sort_keys=True), "features": features.features, "labels": features.labels}
-        torch.save(record, partial)
-        os.replace(partial, path)  # atomic: a reader never sees half a file
+        try:
+            torch.save(record, partial)
+            os.replace(partial, path)  # atomic: a reader never sees half a file
+        except BaseException:  # Ctrl-C or a full disk mid-write: no partial file is left behind
+            partial.unlink(missing_ok=True)
+            raise
         return path
 
 

@@ -195,3 +195,30 @@ def test_precision_auto_follows_the_hardware_and_keys_the_cache(tiny_vit, image_
     dataset_features(backbone, data, "val", cache=cache, precision="fp32")
     assert dataset_features(backbone, data, "val", cache=cache, precision="bf16").from_cache is False
     assert dataset_features(backbone, data, "val", cache=cache, precision="auto").from_cache, "auto is bf16 here"
+
+
+def test_an_interrupted_cache_write_leaves_nothing_and_a_damaged_entry_is_a_miss(tiny_vit, image_folder, tmp_path,
+                                                                                 monkeypatch):  # fmt: skip
+    backbone = VisionTransformer(tiny_vit).eval()
+    data = SSLDataModule(dataset="imagefolder", root=str(image_folder), image_size=16, batch_size=8, num_workers=0)
+    cache = FeatureCache(tmp_path / "cache")
+    real_save = torch.save
+
+    def interrupted(obj, path, *args, **kwargs):  # half a file is written, then Ctrl-C
+        real_save(obj, path, *args, **kwargs)
+        with open(path, "r+b") as f:
+            f.truncate(100)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        dataset_features(backbone, data, "train", cache=cache)
+    assert not any(p.is_file() for p in (tmp_path / "cache").rglob("*")), "no partial file may remain"
+    monkeypatch.setattr(torch, "save", real_save)
+    first = dataset_features(backbone, data, "train", cache=cache)
+    (entry,) = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    entry.write_bytes(entry.read_bytes()[:100])  # a damaged entry: read as a miss, encoded again, replaced
+    with pytest.warns(UserWarning, match="cannot be read"):
+        again = dataset_features(backbone, data, "train", cache=cache)
+    assert not again.from_cache and torch.equal(again.features, first.features)
+    assert dataset_features(backbone, data, "train", cache=cache).from_cache
