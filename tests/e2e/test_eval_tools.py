@@ -67,6 +67,30 @@ def test_a_second_image_folder_is_never_served_the_first_ones_features(setup, tm
     assert second["per_k"] == fresh["per_k"]
 
 
+def test_the_tools_classify_the_checkpoints_own_features(setup, tmp_path):
+    """Colour classes are easy for any encoder, so accuracy cannot tell the wrong weights or pooling from
+    the right ones; the features can. They must be the checkpoint's CLS tokens of the eval images,
+    computed here without the tools, and unlike those of a random init or of mean pooling."""
+    from sslvit.data import SSLDataModule
+
+    cache = tmp_path / "cache"
+    for extra in ([], ["--random-init"]):
+        knn_eval.main(common(setup, tmp_path / "k.json", "--ks", "5", "--k", "5", "--precision", "fp32",
+                             "--cache-dir", str(cache), *extra))  # fmt: skip
+    stored = [torch.load(p, weights_only=True) for p in cache.rglob("*") if p.is_file()]
+    val = [entry["features"] for entry in stored if len(entry["labels"]) == 105]  # the trained and the random
+    model = MAE(**{k: v for k, v in torch.load(setup / "m.ckpt", weights_only=True)["hyper_parameters"].items()
+                   if not k.startswith("_")})  # fmt: skip
+    model.load_state_dict(torch.load(setup / "m.ckpt", weights_only=True)["state_dict"])
+    data = SSLDataModule(dataset="imagefolder", root=str(setup / "images"), image_size=16, num_workers=0)
+    images = torch.cat([x for x, _ in data.eval_dataloader("val", batch_size=105)])
+    with torch.no_grad():
+        expected, mean = model.backbone(images, pooling="cls"), model.backbone(images, pooling="mean")
+    distance = sorted((features - expected).abs().max().item() for features in val)
+    assert len(val) == 2 and distance[0] < 1e-5, "the tool encoded the checkpoint's CLS tokens"
+    assert distance[1] > 0.1 and (expected - mean).abs().max() > 0.1, "random init and mean pooling differ"
+
+
 def test_knn_tool_random_init_and_ivf(setup):
     trained = knn_eval.main(common(setup, setup / "t.json", "--ks", "5", "--k", "5"))
     random = knn_eval.main(common(setup, setup / "r.json", "--random-init", "--ks", "5", "--k", "5"))
