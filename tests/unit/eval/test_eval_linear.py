@@ -113,7 +113,10 @@ def test_protocol_path_trains_through_the_frozen_backbone(tiny_vit, image_folder
     assert epochs == [0, 1, 2, 3, 4, 5], "3 epochs for the choice on held-out images, 3 to retrain the chosen one"
     assert result.settings["path"] == "protocol" and result.settings["num_train"] == 24
     assert result.held_out["num_images"] == 3, "one of each class's 8 images"
-    assert set(result.per_lr) == {1.0, 10.0} and 0 <= result.top1 <= result.top5 <= 100
+    assert set(result.per_lr) == {1.0, 10.0}
+    # Three colour classes (chance 33%): augmented images through a random encoder still separate them, so a
+    # probe that trains on the wrong labels, images or order would be near chance (measured: 100%).
+    assert result.top1 >= 90 and result.top5 == 100
     assert backbone.training, "the caller's mode is restored"
     assert all(torch.equal(v, backbone.state_dict()[k]) for k, v in weights.items()), "the backbone stays frozen"
 
@@ -125,3 +128,24 @@ def test_the_same_seed_gives_the_same_probe():
     torch.manual_seed(2)  # the global RNG does not matter
     assert linear_probe(train, val, epochs=3, batch_size=64).per_lr == first.per_lr
     assert linear_probe(train, val, epochs=3, batch_size=64, seed=1).per_lr != first.per_lr
+
+
+@pytest.mark.parametrize("batch_size", [64, 512])
+def test_each_head_steps_by_its_base_lr_times_batch_over_256(batch_size):
+    """MAE's rule lr = base_lr * batch / 256, checked against a gradient computed here with plain autograd:
+    the first SGD step (empty momentum, no warmup) moves each head by exactly -lr * its own gradient."""
+    features, labels = torch.randn(batch_size, 8), torch.randint(0, 3, (batch_size,))
+    trainer = ProbeTrainer(8, 3, [0.5, 4.0], batch_size, total_steps=100, warmup_steps=0, optimizer="sgd")
+    heads = trainer.heads
+    weight, bias = heads.weight.detach().clone(), heads.bias.detach().clone()
+    grads = []
+    for h in range(2):  # each head's loss alone, through a copy of the heads' forward
+        w, b = weight[h].clone().requires_grad_(), bias[h].clone().requires_grad_()
+        normed = torch.nn.functional.batch_norm(features, None, None, training=True, eps=heads.norm.eps)
+        torch.nn.functional.cross_entropy(normed @ w.T + b, labels).backward()
+        grads.append((w.grad, b.grad))
+    trainer.train_step(features, labels)
+    for h, base_lr in enumerate([0.5, 4.0]):
+        lr = base_lr * batch_size / 256
+        torch.testing.assert_close(heads.weight[h].detach(), weight[h] - lr * grads[h][0], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(heads.bias[h].detach(), bias[h] - lr * grads[h][1], atol=1e-6, rtol=1e-5)
