@@ -154,6 +154,56 @@ def test_two_processes_extract_shards_and_gather_in_dataset_order(tmp_path):
         assert torch.allclose(gathered["features"], single.features, atol=1e-5)
 
 
+def _cached_extraction_on_rank(rank: int, world: int, init_file: str, folder: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        backbone = VisionTransformer(TINY).eval()
+        data = SSLDataModule(dataset="imagefolder", root=folder, image_size=16, batch_size=4, num_workers=0)
+        loader = data.eval_dataloader("train")
+        picked = [9, 2, 7, 0, 5]  # the online kNN's bank: a subset, in this order
+        subset = extract_features(backbone, loader, indices=picked, precision="fp32")
+        shared = FeatureCache(os.path.join(out_dir, "shared"))
+        first = extract_features(backbone, loader, cache=shared, precision="fp32")  # a miss on both ranks
+        dist.barrier()
+        second = extract_features(backbone, loader, cache=shared, precision="fp32")  # a hit on both
+        # A hit on one rank only (its own cache holds the entry, the other's does not): both encode.
+        own = FeatureCache(os.path.join(out_dir, f"own{rank}"))
+        if rank == 0:
+            own.save(feature_key(backbone, loader.dataset, "cls", torch.device("cpu"), precision="fp32"), first)
+        dist.barrier()
+        lopsided = extract_features(backbone, loader, cache=own, precision="fp32")
+        results = {"subset": subset, "first": first, "second": second, "lopsided": lopsided}
+        torch.save({name: (f.features, f.labels, f.from_cache) for name, f in results.items()},
+                   os.path.join(out_dir, f"rank{rank}.pt"))  # fmt: skip
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_agree_on_cache_hits_and_subsets(tmp_path):
+    """Features paired with the right labels under two processes: with ``indices``, and with a cache that
+    hits on both ranks, on one rank only (both must encode, or one would wait for the other forever), or
+    on neither (only rank 0 writes)."""
+    folder = write_image_folder(tmp_path / "images", classes=3, per_class=4)
+    mp.spawn(_cached_extraction_on_rank, args=(2, str(tmp_path / "init"), str(folder), str(tmp_path)), nprocs=2,
+             join=True)  # fmt: skip
+    torch.manual_seed(0)
+    backbone = VisionTransformer(TINY).eval()
+    data = SSLDataModule(dataset="imagefolder", root=str(folder), image_size=16, batch_size=4, num_workers=0)
+    single = extract_features(backbone, data.eval_dataloader("train"), precision="fp32")
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        features, labels, _ = got["subset"]
+        assert torch.equal(labels, single.labels[[9, 2, 7, 0, 5]])
+        torch.testing.assert_close(features, single.features[[9, 2, 7, 0, 5]], atol=1e-5, rtol=1e-5)
+        assert [got[name][2] for name in ("first", "second", "lopsided")] == [False, True, False]
+        for name in ("first", "second", "lopsided"):
+            assert torch.equal(got[name][1], single.labels), name
+            torch.testing.assert_close(got[name][0], single.features, atol=1e-5, rtol=1e-5)
+    assert len(list((tmp_path / "shared").iterdir())) == 1, "one entry, written once (by rank 0)"
+    assert not (tmp_path / "own1").exists() or not any((tmp_path / "own1").iterdir()), "rank 1 never writes"
+
+
 def test_each_method_names_its_native_feature(tiny_vit):
     images = torch.randn(2, 3, 16, 16)
     mae = MAE(backbone=tiny_vit, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
