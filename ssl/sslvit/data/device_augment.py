@@ -110,14 +110,24 @@ class ResidentIndices(Dataset):
         return i, self.targets[i]
 
 
+def stack_images(batch: list[tuple[torch.Tensor, int]]) -> torch.Tensor | list[torch.Tensor]:
+    """A loader batch of ``(image, label)`` as one tensor [B, C, H, W] (a list where sizes differ).
+
+    One tensor per batch crosses from a worker, not one per image: each tensor shared between processes
+    holds a file descriptor, and 45,000 of them exhaust the limit ("received 0 items of ancdata")."""
+    images = [image for image, _ in batch]
+    return torch.stack(images) if len({tuple(image.shape) for image in images}) == 1 else images
+
+
 def decode_all(dataset: Dataset, num_workers: int = 0) -> torch.Tensor:
     """Every image of a dataset of ``(uint8 image [C, H, W], label)`` as one tensor [N, C, H, W]."""
-    loader = DataLoader(dataset, batch_size=512, num_workers=num_workers, collate_fn=list)
-    images = [image for batch in loader for image, _ in batch]
-    sizes = {tuple(image.shape) for image in images}
+    loader = DataLoader(dataset, batch_size=512, num_workers=num_workers, collate_fn=stack_images)
+    chunks = list(loader)
+    sizes = {tuple(image.shape) for chunk in chunks if isinstance(chunk, list) for image in chunk}
+    sizes |= {tuple(chunk.shape[1:]) for chunk in chunks if isinstance(chunk, torch.Tensor)}
     if len(sizes) != 1:
         raise ConfigError(
             f"data.on_device needs images of one size, found {len(sizes)} sizes (e.g. {sorted(sizes)[:3]}); "
             "resize the dataset or set data.on_device: false"
         )
-    return torch.stack(images)
+    return torch.cat(chunks)

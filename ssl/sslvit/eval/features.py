@@ -168,7 +168,9 @@ class FeatureCache:
         try:
             stored = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # a damaged entry (disk full, a copy cut short) is a miss, re-encoded and replaced
-            warnings.warn(f"feature cache entry {path} cannot be read ({type(err).__name__}); encoding again")
+            warnings.warn(
+                f"feature cache entry {path} cannot be read ({type(err).__name__}); encoding again", stacklevel=2
+            )
             return None
         if not isinstance(stored, dict) or stored.get("key") != json.dumps(key, sort_keys=True):
             return None
