@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pytest
@@ -23,9 +24,20 @@ def fit(run_dir: Path, *extra: str) -> dict:
     return read_run(run_dir)
 
 
+# Online kNN every epoch and at the end (steps 4 and 6), a bank of 24 train digits, k = 5.
+KNN = ["--trainer.callbacks+=sslvit.eval.OnlineKNN", "--trainer.callbacks.init_args.every_n_epochs", "1",
+       "--trainer.callbacks.init_args.train_subset", "24", "--trainer.callbacks.init_args.k", "5"]  # fmt: skip
+
+
+def knn_rows(run_dir: Path) -> list[tuple[int, float]]:
+    """(step, knn/top1) of every online kNN evaluation in metrics.csv."""
+    with open(run_dir / "metrics.csv") as f:
+        return [(int(row["step"]), float(row["knn/top1"])) for row in csv.DictReader(f) if row.get("knn/top1")]
+
+
 def test_ddp_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
-    single = fit(tmp_path / "single", "--trainer.devices", "1", "--data.batch_size", "32")
-    ddp = fit(tmp_path / "ddp", "--trainer.devices", "2", "--trainer.strategy", "ddp", "--data.batch_size", "16")
+    single = fit(tmp_path / "single", "--trainer.devices", "1", "--data.batch_size", "32", *KNN)
+    ddp = fit(tmp_path / "ddp", "--trainer.devices", "2", "--trainer.strategy", "ddp", "--data.batch_size", "16", *KNN)
     assert ddp["ckpt"]["global_step"] == single["ckpt"]["global_step"] == 6
     # the learning rate follows the global batch: 1e-3 * (16 x 2 devices) / 256, as for 32 x 1
     assert len(single["losses"]) == len(ddp["losses"]) == 6
@@ -34,3 +46,7 @@ def test_ddp_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
     for key, value in single["ckpt"]["state_dict"].items():
         assert torch.allclose(ddp["ckpt"]["state_dict"][key], value, atol=2e-5), key
     assert ddp["ckpt"]["hyper_parameters"] == single["ckpt"]["hyper_parameters"]
+    # The online kNN: evaluated at the same steps, with the same accuracy (features gathered in dataset
+    # order: every rank classifies the same bank and queries, so rank 0's logged value is every rank's).
+    assert [step for step, _ in knn_rows(tmp_path / "single")] == [3, 5], "after epoch 1 (step 4) and at the end"
+    assert knn_rows(tmp_path / "ddp") == knn_rows(tmp_path / "single")

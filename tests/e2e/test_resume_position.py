@@ -7,6 +7,8 @@ position: the resumed run replayed its epoch from the start. The data module car
 
 from __future__ import annotations
 
+import csv
+
 import lightning as L
 import torch
 
@@ -39,3 +41,23 @@ def test_mid_epoch_resume_with_max_epochs_equals_the_uninterrupted_run(tmp_path)
     assert a["global_step"] == b["global_step"] == 12
     for key, value in a["state_dict"].items():
         assert torch.equal(value, b["state_dict"][key]), f"weights differ at {key}"
+
+
+def test_online_knn_after_a_resume_evaluates_where_the_uninterrupted_run_does(tmp_path):
+    """Every epoch of the uninterrupted run (steps 4, 8, 12) is evaluated once, with the same accuracy, by
+    the stopped and resumed one; the stop itself adds one evaluation (step 6), as a TimeBudget's end does."""
+    knn = ["--trainer.callbacks+=sslvit.eval.OnlineKNN", "--trainer.callbacks.init_args.every_n_epochs", "1",
+           "--trainer.callbacks.init_args.train_subset", "24", "--trainer.callbacks.init_args.k", "5"]  # fmt: skip
+    fit = ["fit", "--config", TINY_CONFIGS["mae"], *COMMON, *knn]
+    run_cli([*fit, "--trainer.default_root_dir", str(tmp_path / "whole")])
+    run_cli([*fit, "--trainer.default_root_dir", str(tmp_path / "stopped")], callbacks=[StopAtStep(6)])
+    run_cli([*fit, "--trainer.default_root_dir", str(tmp_path / "stopped"), "--ckpt_path", "last"])
+    whole, resumed = knn_rows(tmp_path / "whole"), knn_rows(tmp_path / "stopped")
+    assert [step for step, _ in whole] == [3, 7, 11], "the end of each epoch (logged at the step before)"
+    assert [row for row in resumed if row[0] != 5] == whole and [step for step, _ in resumed].count(5) == 1
+
+
+def knn_rows(run_dir) -> list[tuple[int, float]]:
+    """(step, knn/top1) of every online kNN evaluation in the run's metrics.csv."""
+    with open(run_dir / "metrics.csv") as f:
+        return [(int(row["step"]), float(row["knn/top1"])) for row in csv.DictReader(f) if row.get("knn/top1")]
