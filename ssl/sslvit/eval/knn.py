@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from sslvit.errors import ConfigError
 
 DEFAULT_KS = (10, 20, 100, 200)
+ADD_CHUNK = 65536  # bank rows normalised and indexed at a time
 IndexKind = Literal["flat", "ivf"]
 
 
@@ -156,22 +157,27 @@ class KNNClassifier:
                 f"k={self.ks[-1]} is larger than the bank of {size} training features: every k must be at most "
                 f"{size} (asked for k in {self.ks})"
             )
-        bank = self._normalized(features)
-        self.dim, self.labels = bank.shape[1], labels.detach().cpu().long()
+        self.dim, self.labels = features.shape[1], labels.detach().cpu().long()
         self.num_classes = int(self.labels.max()) + 1
         self._bank = None
         if self.index_kind == "flat":
+            # Normalised and added in chunks: the index holds the one full copy of the bank (a 1M x 768
+            # bank is 3 GB; normalising it whole would hold a second 3 GB copy at the peak).
             self.index = faiss.IndexFlatIP(self.dim)
-        else:
-            self._bank = bank  # kept for the exact search that measures recall
-            nlist = self.nlist or max(1, min(round(math.sqrt(size)), size // 39))
-            quantizer = faiss.IndexFlatIP(self.dim)
-            self.index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
-            sample = np.random.default_rng(0).permutation(size)[: min(size, 64 * nlist)]
             with faiss_threads(self.threads):
-                self.index.train(bank[np.sort(sample)])
-            self.index.nprobe = min(self.nprobe, nlist)
-            self._quantizer = quantizer  # the IVF index does not own it
+                for start in range(0, size, ADD_CHUNK):
+                    self.index.add(self._normalized(features[start : start + ADD_CHUNK]))
+            return self
+        bank = self._normalized(features)
+        self._bank = bank  # kept for the exact search that measures recall
+        nlist = self.nlist or max(1, min(round(math.sqrt(size)), size // 39))
+        quantizer = faiss.IndexFlatIP(self.dim)
+        self.index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        sample = np.random.default_rng(0).permutation(size)[: min(size, 64 * nlist)]
+        with faiss_threads(self.threads):
+            self.index.train(bank[np.sort(sample)])
+        self.index.nprobe = min(self.nprobe, nlist)
+        self._quantizer = quantizer  # the IVF index does not own it
         with faiss_threads(self.threads):
             self.index.add(bank)
         return self

@@ -106,3 +106,16 @@ def test_bad_settings_are_clear_errors():
         KNNClassifier(temperature=0)
     with pytest.raises(ValueError, match=r"queries must be \[Q, 32\]"):
         KNNClassifier(ks=(5,), k=5).fit(bank, bank_labels).search(torch.randn(3, 8))
+
+
+def test_a_bank_indexed_in_chunks_searches_like_one_indexed_whole(monkeypatch):
+    import sslvit.eval.knn as knn_module
+
+    g = torch.Generator().manual_seed(0)
+    bank, labels, queries = torch.randn(50, 8, generator=g), torch.randint(0, 3, (50,), generator=g), torch.randn(9, 8)
+    whole = KNNClassifier(ks=(5,), k=5).fit(bank, labels).search(queries)
+    monkeypatch.setattr(knn_module, "ADD_CHUNK", 7)  # 8 chunks, the last of 1 row
+    chunked = KNNClassifier(ks=(5,), k=5).fit(bank, labels)
+    assert chunked.index.ntotal == 50
+    sims, ids = chunked.search(queries)
+    assert torch.equal(ids, whole[1]) and torch.allclose(sims, whole[0])
