@@ -76,6 +76,14 @@ def test_random_init_keeps_the_architecture_only(checkpoint, tmp_path):
     assert (trained["backbone.blocks.0.attn.qkv.weight"] - start).abs().mean() > 0.03
 
 
+@pytest.mark.parametrize(("low_shot", "expected"), [(["--shots", "3"], 30), (["--train-fraction", "0.02"], 30)])
+def test_low_shot_fine_tuning_trains_on_a_class_balanced_subset(checkpoint, tmp_path, low_shot, expected):
+    common = ["--checkpoint", str(checkpoint), "--epochs", "1", "--num-workers", "0", "--batch-size", "16"]
+    record = finetune.main([*common, *low_shot, "--run-dir", str(tmp_path / "few"), "--", *QUIET])
+    assert record["num_train"] == expected and record["num_val"] == 300, "the subset trains, val stays whole"
+    assert "--data.train_subset" in record["fit_arguments"]
+
+
 def test_a_minutes_budget_ends_training_on_the_clock(checkpoint, tmp_path):
     record = finetune.main([
         "--checkpoint", str(checkpoint), "--minutes", "0.1", "--num-workers", "0", "--run-dir", str(tmp_path / "r"),

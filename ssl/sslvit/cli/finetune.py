@@ -18,6 +18,7 @@ from sslvit.cli.app import run_cli
 from sslvit.cli.tool_args import add_checkpoint_args
 from sslvit.constants import IMAGENET_MEAN, IMAGENET_STD
 from sslvit.errors import ConfigError
+from sslvit.eval.features import dataset_targets
 
 
 def add_finetune_args(parser: argparse.ArgumentParser, default_config: str) -> None:
@@ -34,6 +35,9 @@ def add_finetune_args(parser: argparse.ArgumentParser, default_config: str) -> N
     length.add_argument(
         "--minutes", type=float, help="train for this wall-clock budget, the schedule following the clock"
     )
+    low_shot = parser.add_mutually_exclusive_group()
+    low_shot.add_argument("--train-fraction", type=float, help="fine-tune on this fraction of the train split")
+    low_shot.add_argument("--shots", type=int, help="fine-tune on N images of every class")
     parser.add_argument("--batch-size", type=int, help="images per device per step (default: the config's)")
     parser.add_argument("--num-workers", type=int, help="loader processes (default: the config's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the run (head, --random-init weights, data order)")
@@ -71,6 +75,19 @@ def fit_arguments(args: argparse.Namespace, info: dict[str, Any], backbone: dict
     return [*command, *args.fit_args]
 
 
+def low_shot_size(args: argparse.Namespace, command: list[str]) -> int:
+    """Images of the low-shot train subset: ``--shots`` per class, or ``--train-fraction`` of the split. The
+    data module draws them class-balanced with its seed (``data.train_subset``), as equal per class as possible."""
+    targets = dataset_targets(run_cli(command[1:], run=False).datamodule.build_dataset("train", None))  # no "fit"
+    if args.shots is not None:
+        if args.shots <= 0:
+            raise ConfigError(f"--shots must be positive, got {args.shots}")
+        return args.shots * len(set(targets))
+    if not 0 < args.train_fraction <= 1:
+        raise ConfigError(f"--train-fraction must be in (0, 1], got {args.train_fraction}")
+    return max(len(set(targets)), round(args.train_fraction * len(targets)))
+
+
 def run_finetune(args: argparse.Namespace) -> dict[str, Any]:
     """Fine-tune ``args.checkpoint`` (or its architecture from scratch) and return the JSON record."""
     if args.run_dir is None:
@@ -78,6 +95,8 @@ def run_finetune(args: argparse.Namespace) -> dict[str, Any]:
     encoder, info = load_backbone(args.checkpoint)
     backbone = {**encoder.config.to_dict(), "img_size": info["image_size"]}  # CPC: whole images, not its patches
     command = fit_arguments(args, info, backbone)
+    if args.train_fraction is not None or args.shots is not None:
+        command += ["--data.train_subset", str(low_shot_size(args, command))]
     start = time.perf_counter()
     cli = run_cli(command)
     seconds = time.perf_counter() - start
@@ -95,6 +114,7 @@ def run_finetune(args: argparse.Namespace) -> dict[str, Any]:
         "dataset": data.dataset_name, "data_root": root,
         "image_size": data.image_size, "num_train": len(data._datasets[data.fit_split]),
         "num_val": len(data._datasets["val"]), "epochs": args.epochs, "minutes": args.minutes,
+        "train_fraction": args.train_fraction, "shots": args.shots,
         "seconds": seconds, "fit_arguments": command,
         "settings": json.loads(json.dumps(cli.config["fit"].as_dict(), default=str)),
     }  # fmt: skip
