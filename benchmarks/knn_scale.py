@@ -32,18 +32,22 @@ def synthetic(n: int, dim: int, classes: int, seed: int, centres: torch.Tensor) 
     features, labels = torch.empty(n, dim), torch.randint(0, classes, (n,), generator=g)
     for start in range(0, n, 65536):
         part = labels[start : start + 65536]
-        features[start : start + len(part)] = centres[part] + 4.0 * torch.randn(len(part), dim, generator=g)
+        features[start : start + len(part)] = centres[part] + torch.randn(len(part), dim, generator=g)
     return features, labels
 
 
-def main(argv: list[str] | None = None) -> dict:
+def build_parser() -> ToolParser:
     parser = ToolParser(__file__, description=__doc__)
-    parser.add_argument("--bank", type=int, default=1_000_000)
-    parser.add_argument("--dim", type=int, default=768)
-    parser.add_argument("--queries", type=int, default=10_000)
+    parser.add_argument("--bank", type=int, default=1_000_000, help="feature vectors in the bank")
+    parser.add_argument("--dim", type=int, default=768, help="their dimension (ViT-B: 768)")
+    parser.add_argument("--queries", type=int, default=10_000, help="vectors classified against the bank")
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--json", help="also write the results here")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
 
     start_peak = peak_gib()
     centres = torch.randn(args.classes, args.dim, generator=torch.Generator().manual_seed(0))

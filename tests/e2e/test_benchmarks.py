@@ -100,3 +100,10 @@ def test_extraction_benchmark_compares_the_same_features():
     for name in ("sslvit-fp32", "timm-fp32", "sslvit-model-fp32", "timm-model-fp32"):
         assert rows[name]["max_abs_difference"] < 1e-4, name  # fp32: the same features, whatever the loop
     assert rows["sslvit"]["min_cosine"] > 0.999 and rows["timm"]["images_per_s"] > 0
+
+
+def test_knn_scale_benchmark_classifies_its_synthetic_bank():
+    record = load_script("benchmarks/knn_scale.py").main(["--bank", "3000", "--dim", "32", "--queries", "200",
+                                                          "--classes", "5"])  # fmt: skip
+    assert record["top1"] > 90, "well-separated Gaussian classes: a working kNN is near 100%"
+    assert record["peak_gib_after_knn"] >= record["peak_gib_after_bank"] > 0 and record["bank_gib"] > 0
