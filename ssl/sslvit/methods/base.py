@@ -239,7 +239,13 @@ class SSLMethod(L.LightningModule):
         gradient_clip_algorithm: str | None = None,
     ) -> None:
         clip = self.hparams.get("clip_grad") or gradient_clip_val
-        if clip:
+        if not clip:
+            return
+        if getattr(self.trainer.precision_plugin, "scaler", None) is None and gradient_clip_algorithm != "value":
+            # fp32 and bf16-mixed: the gradients are not scaled, so they are clipped as they are. Lightning's
+            # own path refuses the fused AdamW under any autocast precision (it could not unscale fp16 first).
+            torch.nn.utils.clip_grad_norm_(self.parameters(), clip)
+        else:  # fp16 with a GradScaler: Lightning unscales, then clips
             self.clip_gradients(
                 optimizer, gradient_clip_val=clip, gradient_clip_algorithm=gradient_clip_algorithm or "norm"
             )

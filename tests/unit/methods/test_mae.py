@@ -134,3 +134,29 @@ def test_official_checkpoint_mismatch_lists_keys(tiny_vit, tmp_path):
 def test_unknown_compile_mode_is_a_clear_config_error(tiny_vit):
     with pytest.raises(ConfigError, match="model.compile must be false, true, 'model' or 'blocks', got 'fast'"):
         MAE(backbone=tiny_vit, compile="fast")
+
+
+@pytest.mark.parametrize("precision", ["32", "bf16-mixed"])
+def test_gradients_are_clipped_with_the_fused_optimizer_in_every_precision(tiny_vit, precision, monkeypatch):
+    """Regression: under bf16-mixed, Lightning's clipping refused the fused AdamW ("does not allow for gradient
+    clipping"), so BEiT and CPC (which clip) could not train in bf16 at all."""
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    norms = []
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def recording(parameters, max_norm, *args, **kwargs):
+        parameters = [p for p in parameters if p.grad is not None]
+        total = clip(parameters, max_norm, *args, **kwargs)
+        norms.append((float(total), float(torch.stack([p.grad.norm() for p in parameters]).norm()), max_norm))
+        return total
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording)
+    model = tiny_mae(tiny_vit, clip_grad=1e-3, warmup_steps=1)
+    trainer = L.Trainer(accelerator="cpu", precision=precision, max_steps=2, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(model, DataLoader(TensorDataset(torch.randn(8, 3, 16, 16)), batch_size=4))
+    assert len(norms) == 2, "clipped at every step"
+    for before, after, max_norm in norms:
+        assert max_norm == 1e-3 and before > 1e-3 and after == pytest.approx(1e-3, rel=1e-3)
