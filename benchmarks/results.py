@@ -48,15 +48,14 @@ FINETUNE_CONFIG = "configs/finetune/cifar10_vit_tiny.yaml"
 ROWS = ("mae", "beit", "cpc", "random", "official-mae")
 CURVE_POINTS = 5
 # Settings of each row on top of its config, for a budget of minutes instead of the configs' hundreds of
-# epochs; chosen for cost and regularisation before any result (none looked at val): the faster precision
-# of the step benchmark on this machine (bf16 autocast pays off for BEiT's whole-image encoder on AMX,
-# not for MAE's small matmuls), no drop path and no colour jitter (regularisers of long runs), crops on
-# the device (CIFAR fits in memory); CPC's non-overlapping 4x4 grid of 8 px patches (16 patch encodings
-# per image instead of 49, ~3x the images per second) predicting 2 rows ahead, top-down and bottom-up.
+# epochs; chosen for cost and regularisation before any result (none looked at val): no drop path and no
+# colour jitter (regularisers of long runs) and crops on the device (CIFAR fits in memory) for BEiT;
+# CPC's non-overlapping 4x4 grid of 8 px patches (16 patch encodings per image instead of 49, 4.1x the
+# images per second) predicting 2 rows ahead, top-down and bottom-up. All rows train in fp32: bf16
+# autocast was no faster on this machine's AMX for any of the three steps (docs/speed.md).
 BUDGET_SETTINGS = {
     "mae": [],
-    "beit": ["--trainer.precision", "bf16-mixed", "--data.on_device", "true", "--data.color_jitter", "0",
-             "--model.init_args.backbone.drop_path_rate", "0"],
+    "beit": ["--data.on_device", "true", "--data.color_jitter", "0", "--model.init_args.backbone.drop_path_rate", "0"],
     "cpc": ["--model.init_args.patch_stride", "8", "--model.init_args.prediction_steps", "2",
             "--model.init_args.directions", "[top_down, bottom_up]"],
 }  # fmt: skip
