@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from sslvit.cli.parser import ToolParser
-from train_step import SSLVIT, build_worker, config_name  # this folder's script (on sys.path when run as a script)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # this folder's scripts, also when loaded as a module
+from train_step import SSLVIT, build_worker, config_name  # noqa: E402
 
 GB = 1e9
 
