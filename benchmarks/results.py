@@ -240,7 +240,7 @@ def table(out: Path) -> str:
         if r is None:
             continue
         base = r.get("random_init")
-        delta = (f"{r['knn_top1'] - base['knn_top1']:+.1f} / {r['linear_top1'] - base['linear_top1']:+.1f}"
+        delta = (f"{r['knn_top1'] - base['knn_top1']:+.2f} / {r['linear_top1'] - base['linear_top1']:+.2f}"
                  if base else "")  # fmt: skip
         speed = "–" if not r.get("images_per_s") else f"{r['images_per_s']:.0f}"
         wall = "–" if name == "random" else f"{r['minutes']:g} min"
@@ -250,6 +250,13 @@ def table(out: Path) -> str:
     footer = (
         f"\nMachine: {any_record.get('machine')}; {any_record.get('date')}. Command per row: see each JSON's `command`."
     )
+    tuned = sorted(
+        {r["finetune_minutes"] for r in records.values() if r.get("finetune_top1") and r.get("finetune_minutes")}
+    )
+    if tuned:
+        minutes = ", ".join(f"{m:g}" for m in tuned)
+        footer += (f" Fine-tuning: {minutes} minutes of `{FINETUNE_CONFIG}` for the rows that have it (the random "
+                   "row: the same budget from a random initialisation).")  # fmt: skip
     text = "\n".join(lines) + "\n" + footer + "\n"
     (out / "results.md").write_text(text)
     return text
