@@ -123,8 +123,7 @@ def decode_all(dataset: Dataset, num_workers: int = 0) -> torch.Tensor:
     """Every image of a dataset of ``(uint8 image [C, H, W], label)`` as one tensor [N, C, H, W]."""
     loader = DataLoader(dataset, batch_size=512, num_workers=num_workers, collate_fn=stack_images)
     chunks = list(loader)
-    sizes = {tuple(image.shape) for chunk in chunks if isinstance(chunk, list) for image in chunk}
-    sizes |= {tuple(chunk.shape[1:]) for chunk in chunks if isinstance(chunk, torch.Tensor)}
+    sizes = {tuple(image.shape) for chunk in chunks for image in chunk}  # a stacked chunk iterates its images
     if len(sizes) != 1:
         raise ConfigError(
             f"data.on_device needs images of one size, found {len(sizes)} sizes (e.g. {sorted(sizes)[:3]}); "
