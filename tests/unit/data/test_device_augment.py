@@ -94,3 +94,15 @@ def test_decoding_a_large_dataset_with_workers_does_not_run_out_of_file_descript
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "(3000, 3, 4, 4) [0, 232, 183]", "every image, in order"
+
+
+def test_decoding_images_of_several_sizes_is_one_clear_error():
+    import pytest
+
+    from sslvit.data.device_augment import decode_all
+    from sslvit.errors import ConfigError
+
+    images = [(torch.zeros(3, 4, 4, dtype=torch.uint8), 0), (torch.zeros(3, 6, 6, dtype=torch.uint8), 1)]
+    with pytest.raises(ConfigError, match="data.on_device needs images of one size, found 2 sizes"):
+        decode_all(images)
+    assert decode_all(images[:1] * 3).shape == (3, 3, 4, 4)
