@@ -47,17 +47,20 @@ CONFIGS = {m: f"configs/{m}/cifar10_vit_tiny.yaml" for m in ("mae", "beit", "cpc
 FINETUNE_CONFIG = "configs/finetune/cifar10_vit_tiny.yaml"
 ROWS = ("mae", "beit", "cpc", "random", "official-mae")
 CURVE_POINTS = 5
+CURVE_BANK, CURVE_QUERIES = 5000, 1000  # the curve's kNN: bank train images, val queries
 # Settings of each row on top of its config, for a budget of minutes instead of the configs' hundreds of
-# epochs; chosen for cost and regularisation before any result (none looked at val): no drop path and no
-# colour jitter (regularisers of long runs) and crops on the device (CIFAR fits in memory) for BEiT;
-# CPC's non-overlapping 4x4 grid of 8 px patches (16 patch encodings per image instead of 49, 4.1x the
-# images per second) predicting 2 rows ahead, top-down and bottom-up. All rows train in fp32: bf16
-# autocast was no faster on this machine's AMX for any of the three steps (docs/speed.md).
+# epochs; chosen for cost and regularisation, or on held-out train images with benchmarks/screen_settings.py,
+# never on val: no drop path and no colour jitter (regularisers of long runs) and crops on the device (CIFAR
+# fits in memory) for BEiT; CPC's non-overlapping 4x4 grid of 8 px patches (16 patch encodings per image
+# instead of 49, 4.1x the images per second) predicting 2 rows ahead, top-down and bottom-up, with a 4-block
+# patch encoder (screened at 8 minutes: 12 blocks stayed at random init's kNN, 6 and 4 blocks learned,
+# 4 the most; docs/results.md). All rows train in fp32: bf16 autocast was no faster on this machine's AMX
+# for any of the three steps (docs/speed.md).
 BUDGET_SETTINGS = {
     "mae": [],
     "beit": ["--data.on_device", "true", "--data.color_jitter", "0", "--model.init_args.backbone.drop_path_rate", "0"],
     "cpc": ["--model.init_args.patch_stride", "8", "--model.init_args.prediction_steps", "2",
-            "--model.init_args.directions", "[top_down, bottom_up]"],
+            "--model.init_args.directions", "[top_down, bottom_up]", "--model.init_args.backbone.depth", "4"],
 }  # fmt: skip
 
 
@@ -88,8 +91,8 @@ def machine() -> str:
 class Snapshots(L.Callback):
     """Saves the model's weights at every fifth of the TimeBudget's clock, with the time and images seen."""
 
-    def __init__(self, folder: Path, batch_size: int) -> None:
-        self.folder, self.batch_size, self.next = folder, batch_size, 1
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.next = folder, 1
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         from sslvit.cli import TimeBudget
@@ -99,7 +102,8 @@ class Snapshots(L.Callback):
             self.folder.mkdir(parents=True, exist_ok=True)
             state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
             step = trainer.global_step
-            info = {"minutes": budget.elapsed / 60, "step": step, "images_seen": step * self.batch_size}
+            images = step * trainer.datamodule.batch_size  # the run's batch, whatever setting made it
+            info = {"minutes": budget.elapsed / 60, "step": step, "images_seen": images}
             torch.save({"state_dict": state, **info}, self.folder / f"{self.next:02d}.pt")
             self.next = int(budget.progress * CURVE_POINTS) + 1
 
@@ -124,8 +128,8 @@ def pretrain(method: str, args: argparse.Namespace, run: Path) -> dict[str, Any]
                "--trainer.callbacks", budget, *BUDGET_SETTINGS[method], *args.fit_args]  # fmt: skip
     last = run / "checkpoints" / "last.ckpt"
     if not last.is_file():
-        batch = config_batch_size(CONFIGS[method])
-        cli = run_cli(command[1:], callbacks=[Snapshots(run / "snapshots", batch)])
+        cli = run_cli(command[1:], callbacks=[Snapshots(run / "snapshots")])
+        batch = cli.datamodule.batch_size
         timer = next(c for c in cli.trainer.callbacks if isinstance(c, TimeBudget))
         steps, seconds = cli.trainer.global_step, timer.elapsed
         (run / "trained.json").write_text(json.dumps({"steps": steps, "seconds": seconds, "batch": batch}) + "\n")
@@ -133,12 +137,6 @@ def pretrain(method: str, args: argparse.Namespace, run: Path) -> dict[str, Any]
     images = trained["steps"] * trained["batch"]
     return {"checkpoint": str(last), "images_seen": images, "images_per_s": images / trained["seconds"],
             "train_seconds": trained["seconds"], "command": command}  # fmt: skip
-
-
-def config_batch_size(config: str) -> int:
-    import yaml
-
-    return int(yaml.safe_load((REPO / config).read_text())["data"]["batch_size"])
 
 
 def tool(name: str, arguments: list[str], output: Path) -> dict[str, Any]:
@@ -165,15 +163,15 @@ def evaluate(checkpoint: str, args: argparse.Namespace, run: Path, extra: list[s
 
 def curve(method: str, run: Path, args: argparse.Namespace) -> list[dict[str, float]]:
     """kNN of the encoder saved at every fifth of the budget: (minutes, images seen, top-1 on val)."""
-    from sslvit.data import SSLDataModule, class_balanced_subset
+    from sslvit.data import SSLDataModule
     from sslvit.eval import KNNClassifier, dataset_features
     from sslvit.eval.features import dataset_targets
     from sslvit.methods import load_method
 
     model, info = load_method(run / "checkpoints" / "last.ckpt")
     data = SSLDataModule(dataset="imagefolder", root=args.data_root, image_size=info["image_size"], batch_size=256)
-    bank = class_balanced_subset(dataset_targets(data.build_dataset("train", None)), 5000, seed=0)
-    queries = class_balanced_subset(dataset_targets(data.build_dataset("val", None)), 1000, seed=0)
+    bank, queries = (curve_subset(dataset_targets(data.build_dataset(split, None)), size)
+                     for split, size in (("train", CURVE_BANK), ("val", CURVE_QUERIES)))  # fmt: skip
     points = []
     for snapshot in sorted((run / "snapshots").glob("*.pt")):
         saved = torch.load(snapshot, map_location="cpu", weights_only=True)
@@ -183,6 +181,13 @@ def curve(method: str, run: Path, args: argparse.Namespace) -> list[dict[str, fl
         top1 = KNNClassifier(ks=(20,), k=20).fit(train.features, train.labels).evaluate(val.features, val.labels).top1
         points.append({"minutes": saved["minutes"], "images_seen": saved["images_seen"], "knn_top1": top1})
     return points
+
+
+def curve_subset(targets: list[int], size: int) -> list[int] | None:
+    """A class-balanced ``size`` of a split for the curve, or all of it (None) when it is not larger."""
+    from sslvit.data import class_balanced_subset
+
+    return class_balanced_subset(targets, size, seed=0) if len(targets) > size else None
 
 
 def random_baseline(method: str, checkpoint: str, args: argparse.Namespace, run: Path) -> dict[str, Any]:

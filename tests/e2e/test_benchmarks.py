@@ -107,3 +107,60 @@ def test_knn_scale_benchmark_classifies_its_synthetic_bank():
                                                           "--classes", "5"])  # fmt: skip
     assert record["top1"] > 90, "well-separated Gaussian classes: a working kNN is near 100%"
     assert record["peak_gib_after_knn"] >= record["peak_gib_after_bank"] > 0 and record["bank_gib"] > 0
+
+
+def test_results_table_pipeline_trains_evaluates_and_tabulates(tmp_path):
+    """benchmarks/results.py end to end for one row (CPC with its short-budget settings, shrunk to one
+    32-wide block): pretraining on the clock, kNN and linear probe through the tools, the random
+    baseline, the curve, the JSON the issue asks for and the table's margins."""
+    from conftest import write_image_folder
+
+    results = load_script("benchmarks/results.py")
+    data = write_image_folder(tmp_path / "images", classes=2, per_class=12, size=32)  # a colour per class
+    tiny = ["--model.init_args.backbone.embed_dim", "32", "--model.init_args.backbone.depth", "1",
+            "--model.init_args.backbone.num_heads", "2", "--model.init_args.context_dim", "32",
+            "--model.init_args.context_heads", "2", "--model.init_args.context_depth", "1",
+            "--data.batch_size", "8", "--data.num_workers", "0", "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    results.main(["--data-root", str(data), "--minutes", "0.05", "--finetune-minutes", "0", "--methods", "cpc",
+                  "--run-dir", str(runs), "--out", str(out), "--", *tiny])  # fmt: skip
+    record = json.loads((out / "cpc.json").read_text())
+    for key in ("method", "minutes", "images_seen", "knn_top1", "linear_top1", "finetune_top1", "machine", "command"):
+        assert key in record
+    trained = json.loads((runs / "cpc" / "trained.json").read_text())
+    # images seen count the run's batch (8), not the config's (128)
+    assert trained["batch"] == 8 and record["images_seen"] == 8 * trained["steps"] > 0
+    assert record["method"] == "cpc" and record["finetune_top1"] is None and record["features"] == "native"
+    # Each class is one colour: trained or random, the patch-grid features separate them.
+    assert record["knn_top1"] >= 90 and record["random_init"]["knn_top1"] >= 90
+    assert 0 <= record["linear_top1"] <= 100 and 0 <= record["random_init"]["linear_top1"] <= 100
+    assert all(setting in record["pretrain_command"] for setting in results.BUDGET_SETTINGS["cpc"][::2])
+    seen = [point["images_seen"] for point in record["curve"]]
+    assert seen and seen == sorted(seen) and all(point["knn_top1"] >= 90 for point in record["curve"])
+    table = (out / "results.md").read_text()
+    margin = f"{record['knn_top1'] - record['random_init']['knn_top1']:+.2f} / "
+    margin += f"{record['linear_top1'] - record['random_init']['linear_top1']:+.2f}"
+    row = next(line for line in table.splitlines() if line.startswith("| cpc |"))
+    assert row.endswith(f"| {margin} |") and f"| {record['images_seen']:,} |" in row
+    assert (runs / "curves.png").stat().st_size > 0
+
+
+def test_screen_settings_scores_trained_and_random_on_train_images_only(tmp_path):
+    from conftest import write_image_folder
+
+    screen = load_script("benchmarks/screen_settings.py")
+    data = write_image_folder(tmp_path / "images", classes=2, per_class=20, size=16)  # a colour per class
+    for image in (data / "val").rglob("*.png"):
+        image.write_bytes(b"not an image")  # the screen never reads val: an unreadable image there changes nothing
+    args = ["--config", TINY_CONFIGS["cpc"], "--data-root", str(data), "--minutes", "0.05", "--name", "narrow",
+            "--run-dir", str(tmp_path / "runs"), "--bank", "24", "--queries", "10", "--",
+            "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    first = screen.main(args)
+    assert first["steps"] > 0 and first["name"] == "narrow"
+    for encoder in ("trained", "random"):
+        assert first[f"{encoder}_native_knn"] >= 90 and first[f"{encoder}_native_linear"] >= 90
+    checkpoint = tmp_path / "runs" / "narrow" / "checkpoints" / "last.ckpt"
+    mtime = checkpoint.stat().st_mtime_ns
+    again = screen.main(args)  # evaluated again, not retrained: the same numbers
+    assert checkpoint.stat().st_mtime_ns == mtime and again == first
+    assert len((tmp_path / "runs" / "screen.jsonl").read_text().splitlines()) == 2
