@@ -18,7 +18,7 @@ reports. One call is one setting (the ``sslvit fit`` settings after ``--``):
    number, optimistic for every setting alike, not the protocol of ``tools/linear_probe.py``).
 
 Prints one JSON line and appends it to ``<run-dir>/screen.jsonl``; a run directory that already holds a
-checkpoint is evaluated again without training.
+checkpoint is evaluated again without training, and only with the settings it was trained with.
 """
 
 from __future__ import annotations
@@ -71,15 +71,23 @@ def quick_linear(train: Any, test: Any, steps: int = 300) -> float:
 def train(args: argparse.Namespace, run: Path) -> int:
     """Train the setting on the clock (unless its run holds a checkpoint); returns its steps."""
     from sslvit.cli import run_cli
+    from sslvit.errors import ConfigError
 
+    setting = {"config": args.config, "minutes": args.minutes, "fit_args": args.fit_args}
     if not (run / "checkpoints" / "last.ckpt").is_file():
         budget = json.dumps([{"class_path": "sslvit.cli.TimeBudget", "init_args": {"minutes": args.minutes}}])
         command = ["fit", "--config", args.config, "--data.dataset", "imagefolder", "--data.root", args.data_root,
                    "--trainer.default_root_dir", str(run), "--trainer.max_epochs", "-1", "--trainer.max_steps", "-1",
                    "--trainer.limit_val_batches", "0", "--trainer.callbacks", budget, *args.fit_args]  # fmt: skip
         cli = run_cli(command)
-        (run / "steps.json").write_text(json.dumps({"steps": cli.trainer.global_step}) + "\n")
-    return json.loads((run / "steps.json").read_text())["steps"]
+        (run / "steps.json").write_text(json.dumps({"steps": cli.trainer.global_step, **setting}) + "\n")
+    trained = json.loads((run / "steps.json").read_text())
+    if {key: trained.get(key) for key in setting} != setting:  # never score one setting under another's name
+        raise ConfigError(
+            f"{run} was trained with {json.dumps({key: trained.get(key) for key in setting})}, not with this call's "
+            f"{json.dumps(setting)}; give the setting another --name or remove that run directory"
+        )
+    return trained["steps"]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

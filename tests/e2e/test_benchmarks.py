@@ -164,3 +164,6 @@ def test_screen_settings_scores_trained_and_random_on_train_images_only(tmp_path
     again = screen.main(args)  # evaluated again, not retrained: the same numbers
     assert checkpoint.stat().st_mtime_ns == mtime and again == first
     assert len((tmp_path / "runs" / "screen.jsonl").read_text().splitlines()) == 2
+    with pytest.raises(SystemExit):  # another setting under the same name: refused, not scored as this one
+        screen.main([*args, "--model.init_args.prediction_steps", "1"])
+    assert len((tmp_path / "runs" / "screen.jsonl").read_text().splitlines()) == 2
