@@ -25,6 +25,7 @@ from sslvit.data.datasets import SPLITS, DigitsDataset, ImageFolder, Split, clas
 from sslvit.data.decode import DecodeAndCrop, normalize_on_device, read_encoded
 from sslvit.data.device_augment import ResidentIndices, augment_batch, decode_all
 from sslvit.data.folders import UnlabelledImages, is_unlabelled, split_folder, unlabelled_message
+from sslvit.data.labels import align_labels, class_names
 from sslvit.data.sampling import CollateKeyed, KeyedDataset, KeyedSampler, ResumableLoader
 from sslvit.data.shards import INDEX, ShardDataset, ShardSampler, shard_groups
 from sslvit.data.supervised import SupervisedAugment
@@ -161,9 +162,45 @@ class SSLDataModule(L.LightningDataModule):
 
     # ---- datasets ----
     def build_dataset(self, split: Split, transform: Callable | None, download: bool = False) -> Dataset:
-        """The dataset of one split with a given transform (evaluators pass the eval transform)."""
+        """The dataset of one split with a given transform (evaluators pass the eval transform).
+
+        The labels of the labelled ``train`` and ``val`` splits index :meth:`class_names` (train's classes),
+        matched by name (:func:`sslvit.data.labels.align_labels`): a val class that train lacks is an error.
+        """
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        dataset = self._split_dataset(split, transform, download)
+        if split in ("train", "val") and getattr(dataset, "labelled", True):
+            classes = self.class_names()
+            if classes is not None and (split == "val" or class_names(dataset) is not None):
+                align_labels(dataset, classes, f"{split} split of {self._where(split)}")
+            elif split == "val" and self._train_labelled:
+                raise ConfigError(
+                    f"the train split of {self._where('train')} has labels but records no class names, so the val "
+                    "labels cannot be matched to them by name; rewrite it with its class names (tools/make_shards.py)"
+                )
+        return dataset
+
+    def class_names(self) -> list[str] | None:
+        """The train split's class names in label order: the label map of every labelled split (None: the train
+        split is unlabelled, or records labels without names)."""
+        if not hasattr(self, "_class_names"):
+            try:
+                train = self._split_dataset("train", None, download=False)
+                self._train_labelled = getattr(train, "labelled", True)
+            except ConfigError:  # a folder of unlabelled images: pretraining only, no label map
+                train, self._train_labelled = None, False
+            self._class_names = class_names(train) if self._train_labelled else None
+        return self._class_names
+
+    def _where(self, split: Split) -> str:
+        if self.dataset_name == "imagefolder":
+            return f"ImageFolder {split_folder(self.root, split)}"
+        if self.dataset_name == "webdataset":
+            return f"shards {Path(self.root) / ('val' if split == 'val' else 'train')}"
+        return self.dataset_name
+
+    def _split_dataset(self, split: Split, transform: Callable | None, download: bool = False) -> Dataset:
         name, root = self.dataset_name, self.root
         if name == "digits":
             return DigitsDataset(split, transform)

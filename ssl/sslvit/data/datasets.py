@@ -8,28 +8,27 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import datasets as tvd
 
-from sslvit.errors import ConfigError, CorruptImageError, DatasetUnavailableError
+from sslvit.data.decode import DECODE_ERRORS, to_rgb8, unreadable
+from sslvit.data.folders import class_folders, is_hidden, is_image_file
+from sslvit.errors import ConfigError, DatasetUnavailableError
 
 Split = Literal["pretrain", "train", "val"]
 SPLITS = ("pretrain", "train", "val")
 
 
 def load_rgb(path: str) -> Image.Image:
-    """Decode an image file to RGB, naming the file when it cannot be read."""
+    """Decode an image file to 8-bit RGB (:func:`~sslvit.data.decode.to_rgb8`), naming the file when it cannot be
+    read. A decompression bomb (a header claiming far more pixels than PIL's safety limit) is refused before it
+    is decoded: for training it is just another unreadable file."""
     try:
         with open(path, "rb") as f:
-            return Image.open(f).convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        # A decompression bomb (a header claiming far more pixels than PIL's safety limit) is refused
-        # before it is decoded: for training it is just another unreadable file.
-        raise CorruptImageError(
-            f"cannot read image {path}: {err}. Replace or delete the file, or set "
-            "`data.skip_corrupt: true` to skip unreadable images (they are counted and logged)"
-        ) from None
+            return to_rgb8(Image.open(f))
+    except DECODE_ERRORS as err:
+        raise unreadable(path, err) from None
 
 
 def refuse_symlink_loops(root: str | Path) -> None:
@@ -52,11 +51,24 @@ def refuse_symlink_loops(root: str | Path) -> None:
 
 
 class ImageFolder(tvd.ImageFolder):
-    """torchvision's ImageFolder that refuses symlink loops and says which class folders are empty."""
+    """torchvision's ImageFolder that skips hidden folders and files (:func:`~sslvit.data.folders.is_hidden`),
+    refuses symlink loops and says which class folders are empty."""
+
+    def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
+        classes = class_folders(Path(directory))
+        if not classes:
+            raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
+        return classes, {name: i for i, name in enumerate(classes)}
 
     @staticmethod
     def make_dataset(directory: str | Path, class_to_idx: dict[str, int], **kwargs: Any) -> list[tuple[str, int]]:
         refuse_symlink_loops(directory)
+        root = Path(directory)
+
+        def visible_image(path: str) -> bool:  # hidden anywhere below the root: .thumbnails/ inside a class too
+            return is_image_file(path) and not any(is_hidden(part) for part in Path(path).relative_to(root).parts)
+
+        kwargs.update(extensions=None, is_valid_file=visible_image)
         try:
             return tvd.DatasetFolder.make_dataset(directory, class_to_idx, **kwargs)
         except FileNotFoundError as err:

@@ -45,10 +45,51 @@ class EncodedImage:
 
 def unreadable(name: str, err: BaseException) -> CorruptImageError:
     reason = str(err).strip().splitlines()[-1].split(", ")[-1] if str(err).strip() else type(err).__name__
+    if isinstance(err, UnmappableImageError):
+        reason = str(err)
     return CorruptImageError(
         f"cannot read image {name}: {reason}. Replace or delete it, or set `data.skip_corrupt: true` to skip "
         "unreadable images (they are counted and logged)"
     )
+
+
+# Modes whose values do not fit in 8 bits. PIL's convert("RGB") clips them at 255 (a 16-bit photo becomes white).
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+class UnmappableImageError(ValueError):
+    """An image whose values have no unambiguous 8-bit meaning (the message says why; loaders add the file)."""
+
+
+def to_rgb8(image: Image.Image) -> Image.Image:
+    """Any image PIL opens -> 8-bit RGB, each mode mapped by the range its values really use, or refused.
+
+    - 8-bit modes (L, P, RGB, RGBA, CMYK, YCbCr, LA, 1, ...): PIL's conversion (alpha is dropped);
+    - 16-bit grayscale (``I;16*``, e.g. 16-bit PNG): ``value / 257`` (65535 -> 255);
+    - 32-bit integers (``I``): as 8-bit data when every value is in 0..255, as 16-bit data in 0..65535;
+    - 32-bit floats (``F``): values in [0, 1] are scaled by 255, values in [0, 255] kept;
+
+    anything else (negative values, larger ranges, NaN) raises :class:`UnmappableImageError` with the range
+    found, which the loaders turn into the one-line unreadable-image error naming the file.
+    """
+    mode = image.mode
+    if mode not in (*SIXTEEN_BIT_MODES, "I", "F"):
+        return image.convert("RGB")
+    values = np.asarray(image).astype(np.float64)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if mode in SIXTEEN_BIT_MODES or (mode == "I" and 0 <= low and 255 < high <= 65535):
+        scale = 255.0 / 65535.0
+    elif mode == "F" and 0 <= low and high <= 1.0:
+        scale = 255.0
+    elif 0 <= low and high <= 255:
+        scale = 1.0
+    else:
+        raise UnmappableImageError(
+            f"its {mode} pixels span [{low:g}, {high:g}]: sslvit maps 0..255 and 0..65535 (and floats in 0..1) to "
+            "8-bit RGB and nothing else. Convert it to an 8-bit image"
+        )
+    gray = np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
+    return Image.fromarray(gray).convert("RGB")
 
 
 def read_encoded(path: str) -> EncodedImage:
@@ -128,10 +169,10 @@ class DecodeAndCrop:
             if self.draft and min(h, w) >= 2 * self.size:  # a DCT scale keeps the crop at >= size
                 width, height = header.size
                 header.draft("RGB", (-(-width * self.size // w), -(-height * self.size // h)))
-                pixels = header.convert("RGB")
+                pixels = to_rgb8(header)
                 return torch.from_numpy(np.array(pixels)).permute(2, 0, 1), pixels.height / height
             return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB), 1.0
-        return torch.from_numpy(np.array(header.convert("RGB"))).permute(2, 0, 1), 1.0
+        return torch.from_numpy(np.array(to_rgb8(header))).permute(2, 0, 1), 1.0
 
     def __call__(self, image: EncodedImage) -> torch.Tensor:
         try:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,14 +21,30 @@ from sslvit.errors import ConfigError, DatasetUnavailableError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
+def is_hidden(path: str | Path) -> bool:
+    """Names starting with a dot are never data: ``.thumbnails/``, ``.ipynb_checkpoints/``, macOS's ``._x.jpg``
+    (AppleDouble metadata) and ``.DS_Store``. One rule for class folders, image files and unlabelled folders."""
+    return Path(path).name.startswith(".")
+
+
+def is_image_file(path: str | Path) -> bool:
+    """A visible file with an image suffix (the rule every folder listing here applies)."""
+    return not is_hidden(path) and Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
 def image_files(folder: Path) -> list[Path]:
-    """The image files directly inside ``folder`` (not in sub-folders), sorted by name."""
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    """The image files directly inside ``folder`` (not in sub-folders, not hidden), sorted by name."""
+    return sorted(p for p in folder.iterdir() if is_image_file(p) and p.is_file())
+
+
+def class_folders(folder: Path) -> list[str]:
+    """The class names of a labelled split: its visible sub-folders, sorted (torchvision's order)."""
+    return sorted(entry.name for entry in os.scandir(folder) if entry.is_dir() and not is_hidden(entry.name))
 
 
 def is_unlabelled(folder: Path) -> bool:
     """True when ``folder`` holds image files itself (no class sub-folders)."""
-    return folder.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir())
+    return folder.is_dir() and any(is_image_file(p) for p in folder.iterdir())
 
 
 def split_folder(root: str | Path, split: str) -> Path | None:

@@ -36,7 +36,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Subset
 
 from sslvit.data.datasets import ImageFolder
-from sslvit.data.decode import DECODE_ERRORS, EncodedImage, unreadable
+from sslvit.data.decode import DECODE_ERRORS, EncodedImage, to_rgb8, unreadable
 from sslvit.data.folders import image_files, is_unlabelled, split_folder
 from sslvit.data.sampling import KeyedSampler
 from sslvit.errors import CorruptImageError, DatasetUnavailableError
@@ -150,6 +150,7 @@ class ShardDataset(Dataset):
         index = json.loads(index_path.read_text())
         self.urls = [_resolve(shard["url"], Path(root)) for shard in index["shardlist"]]
         self.sizes = [int(shard["nsamples"]) for shard in index["shardlist"]]
+        self.filesizes = [shard.get("filesize") for shard in index["shardlist"]]
         self.starts = list(itertools.accumulate(self.sizes, initial=0))
         meta = index.get("sslvit") or {}
         self.classes = meta.get("classes") or []
@@ -178,7 +179,9 @@ class ShardDataset(Dataset):
 
             cache = Path(self.cache_dir or Path(tempfile.gettempdir()) / "sslvit-shards")
             cache.mkdir(parents=True, exist_ok=True)
-            local = cache / f"{hashlib.sha256(url.encode()).hexdigest()[:16]}-{Path(url).name}"
+            # keyed by what the index says the shard is (URL and size), so a rewritten shard set is a miss
+            identity = f"{url}|{self.filesizes[number]}"
+            local = cache / f"{hashlib.sha256(identity.encode()).hexdigest()[:16]}-{Path(url).name}"
             with download_and_open(url, str(local)) as stream:
                 shard = IndexedTarSamples(path=str(local), stream=stream, expected_size=self.sizes[number])
         else:
@@ -209,7 +212,7 @@ class ShardDataset(Dataset):
         if getattr(self.transform, "wants_encoded", False):  # DecodeAndCrop decodes the bytes itself
             return self.transform(EncodedImage(sample[image_ext].read(), name)), self.targets[i]
         try:
-            image = Image.open(sample[image_ext]).convert("RGB")
+            image = to_rgb8(Image.open(sample[image_ext]))
         except DECODE_ERRORS as err:
             raise unreadable(name, err) from None
         return (self.transform(image) if self.transform is not None else image), self.targets[i]

@@ -25,6 +25,7 @@ from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from sslvit.data.identity import content_fingerprint
 from sslvit.distributed import all_true, gather_in_order, rank_and_world
 from sslvit.eval.encode import (  # noqa: F401  (encode, frozen, ... are part of this module's interface)
     Precision,
@@ -37,9 +38,10 @@ from sslvit.eval.encode import (  # noqa: F401  (encode, frozen, ... are part of
 )
 from sslvit.nn.backbone import VisionTransformer
 
-# 2: the caller's tag lives under its own key ("tag"); in format 1 it was spread over the key, and its
-# "dataset" name replaced the dataset's description, so two ImageFolders shared cached features.
-CACHE_FORMAT = 2
+# 3: datasets are identified by content (file sizes and times, label map), not by their file listing,
+# which served stale features after images were replaced under the same names (format 2). 2: the
+# caller's tag lives under its own key; in format 1 its "dataset" name replaced the description.
+CACHE_FORMAT = 3
 
 
 @dataclass
@@ -95,28 +97,26 @@ def dataset_targets(dataset: Dataset) -> list[int]:
 
 
 def describe_dataset(dataset: Dataset) -> dict[str, Any]:
-    """What identifies a dataset's content for caching: type, size, root, transform and its file list or labels.
+    """What identifies a dataset for caching: type, size, root, transform, label map and content
+    (:func:`sslvit.data.identity.content_fingerprint`: files by size and modification time, shards, pixels).
 
-    A dataset with neither a root nor a listing (e.g. tensors in memory) is not identified by this:
-    :func:`is_identified` says so, and its features are never cached.
+    A dataset whose content cannot be told (tensors in memory, an unknown dataset class, remote shards)
+    has ``content`` None: :func:`is_identified` says so, and its features are never cached.
     """
     base = _unwrap(dataset)
-    samples = getattr(base, "samples", None)  # ImageFolder: (path, label) pairs
-    listing = samples if samples is not None else getattr(base, "targets", getattr(base, "labels", None))
-    listed = hashlib.sha256(json.dumps(listing, default=str).encode()).hexdigest() if listing is not None else None
     root = getattr(base, "root", None)
     return {
         "type": type(base).__name__,
         "size": len(dataset),
         "root": os.path.abspath(root) if root else None,
         "transform": repr(getattr(base, "transform", None)),
-        "listing": listed,
+        "content": content_fingerprint(dataset),
     }
 
 
 def is_identified(description: dict[str, Any]) -> bool:
-    """Whether a :func:`describe_dataset` result pins down the content (a root or a file/label listing)."""
-    return description["root"] is not None or description["listing"] is not None
+    """Whether a :func:`describe_dataset` result pins down the content (its fingerprint is known)."""
+    return description["content"] is not None
 
 
 def feature_key(

@@ -1,6 +1,8 @@
 """Frozen feature extraction: poolings, eval mode, caching, RNG, multi-process gathering."""
 
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import write_image_folder
 from sslvit.data import SSLDataModule
+from sslvit.data.shards import shard_image_folder
 from sslvit.errors import ConfigError
 from sslvit.eval.features import (
     FeatureCache,
@@ -115,6 +118,58 @@ def test_two_image_folders_never_share_a_cache_entry(tiny_vit, tmp_path):
     loader = DataLoader(TensorDataset(torch.randn(4, 3, 16, 16), torch.arange(4)), batch_size=2)
     assert not extract_features(backbone, loader, cache=cache).from_cache
     assert not extract_features(backbone, loader, cache=cache).from_cache
+
+
+def overwrite_images(folder: Path, donor: Path) -> None:
+    """Every image below ``folder`` replaced by another image under the same name (new content, same listing)."""
+    donors = sorted(donor.rglob("*.png"))
+    for i, path in enumerate(sorted(folder.rglob("*.png"))):
+        shutil.copyfile(donors[i % len(donors)], path)
+
+
+@pytest.mark.parametrize("kind", ["imagefolder", "webdataset", "imagefolder-subset"])
+def test_the_cache_is_keyed_by_content_not_by_file_names(tiny_vit, tmp_path, kind):
+    """Regression: images overwritten under the same names were served from the cache ("from cache", old accuracy)."""
+    backbone = VisionTransformer(tiny_vit).eval()
+    root = write_image_folder(tmp_path / "images", classes=3, per_class=4, seed=0)
+    donor = write_image_folder(tmp_path / "donor", classes=3, per_class=4, seed=1)
+    cache = FeatureCache(tmp_path / "cache")
+    data_root = root
+    if kind == "webdataset":
+        shard_image_folder(root, tmp_path / "shards")
+        data_root = tmp_path / "shards"
+    data = SSLDataModule(dataset="webdataset" if kind == "webdataset" else "imagefolder", root=str(data_root),
+                         image_size=16, batch_size=8, num_workers=0)  # fmt: skip
+    indices = [0, 2, 5] if kind == "imagefolder-subset" else None
+    first = dataset_features(backbone, data, "train", cache=cache, indices=indices)
+    assert dataset_features(backbone, data, "train", cache=cache, indices=indices).from_cache
+    if kind == "webdataset":
+        shutil.rmtree(tmp_path / "shards")
+        overwrite_images(root, donor)
+        shard_image_folder(root, tmp_path / "shards")
+    else:
+        overwrite_images(root / "train", donor / "train")
+    again = dataset_features(backbone, data, "train", cache=cache, indices=indices)
+    fresh = dataset_features(backbone, data, "train", indices=indices)
+    assert not again.from_cache, "new content under the same names must be a cache miss"
+    assert torch.equal(again.features, fresh.features) and not torch.allclose(again.features, first.features)
+
+
+def test_the_cache_knows_the_label_map(tiny_vit, tmp_path):
+    """val's labels follow train's class list: a new train class re-indexes val, and the cache must not serve
+    val's old labels although val's files did not change."""
+    backbone = VisionTransformer(tiny_vit).eval()
+    root = write_image_folder(tmp_path / "images", classes=2, per_class=4)
+    cache = FeatureCache(tmp_path / "cache")
+
+    def val_labels() -> list[int]:
+        data = SSLDataModule(dataset="imagefolder", root=str(root), image_size=16, batch_size=8, num_workers=0)
+        return dataset_features(backbone, data, "val", cache=cache).labels.tolist()
+
+    assert val_labels() == [0, 0, 1, 1]
+    shutil.copytree(root / "train" / "class0", root / "train" / "a_first")  # sorts before class0
+    with pytest.warns(UserWarning, match="no images of 1 of the train split's 3 classes"):
+        assert val_labels() == [1, 1, 2, 2]
 
 
 def test_extraction_leaves_the_global_rng_alone(tiny_vit):
