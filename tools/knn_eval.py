@@ -21,14 +21,12 @@ from sslvit.cli.tool_args import (
     add_subset_args,
     describe_subset,
     over_seeds,
-    run_seeds,
     seed_record,
-    train_subset,
     write_json,
 )
-from sslvit.errors import one_line_errors
+from sslvit.errors import ConfigError, one_line_errors
 from sslvit.eval.features import Features
-from sslvit.eval.knn import DEFAULT_KS, KNNClassifier, KNNResult
+from sslvit.eval.knn import KNNClassifier, KNNResult, choose_ks
 
 
 def table(result: KNNResult) -> str:
@@ -43,12 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ToolParser(__file__, description=__doc__)
     add_feature_args(parser)
     add_subset_args(parser)
-    parser.add_argument("--k", type=int, default=20, help="the k whose accuracy is top1/top5 (default 20)")
+    parser.add_argument(
+        "--k", type=int, help="the k whose accuracy is top1/top5 (default 20, or the largest k fitting a smaller bank)"
+    )
     parser.add_argument(
         "--ks",
         type=int,
         nargs="+",
-        help="all k reported, from one search (default 10 20 100 200, at most the bank size)",
+        help="all k reported, from one search (default: those of 10 20 100 200 that fit the bank); a k you ask for "
+        "that is larger than the bank is an error",
     )
     parser.add_argument("--temperature", type=float, default=0.07, help="T of the vote weights exp(sim / T)")
     parser.add_argument("--index", choices=["flat", "ivf"], default="flat", help="exact (flat) or inverted-file (ivf)")
@@ -57,29 +58,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def classifier(args: argparse.Namespace, bank_size: int) -> KNNClassifier:
-    """The kNN of the arguments; without --ks, the default ks that fit the bank (a low-shot bank is small)."""
-    ks = args.ks or [k for k in DEFAULT_KS if k <= bank_size] or [bank_size]
-    k = args.k if args.ks or args.k <= bank_size else max(ks)
-    return KNNClassifier(ks, k, args.temperature, args.index, args.nlist, args.nprobe)
+def classifier(args: argparse.Namespace, bank_size: int) -> tuple[KNNClassifier, str | None]:
+    """The kNN of the arguments for a bank of ``bank_size`` (:func:`~sslvit.eval.knn.choose_ks`), and what was
+    adapted to the bank."""
+    if args.temperature <= 0:
+        raise ConfigError(f"--temperature must be positive, got {args.temperature}")
+    ks, k, note = choose_ks(bank_size, args.k, args.ks)
+    return KNNClassifier(ks, k, args.temperature, args.index, args.nlist, args.nprobe), note
 
 
-def evaluate_seed(args: argparse.Namespace, train: Features, val: Features, seed: int) -> dict:
+def check(args: argparse.Namespace, evaluation: Evaluation) -> None:
+    """Every setting against every seed's bank, from the labels alone: before the first image is encoded."""
+    for positions in evaluation.train_subsets().values():
+        classifier(args, len(positions) if positions is not None else len(evaluation.train_labels()))
+
+
+def evaluate_seed(args: argparse.Namespace, evaluation: Evaluation, train: Features, val: Features, seed: int) -> dict:
     """kNN with the bank of one seed (the low-shot draw, or all of train): print its table, return its record."""
-    positions = train_subset(args, train.labels, seed)
+    positions = evaluation.train_subsets()[seed]
     bank = train if positions is None else train.subset(positions)
-    knn = classifier(args, len(bank))
+    knn, note = classifier(args, len(bank))
     start = time.perf_counter()
     result = knn.fit(bank.features, bank.labels).evaluate(val.features, val.labels)
     seconds = time.perf_counter() - start
     if positions is not None:
         print(f"bank: {describe_subset(args, len(positions), seed)}")
+    if note is not None:
+        print(f"note: {note}")
     index = "exact inner product (faiss IndexFlatIP)" if args.index == "flat" else f"IVF, nprobe {knn.index.nprobe}"
     print(f"kNN: {index}, T = {args.temperature}, {knn.threads} threads, {seconds:.2f} s")
     if result.recall is not None:
         print(f"IVF recall of the exact {knn.ks[-1]} nearest neighbours: {result.recall:.3f}")
     print(table(result))
-    record = {**result.to_dict(), "ks": knn.ks, "seconds": {**result.timings, "knn": seconds}}
+    record = {**result.to_dict(), "ks": knn.ks, "seconds": {**result.timings, "knn": seconds}, "k_note": note}
     if args.index == "ivf":
         record.update(nlist=knn.index.nlist, nprobe=knn.index.nprobe)
     return seed_record(args, record, seed, positions)
@@ -90,9 +101,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     with one_line_errors(parser.prog):
         evaluation = Evaluation.from_args(args)
+        check(args, evaluation)
         train, val = evaluation.features("train"), evaluation.features("val")
         print(evaluation.headline(train, val))
-        records = [evaluate_seed(args, train, val, seed) for seed in run_seeds(args)]
+        records = [evaluate_seed(args, evaluation, train, val, seed) for seed in evaluation.train_subsets()]
 
     record = {**records[0], **evaluation.describe(train, val)}
     record["seconds"] = {**records[0]["seconds"], **evaluation.seconds}

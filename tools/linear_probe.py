@@ -24,16 +24,15 @@ from sslvit.cli.tool_args import (
     add_subset_args,
     describe_subset,
     over_seeds,
-    run_seeds,
     seed_record,
-    train_subset,
     write_json,
 )
-from sslvit.errors import one_line_errors
-from sslvit.eval.features import Features, dataset_targets
-from sslvit.eval.linear import DEFAULT_BASE_LRS, linear_probe
+from sslvit.errors import ConfigError, one_line_errors
+from sslvit.eval.features import Features
+from sslvit.eval.linear import DEFAULT_BASE_LRS, check_probe_settings, linear_probe
 from sslvit.eval.linear_protocol import linear_probe_protocol
 from sslvit.eval.selection import LinearProbeResult
+from sslvit.eval.subsets import held_out_split
 
 
 def table(result: LinearProbeResult) -> str:
@@ -71,6 +70,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check(args: argparse.Namespace, evaluation: Evaluation) -> None:
+    """Every setting against every seed's train subset, from the labels alone: before the first image is encoded."""
+    epochs = args.epochs or (90 if args.protocol else 100)
+    batch = args.probe_batch_size or (256 if args.protocol else 1024)
+    check_probe_settings(epochs, batch)
+    if args.warmup_epochs < 0:
+        raise ConfigError(f"--warmup-epochs must be non-negative, got {args.warmup_epochs}")
+    if args.lrs is not None and min(args.lrs) <= 0:
+        raise ConfigError(f"--lrs must be positive, got {args.lrs}")
+    if not 0.0 < args.crop_scale[0] <= args.crop_scale[1] <= 1.0:
+        raise ConfigError(f"--crop-scale must satisfy 0 < min <= max <= 1, got {args.crop_scale}")
+    if not args.select_on_val:
+        labels = evaluation.train_labels()
+        for seed, positions in evaluation.train_subsets().items():
+            held_out_split(labels if positions is None else labels[positions], args.held_out_fraction, seed)
+
+
 def probe(args: argparse.Namespace, evaluation: Evaluation, train: Features | None, val: Features, seed: int) -> dict:
     """One probe for ``seed`` (subset draw, heads, shuffling, held-out part): print its table, return its record."""
     common = dict(
@@ -78,8 +94,7 @@ def probe(args: argparse.Namespace, evaluation: Evaluation, train: Features | No
         device=evaluation.device, selection="val" if args.select_on_val else "held_out",
         held_out_fraction=args.held_out_fraction,
     )  # fmt: skip
-    targets = train.labels if train is not None else dataset_targets(evaluation.datamodule.build_dataset("train", None))
-    positions = train_subset(args, targets, seed)
+    positions = evaluation.train_subsets()[seed]
     if positions is not None:
         print(f"train: {describe_subset(args, len(positions), seed)}")
     if not args.protocol:
@@ -111,10 +126,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     with one_line_errors(parser.prog):
         evaluation = Evaluation.from_args(args)
+        check(args, evaluation)
         train = None if args.protocol else evaluation.features("train")
         val = evaluation.features("val")
         print(evaluation.headline(train, val))
-        records = [probe(args, evaluation, train, val, seed) for seed in run_seeds(args)]
+        records = [probe(args, evaluation, train, val, seed) for seed in evaluation.train_subsets()]
 
     evaluation.seconds["probe"] = sum(r["seconds"] for r in records)
     record = {**records[0], **evaluation.describe(train, val), "seconds": evaluation.seconds}

@@ -60,7 +60,8 @@ def test_a_second_image_folder_is_never_served_the_first_ones_features(setup, tm
     first = knn_eval.main(common(setup, tmp_path / "a.json", *args))
     second = knn_eval.main(common(setup, tmp_path / "b.json", *args, "--data-root", str(other)))
     fresh = knn_eval.main(
-        common(setup, tmp_path / "c.json", "--ks", "5", "--k", "5", "--no-cache", "--data-root", str(other))
+        common(setup, tmp_path / "c.json", "--ks", "5", "--k", "5", "--cache-dir", str(tmp_path / "empty"),
+               "--data-root", str(other))  # fmt: skip
     )
     assert first["num_train"] == 210 and second["num_train"] == fresh["num_train"] == 80
     assert second["features_from_cache"] == {"train": False, "val": False}

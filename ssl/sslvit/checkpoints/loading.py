@@ -17,7 +17,7 @@ import torch
 
 from sslvit.checkpoints.io import check_state_dict, safe_load
 from sslvit.checkpoints.official import BACKBONE_PREFIX
-from sslvit.checkpoints.outside import read_outside_weights, read_timm_hub_folder
+from sslvit.checkpoints.outside import arch_sizes, read_outside_weights, read_timm_hub_folder
 from sslvit.errors import CheckpointError
 from sslvit.nn.backbone import VisionTransformer, ViTConfig
 
@@ -117,6 +117,29 @@ def _folder_backbone(folder: Path) -> tuple[ViTConfig, dict[str, torch.Tensor], 
     return ViTConfig.from_dict(backbone), safe_load(weights), info
 
 
+# Formats that record their architecture; --arch/--num-heads may only confirm it.
+RECORDED_ARCHITECTURE = ("lightning", "exported", "timm-hub")
+
+
+def check_recorded_architecture(config: ViTConfig, path: Path, arch: str | None, num_heads: int | None) -> None:
+    """Refuse ``arch``/``num_heads`` that disagree with the architecture a checkpoint records (they cannot change
+    it); flags that agree are accepted."""
+    dim, depth, heads = config.dims
+    problems = []
+    if num_heads is not None and num_heads != heads:
+        problems.append(f"--num-heads {num_heads} but it has {heads} heads")
+    if arch is not None:
+        arch_dim, arch_depth, _, arch_patch = arch_sizes(arch, config.patch_size)
+        if (arch_dim, arch_depth, arch_patch) != (dim, depth, config.patch_size):
+            problems.append(f"--arch {arch} is {arch_dim} wide, {arch_depth} deep with {arch_patch}px patches but it "
+                            f"is {dim} wide, {depth} deep with {config.patch_size}px patches")  # fmt: skip
+    if problems:
+        raise CheckpointError(
+            f"{path} records its architecture, which the flags cannot change: {'; '.join(problems)}. Leave out "
+            "--arch/--num-heads (they are for plain state dicts, whose shapes do not say everything)"
+        )
+
+
 def load_backbone(
     path: str | Path, arch: str | None = None, num_heads: int | None = None
 ) -> tuple[VisionTransformer, dict[str, Any]]:
@@ -150,6 +173,8 @@ def load_backbone(
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if not state:
         raise CheckpointError(f"{path} holds no backbone weights ('{BACKBONE_PREFIX}*' keys)")
+    if info["source"] in RECORDED_ARCHITECTURE:
+        check_recorded_architecture(config, path, arch, num_heads)
     model = VisionTransformer(config)
     check_state_dict(model.state_dict(), state, f"checkpoint {path}")
     model.load_state_dict(state)

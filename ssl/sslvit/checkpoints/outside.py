@@ -141,9 +141,21 @@ def timm_vit_settings(name: str, model_args: dict[str, Any] | None = None) -> di
     config = model.pretrained_cfg or {}
     return {
         "num_heads": model.blocks[0].attn.num_heads,
+        "embed_dim": model.embed_dim,
+        "depth": len(model.blocks),
+        "patch_size": model.patch_embed.patch_size[0],
         "mean": tuple(config.get("mean", IMAGENET_MEAN)),
         "std": tuple(config.get("std", IMAGENET_STD)),
     }
+
+
+def arch_sizes(arch: str, patch_size: int) -> tuple[int, int, int, int]:
+    """(width, depth, heads, patch size) of an sslvit preset (whose patch size is free: ``patch_size``) or of a
+    timm model name."""
+    if arch in PRESETS:
+        return (*PRESETS[arch], patch_size)
+    settings = timm_vit_settings(arch)
+    return settings["embed_dim"], settings["depth"], settings["num_heads"], settings["patch_size"]
 
 
 def infer_config(
@@ -159,8 +171,16 @@ def infer_config(
     if not blocks or "blocks.0.mlp.fc1.weight" not in state or tokens < 1 or grid * grid != tokens:
         what = "no transformer blocks" if not blocks else "no 'pos_embed' of 1 + H*W rows (a CLS row and a square grid)"
         raise CheckpointError(f"{source} is not a ViT that sslvit can run: {what}")
-    if num_heads is None and arch is not None:
-        num_heads = PRESETS[arch][2] if arch in PRESETS else timm_vit_settings(arch)["num_heads"]
+    depth = max(blocks) + 1
+    if arch is not None:  # applied or refused: an arch of another width, depth or patch size is not these weights
+        arch_dim, arch_depth, arch_heads, arch_patch = arch_sizes(arch, patch)
+        if (arch_dim, arch_depth, arch_patch) != (dim, depth, patch):
+            raise CheckpointError(
+                f"--arch {arch} is {arch_dim} wide, {arch_depth} blocks deep with {arch_patch}px patches, but {source} "
+                f"holds {dim} wide, {depth} blocks, {patch}px patches: pass the arch the weights come from (or "
+                "--num-heads alone)"
+            )
+        num_heads = arch_heads if num_heads is None else num_heads
     if num_heads is None:
         num_heads = next((heads for width, _, heads in PRESETS.values() if width == dim), None)
     if num_heads is None:
@@ -168,6 +188,8 @@ def infer_config(
             f"{source}: {dim}-wide blocks, but the weights do not record the number of attention heads; "
             "pass --num-heads N (num_heads=N), or --arch with the timm model name the weights come from"
         )
+    if num_heads < 1 or dim % num_heads:
+        raise CheckpointError(f"--num-heads {num_heads} does not divide the weights' width {dim} ({source})")
     sincos = sincos_pos_embed_2d(dim, grid, cls_token=True).unsqueeze(0)
     preset = arch if arch in PRESETS else next((n for n, (w, _, _) in PRESETS.items() if w == dim), "vit_base")
     return ViTConfig(
@@ -176,7 +198,7 @@ def infer_config(
         patch_size=patch,
         in_chans=in_chans,
         embed_dim=dim,
-        depth=max(blocks) + 1,
+        depth=depth,
         num_heads=num_heads,
         mlp_ratio=state["blocks.0.mlp.fc1.weight"].shape[0] / dim,
         qkv_bias="blocks.0.attn.qkv.bias" in state,

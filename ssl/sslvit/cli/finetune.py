@@ -92,7 +92,7 @@ def run_finetune(args: argparse.Namespace) -> dict[str, Any]:
     """Fine-tune ``args.checkpoint`` (or its architecture from scratch) and return the JSON record."""
     if args.run_dir is None:
         args.run_dir = time.strftime("runs/finetune-%Y%m%d-%H%M%S")
-    encoder, info = load_backbone(args.checkpoint)
+    encoder, info = load_backbone(args.checkpoint, arch=args.arch, num_heads=args.num_heads)
     backbone = {**encoder.config.to_dict(), "img_size": info["image_size"]}  # CPC: whole images, not its patches
     command = fit_arguments(args, info, backbone)
     if args.train_fraction is not None or args.shots is not None:

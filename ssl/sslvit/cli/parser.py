@@ -123,15 +123,41 @@ class OneLineErrorParser(LightningArgumentParser):
         _report(getattr(ex, "subcommand_parser", None) or self, message, self.prog.split()[0])
 
 
+class ReadTrackingArgs(argparse.Namespace):
+    """Parsed options that remember which of them the program read: a flag nobody reads is a flag silently
+    ignored, and ``tests/e2e/test_tool_flags.py`` runs every tool to check that :meth:`unread` is empty."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        object.__setattr__(self, "_read", set())
+        super().__init__(**kwargs)
+
+    def __getattribute__(self, name: str) -> Any:
+        if not name.startswith("_") and name in object.__getattribute__(self, "__dict__"):
+            object.__getattribute__(self, "_read").add(name)
+        return object.__getattribute__(self, name)
+
+    def unread(self) -> list[str]:
+        """The options never read since parsing."""
+        return sorted(k for k in object.__getattribute__(self, "__dict__") if not k.startswith("_") and k not in
+                      object.__getattribute__(self, "_read"))  # fmt: skip
+
+
 class ToolParser(argparse.ArgumentParser):
     """argparse for the scripts in tools/ and benchmarks/: a bad option is one line with a suggestion.
 
     ``script`` is the script's ``__file__``: its name is the program name in messages, however it runs.
+    The parsed options are a :class:`ReadTrackingArgs`.
     """
 
     def __init__(self, script: str, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
         super().__init__(prog=Path(script).name, **kwargs)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[Any, list[str]]:
+        parsed, extra = super().parse_known_args(args, ReadTrackingArgs() if namespace is None else namespace)
+        if isinstance(parsed, ReadTrackingArgs):
+            object.__getattribute__(parsed, "_read").clear()  # argparse's own reads (defaults) do not count
+        return parsed, extra
 
     def error(self, message: str) -> NoReturn:
         _report(self, message, self.prog)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from sslvit.eval.features import (
     Features,
     backbone_of,
     dataset_features,
+    dataset_targets,
     default_cache_dir,
     feature_dim,
     resolve_precision,
@@ -239,6 +241,21 @@ def over_seeds(records: list[dict[str, Any]]) -> dict[str, Any]:
     return {**summary, "per_seed": records, "seeds": [r["seed"] for r in records]}
 
 
+def usable_cache(directory: str | None) -> FeatureCache:
+    """The feature cache of ``--cache-dir``, after checking that a file can be written there (before any encoding)."""
+    cache = FeatureCache(directory)
+    try:
+        cache.directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=cache.directory, prefix=".write-check-"):
+            pass
+    except OSError as err:
+        raise ConfigError(
+            f"--cache-dir {cache.directory} cannot be written ({err.strerror or type(err).__name__}): choose a "
+            "writable folder, or pass --no-cache"
+        ) from None
+    return cache
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -296,8 +313,29 @@ class Evaluation:
         model, pooling, name = resolve_features(args, backbone, info)
         feature_dim(model, pooling)  # a bad --features fails before any image is read
         device = resolve_device(args.device)
-        cache = None if args.no_cache else FeatureCache(args.cache_dir)
-        return cls(args, model.to(device), info, datamodule, device, cache, {}, pooling, name)
+        if args.no_cache and args.cache_dir is not None:
+            raise ConfigError("--no-cache and --cache-dir contradict each other: pass one of them")
+        cache = None if args.no_cache else usable_cache(args.cache_dir)
+        evaluation = cls(args, model.to(device), info, datamodule, device, cache, {}, pooling, name)
+        evaluation.train_subsets()  # --seeds, --train-fraction, --shots checked on the labels, before any encoding
+        return evaluation
+
+    def train_labels(self) -> torch.Tensor:
+        """The train split's labels (train's class list), from the listing alone: no image is decoded."""
+        if not hasattr(self, "_train_labels"):
+            train = self.datamodule.build_dataset("train", None)
+            self._train_labels = torch.tensor(dataset_targets(train), dtype=torch.long)
+        return self._train_labels
+
+    def train_subsets(self) -> dict[int, list[int] | None]:
+        """Each seed of ``--seeds`` -> the positions of its low-shot train subset (None: the whole split)."""
+        if not hasattr(self, "_train_subsets"):
+            seeds = run_seeds(self.args)
+            args = self.args
+            low_shot = getattr(args, "train_fraction", None) is not None or getattr(args, "shots", None) is not None
+            labels = self.train_labels() if low_shot else None
+            self._train_subsets = {seed: train_subset(args, labels, seed) if low_shot else None for seed in seeds}
+        return self._train_subsets
 
     @property
     def backbone(self) -> VisionTransformer:

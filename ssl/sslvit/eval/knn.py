@@ -45,6 +45,43 @@ def faiss_threads(threads: int) -> Iterator[None]:
         faiss.omp_set_num_threads(previous)
 
 
+DEFAULT_K = 20
+
+
+def choose_ks(
+    bank_size: int, k: int | None = None, ks: Sequence[int] | None = None
+) -> tuple[list[int], int, str | None]:
+    """The k values to report for a bank of ``bank_size`` features, by one rule.
+
+    Every k that was asked for (``k``, ``ks``) must be at most the bank size: a larger one is an error,
+    never quietly replaced. What was not asked for adapts: the default ks are those of
+    :data:`DEFAULT_KS` that fit (or the bank size, for a bank smaller than all of them), and the default
+    k is 20, or the largest reported k when 20 does not fit. Returns ``(ks, k, note)``, ``note`` saying
+    what was adapted (None when nothing was).
+    """
+    asked = sorted({*(ks or ()), *((k,) if k is not None else ())})
+    if asked and asked[0] < 1:
+        raise ConfigError(f"k values must be positive, got {asked}")
+    too_large = [v for v in asked if v > bank_size]
+    if too_large:
+        raise ConfigError(
+            f"k={too_large[0]} is larger than the bank of {bank_size} training features: every k must be at most "
+            f"{bank_size} (asked for {asked}); lower --k/--ks or use a larger bank"
+        )
+    notes = []
+    if ks:
+        chosen = sorted(set(ks))
+    else:
+        chosen = [v for v in DEFAULT_KS if v <= bank_size] or [bank_size]
+        if len(chosen) < len(DEFAULT_KS):
+            notes.append(f"default ks that fit the bank of {bank_size}: {chosen}")
+    if k is None:
+        k = DEFAULT_K if DEFAULT_K <= bank_size else max(chosen)
+        if k != DEFAULT_K:
+            notes.append(f"k = {DEFAULT_K} does not fit the bank of {bank_size}: the headline is k = {k}")
+    return sorted({*chosen, k}), k, "; ".join(notes) or None
+
+
 def weighted_vote(
     similarities: torch.Tensor, neighbour_labels: torch.Tensor, num_classes: int, temperature: float
 ) -> torch.Tensor:
@@ -117,7 +154,7 @@ class KNNClassifier:
     def __init__(
         self,
         ks: Sequence[int] = DEFAULT_KS,
-        k: int = 20,
+        k: int = DEFAULT_K,
         temperature: float = 0.07,
         index: IndexKind = "flat",
         nlist: int | None = None,

@@ -35,12 +35,12 @@ def features(model: torch.nn.Module, images: torch.Tensor = IMAGES) -> torch.Ten
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
-def test_timm_state_dict_with_arch_gives_timms_features(tmp_path, suffix):
+def test_timm_state_dict_gives_timms_features(tmp_path, suffix):
     source = timm_vit()
     path = tmp_path / f"vit{suffix}"
     state = {k: v.contiguous() for k, v in source.state_dict().items()}
     save_file(state, str(path)) if suffix == ".safetensors" else torch.save(state, path)
-    backbone, info = load_backbone(path, arch="vit_tiny_patch16_224")
+    backbone, info = load_backbone(path, num_heads=3)
     assert torch.equal(features(backbone), features(source))
     assert info["source"] == "timm" and info["dropped"] == {"classifier head": 2}
     config = backbone.config
@@ -56,6 +56,25 @@ def test_timm_state_dict_with_arch_gives_timms_features(tmp_path, suffix):
     assert torch.equal(features(load_backbone(path, num_heads=3)[0]), features(source))
     with pytest.raises(CheckpointError, match="neither an sslvit preset .* nor a timm model name"):
         load_backbone(path, arch="vit_imaginary")
+    # An arch is applied or refused: one whose width, depth or patch size is not the weights' is refused.
+    with pytest.raises(CheckpointError, match="--arch vit_tiny_patch16_224 is 192 wide, 12 blocks deep with 16px"):
+        load_backbone(path, arch="vit_tiny_patch16_224")
+    with pytest.raises(CheckpointError, match="--num-heads 5 does not divide the weights' width 48"):
+        load_backbone(path, num_heads=5)
+
+
+def test_a_timm_arch_gives_its_heads_and_preprocessing_and_cannot_be_another_size(tmp_path):
+    """``--arch`` of the model the weights come from sets what shapes do not say (heads, mean/std); the arch of a
+    model of another size is refused, never run with that arch's heads (vit_small's 6 on 192-wide weights)."""
+    source = timm_vit(img_size=32, patch_size=16, embed_dim=192, depth=12)
+    torch.save(source.state_dict(), tmp_path / "tiny.pth")
+    backbone, info = load_backbone(tmp_path / "tiny.pth", arch="vit_tiny_patch16_224")
+    assert backbone.config.dims == (192, 12, 3) and info["timm_arch"] == "vit_tiny_patch16_224"
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(features(backbone, images), features(source, images))
+    with pytest.raises(CheckpointError, match="--arch vit_small_patch16_224 is 384 wide.* holds 192 wide"):
+        load_backbone(tmp_path / "tiny.pth", arch="vit_small_patch16_224")
+    assert load_backbone(tmp_path / "tiny.pth", num_heads=6)[0].config.dims == (192, 12, 6)  # heads alone: applied
 
 
 def test_timm_hub_folder(tmp_path):
@@ -71,7 +90,7 @@ def test_timm_models_sslvit_cannot_run_are_refused(tmp_path):
     source = timm_vit(global_pool="avg", fc_norm=True)
     torch.save(source.state_dict(), tmp_path / "fc_norm.pth")
     with pytest.raises(CheckpointError, match="unexpected keys .*fc_norm.bias, fc_norm.weight"):
-        load_backbone(tmp_path / "fc_norm.pth", arch="vit_tiny_patch16_224")
+        load_backbone(tmp_path / "fc_norm.pth", num_heads=3)
     with pytest.raises(CheckpointError, match="vit_base_patch16_clip_224 cannot be run by sslvit's ViT: .*norm_pre"):
         load_backbone(tmp_path / "fc_norm.pth", arch="vit_base_patch16_clip_224")
 
