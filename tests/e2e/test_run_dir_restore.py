@@ -16,6 +16,7 @@ import pytest
 
 from conftest import TINY_CONFIGS, write_image_folder
 from sslvit.cli import run_cli
+from sslvit.errors import CorruptImageError
 
 
 def fit(run: Path, data: Path, *extra: str):
@@ -76,7 +77,7 @@ def test_unreadable_image_in_the_first_batch_of_a_resumed_run_restores_the_run_d
     for image in (broken / "train").rglob("*.png"):
         image.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)  # a PNG signature and nothing readable
     config_at_failure = tmp_path / "config-at-failure.yaml"
-    with pytest.raises(Exception, match=r"broken/train/class\d/\d+\.png"):
+    with pytest.raises(CorruptImageError, match=r"cannot read image .*broken/train/class\d/\d+\.png"):
         fit(run, broken, "--ckpt_path", "last", "--trainer.max_steps", "6", *fault(config_at_failure, None))
     assert_restored(run, before, config_at_failure, f"root: {broken}")
 
