@@ -56,3 +56,19 @@ class PoisonBatchAtStep(L.Callback):
         if trainer.global_step >= self.step:
             batch["images"].fill_(float("nan"))
             assert torch.isnan(batch["images"]).all()
+
+
+class FailAtTrainStart(L.Callback):
+    """At ``on_train_start`` (the run directory's config.yaml and loggers are written, no step is taken yet):
+    copy config.yaml as it is then to ``copy_config_to``, then raise ``error`` (``RuntimeError`` or
+    ``KeyboardInterrupt``, Ctrl-C; ``None``: only copy)."""
+
+    def __init__(self, copy_config_to: str, error: str | None = "RuntimeError") -> None:
+        self.copy_config_to, self.error = copy_config_to, error
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        shutil.copyfile(os.path.join(trainer.default_root_dir, "config.yaml"), self.copy_config_to)
+        if self.error == "KeyboardInterrupt":
+            raise KeyboardInterrupt
+        if self.error is not None:
+            raise RuntimeError("injected failure at train start")
