@@ -43,6 +43,21 @@ def test_refuses_to_overwrite_a_run_and_resumes_with_last(tmp_path):
     assert float(rows[3]["train/lr"]) > 1e-5
 
 
+def test_a_moved_run_directory_resumes_into_its_own_last_ckpt(tmp_path):
+    """Regression: after `mv runs/A runs/B`, resuming in B wrote last-v1.ckpt and left last.ckpt, which every
+    documented command evaluates, at the old step. A run directory's files do not depend on where it was made."""
+    fit(tmp_path)
+    moved = tmp_path / "moved"
+    (tmp_path / "run").rename(moved)
+    cli = run_cli(["fit", "--config", TINY, "--trainer.default_root_dir", str(moved), "--ckpt_path", "last",
+                   "--trainer.max_steps", "5"])  # fmt: skip
+    assert cli.trainer.global_step == 5
+    checkpoints = moved / "checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("last*")) == ["last.ckpt"]
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True, map_location="cpu")["global_step"] == 5
+    assert not (tmp_path / "run").exists(), "nothing is written where the run used to be"
+
+
 def test_bf16_mixed_precision_runs(tmp_path):
     cli = fit(tmp_path, "--trainer.precision", "bf16-mixed", "--trainer.max_steps", "2")
     assert cli.trainer.global_step == 2

@@ -82,13 +82,6 @@ def test_unreadable_image_in_the_first_batch_of_a_resumed_run_restores_the_run_d
     assert_restored(run, before, config_at_failure, f"root: {broken}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Ctrl-C before the first step does not restore the run directory: Lightning's "
-    "_call_and_handle_interrupt turns KeyboardInterrupt into sys.exit(1), and "
-    "sslvit.cli.run_dir.unchanged_unless_started catches only (Exception, KeyboardInterrupt), not SystemExit, "
-    "so config.yaml/hparams.yaml keep the new run's bytes and its new events file stays",
-)
 def test_ctrl_c_at_train_start_of_a_resumed_run_restores_the_run_directory(finished_run, tmp_path):
     run, data, before = finished_run
     config_at_failure = tmp_path / "config-at-failure.yaml"

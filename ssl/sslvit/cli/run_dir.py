@@ -86,6 +86,27 @@ class RunCheckpoint(ModelCheckpoint):
             for logger in trainer.loggers:
                 logger.after_save_checkpoint(proxy(self))
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the callback's paths relative to where the run directory is now.
+
+        Lightning stores absolute paths and, when the directory differs (the run was moved or renamed),
+        forgets where ``last.ckpt`` is and writes the resumed state to ``last-v1.ckpt``, leaving the
+        ``last.ckpt`` that every command evaluates at the old step. Paths inside the old checkpoint
+        folder are moved into the current one, so a run directory's files do not depend on where it
+        was created.
+        """
+        old, new = state_dict.get("dirpath"), self.dirpath
+        if old and new and old != new:
+
+            def moved(path: Any) -> Any:
+                if isinstance(path, str) and (path == old or path.startswith(old.rstrip(os.sep) + os.sep)):
+                    return new + path[len(old) :]
+                return path
+
+            state_dict = {key: moved(value) for key, value in state_dict.items()}
+            state_dict["best_k_models"] = {moved(k): v for k, v in (state_dict.get("best_k_models") or {}).items()}
+        super().load_state_dict(state_dict)
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any) -> None:
         super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
         n, step = self.last_every_n_steps, trainer.global_step
@@ -204,7 +225,7 @@ def unchanged_unless_started(run_dir: Path, marker: StartMarker) -> Iterator[Non
     kept = {p: p.read_bytes() for p in before if p.is_file() and p.suffix in (".yaml", ".csv")}
     try:
         yield
-    except (Exception, KeyboardInterrupt):
+    except BaseException:  # SystemExit too: Lightning turns Ctrl-C into sys.exit(1)
         if not marker.started:
             if not existed:
                 shutil.rmtree(run_dir, ignore_errors=True)
