@@ -32,6 +32,13 @@ def sample_key(seed: int, epoch: int, index: int) -> int:
     return splitmix64(splitmix64(splitmix64(seed) ^ epoch) ^ index) >> 1
 
 
+def sub_keys(keys: torch.Tensor, count: int) -> torch.Tensor:
+    """[N, count] keys derived from each of ``keys`` [N]: for the parts of a sample that are encoded as separate
+    rows (CPC's patches), so each part has its own random numbers, still a function of the sample's key."""
+    rows = [[splitmix64(splitmix64(k) ^ part) >> 1 for part in range(count)] for k in keys.tolist()]
+    return torch.tensor(rows, dtype=torch.int64).view(len(rows), count)
+
+
 def keyed_rand(
     keys: torch.Tensor, *shape: int, salt: int = 0, device: torch.device | str | None = None
 ) -> torch.Tensor:

@@ -13,9 +13,12 @@ from conftest import TINY_CONFIGS, read_run, sslvit
 pytestmark = pytest.mark.slow
 
 TINY = TINY_CONFIGS["mae"]
-# 128 images, global batch 32: 4 steps per epoch; 6 steps cross an epoch boundary.
+# 128 images, global batch 32: 4 steps per epoch; 6 steps cross an epoch boundary. Drop path is on:
+# each sample's stochastic depth follows its key, so ranks (which Lightning seeds alike) do not repeat it
+# (2 blocks: the rate rises from 0 at the first block to 0.3 at the last).
 COMMON = ["--data.train_subset", "128", "--trainer.max_steps", "6", "--trainer.limit_val_batches", "1",
-          "--trainer.accelerator", "cpu", "--data.num_workers", "0"]  # fmt: skip
+          "--trainer.accelerator", "cpu", "--data.num_workers", "0",
+          "--model.init_args.backbone.depth", "2", "--model.init_args.backbone.drop_path_rate", "0.3"]  # fmt: skip
 
 
 def fit(run_dir: Path, *extra: str) -> dict:
@@ -41,7 +44,7 @@ def test_ddp_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
     assert ddp["ckpt"]["global_step"] == single["ckpt"]["global_step"] == 6
     # the learning rate follows the global batch: 1e-3 * (16 x 2 devices) / 256, as for 32 x 1
     assert len(single["losses"]) == len(ddp["losses"]) == 6
-    # same samples, same per-sample masks: the global-batch loss is the same at every step
+    # same samples, same per-sample masks and drop paths: the global-batch loss is the same at every step
     assert torch.allclose(torch.tensor(ddp["losses"]), torch.tensor(single["losses"]), rtol=1e-4, atol=1e-5)
     for key, value in single["ckpt"]["state_dict"].items():
         assert torch.allclose(ddp["ckpt"]["state_dict"][key], value, atol=2e-5), key

@@ -156,13 +156,13 @@ class FineTune(SSLMethod):
             for param in part.parameters() if isinstance(part, nn.Module) else [part]:
                 param.requires_grad_(False)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """images [N, C, H, W] -> logits [N, K]."""
+    def forward(self, images: torch.Tensor, row_keys: torch.Tensor | None = None) -> torch.Tensor:
+        """images [N, C, H, W] -> logits [N, K]; drop path drawn from the samples' keys ``row_keys`` [N]."""
         if self.hparams.pooling == "mean":
-            tokens = self.backbone.forward_features(images, norm=False)  # [N, 1 + L, D]
+            tokens = self.backbone.forward_features(images, norm=False, row_keys=row_keys)  # [N, 1 + L, D]
             features = self.fc_norm(tokens[:, 1:].mean(dim=1))
         else:
-            features = self.backbone.forward_features(images)[:, 0]
+            features = self.backbone.forward_features(images, row_keys=row_keys)[:, 0]
         return self.head(features)
 
     def setup(self, stage: str) -> None:
@@ -212,7 +212,7 @@ class FineTune(SSLMethod):
                 )
             with keyed_rng(splitmix64(int(keys[0]) ^ MIXUP_SALT) >> 1):
                 images, targets = self.mixup(images, labels)
-        return {"loss": self.train_loss(self(images), targets)}
+        return {"loss": self.train_loss(self(images, row_keys=keys), targets)}
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         """Top-1/top-5 counts and summed cross entropy over the val split (deterministic transform, no mixup)."""

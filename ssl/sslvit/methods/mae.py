@@ -124,12 +124,13 @@ class MAE(SSLMethod):
 
     # ---- the model ----
     def forward_encoder(
-        self, images: torch.Tensor, noise: torch.Tensor | None = None
+        self, images: torch.Tensor, noise: torch.Tensor | None = None, row_keys: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """images [N, C, H, W] -> (latent [N, 1+K, D], mask [N, L], ids_restore [N, L])."""
+        """images [N, C, H, W] -> (latent [N, 1+K, D], mask [N, L], ids_restore [N, L]); ``row_keys`` [N]: the
+        samples' keys, which stochastic depth (if any) is drawn from."""
         h, w = self.backbone.grid_of(images)
         masking = random_masking(images.shape[0], h * w, self.mask_ratio, noise=noise, device=images.device)
-        latent = self.backbone.forward_visible(images, masking.ids_keep)
+        latent = self.backbone.forward_visible(images, masking.ids_keep, row_keys=row_keys)
         return latent, masking.mask, masking.ids_restore
 
     def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
@@ -153,10 +154,10 @@ class MAE(SSLMethod):
         return masked_mse(pred, target, mask)
 
     def forward(
-        self, images: torch.Tensor, noise: torch.Tensor | None = None
+        self, images: torch.Tensor, noise: torch.Tensor | None = None, row_keys: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """images [N, C, H, W] -> (loss, pred [N, L, p*p*C], mask [N, L]); ``noise`` [N, L] fixes the mask."""
-        latent, mask, ids_restore = self.forward_encoder(images, noise)
+        latent, mask, ids_restore = self.forward_encoder(images, noise, row_keys)
         pred = self.forward_decoder(latent, ids_restore)
         return self.forward_loss(images, pred, mask), pred, mask
 
@@ -165,5 +166,5 @@ class MAE(SSLMethod):
         if keys is not None:  # each sample's mask follows from its key
             h, w = self.backbone.grid_of(images)
             noise = keyed_rand(keys, h * w, salt=MASK_SALT, device=images.device)
-        loss, _, _ = self(images, noise=noise)
+        loss, _, _ = self(images, noise=noise, row_keys=keys)
         return {"loss": loss}

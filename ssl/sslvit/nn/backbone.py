@@ -19,11 +19,12 @@ from typing import Any, Literal
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import LayerNorm, PatchEmbed, resample_abs_pos_embed
+from timm.layers import DropPath, LayerNorm, PatchEmbed, resample_abs_pos_embed
 from timm.models.vision_transformer import Block
 from torch.utils.checkpoint import checkpoint
 
 from sslvit.errors import ConfigError
+from sslvit.nn.drop_path import KeyedDropPath, drawn_from, drop_path_draws
 from sslvit.nn.masking import gather_tokens
 from sslvit.nn.pos_embed import sincos_pos_embed_2d
 
@@ -187,6 +188,10 @@ class VisionTransformer(nn.Module):
             )  # fmt: skip
             for rate in rates
         )
+        for block in self.blocks:  # stochastic depth from the rows' keys (sslvit.nn.drop_path), not the global RNG
+            for name in ("drop_path1", "drop_path2"):
+                if isinstance(getattr(block, name), DropPath):
+                    setattr(block, name, KeyedDropPath(getattr(block, name).drop_prob))
         self.norm = LayerNorm(dim, eps=1e-6)
         self.init_weights()
 
@@ -273,33 +278,57 @@ class VisionTransformer(nn.Module):
         cls = (self.cls_token + pos[:, :1]).expand(x.shape[0], -1, -1)
         return x, cls
 
-    def run_blocks(self, x: torch.Tensor, norm: bool = True) -> torch.Tensor:
-        """Transformer blocks, then the final norm unless ``norm=False``: [N, T, D] -> [N, T, D]."""
-        for block in self.blocks:
+    def run_blocks(self, x: torch.Tensor, norm: bool = True, row_keys: torch.Tensor | None = None) -> torch.Tensor:
+        """Transformer blocks, then the final norm unless ``norm=False``: [N, T, D] -> [N, T, D].
+
+        ``row_keys`` [N] (int64): row n's stochastic-depth decisions are drawn from its key
+        (:mod:`sslvit.nn.drop_path`); without keys, from the global generator.
+        """
+        draws = None
+        if row_keys is not None and self.training and self.config.drop_path_rate > 0:
+            draws = drop_path_draws(row_keys, 2 * len(self.blocks), x.device).view(-1, len(self.blocks), 2)
+        for i, block in enumerate(self.blocks):
+            block_draws = None if draws is None else draws[:, i]
             if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, use_reentrant=False)
+                x = checkpoint(self._run_block, block, x, block_draws, use_reentrant=False)
             else:
-                x = block(x)
+                x = self._run_block(block, x, block_draws)
         return self.norm(x) if norm else x
 
+    @staticmethod
+    def _run_block(block: nn.Module, x: torch.Tensor, draws: torch.Tensor | None) -> torch.Tensor:
+        """One block with its drop-path draws [N, 2] in place: a recomputation under checkpointing draws the same."""
+        branches = [m for m in (block.drop_path1, block.drop_path2) if isinstance(m, KeyedDropPath)]
+        if not branches:
+            return block(x)
+        with drawn_from(branches, draws):
+            return block(x)
+
     # ---- the three entry points --------------------------------------------------------------
-    def forward_features(self, images: torch.Tensor, norm: bool = True) -> torch.Tensor:
+    # Each takes ``row_keys`` [N]: the samples' random keys, from which stochastic depth is drawn (run_blocks).
+    def forward_features(
+        self, images: torch.Tensor, norm: bool = True, row_keys: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Encode all patches: images [N, C, H, W] -> tokens [N, 1 + L, D] (CLS first).
 
         ``norm=False`` leaves out the final norm (MAE's fine-tuning pools the tokens before its own norm).
         """
         x, cls = self.patch_tokens(images)
-        return self.run_blocks(torch.cat([cls, x], dim=1), norm=norm)
+        return self.run_blocks(torch.cat([cls, x], dim=1), norm=norm, row_keys=row_keys)
 
-    def forward_visible(self, images: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
+    def forward_visible(
+        self, images: torch.Tensor, ids_keep: torch.Tensor, row_keys: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Encode only the patches at ``ids_keep`` [N, K]: -> tokens [N, 1 + K, D] (MAE)."""
         x, cls = self.patch_tokens(images, ids_keep=ids_keep)
-        return self.run_blocks(torch.cat([cls, x], dim=1))
+        return self.run_blocks(torch.cat([cls, x], dim=1), row_keys=row_keys)
 
-    def forward_masked(self, images: torch.Tensor, mask: torch.Tensor, mask_token: torch.Tensor) -> torch.Tensor:
+    def forward_masked(
+        self, images: torch.Tensor, mask: torch.Tensor, mask_token: torch.Tensor, row_keys: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Encode all patches with masked ones [N, L] replaced by ``mask_token``: -> [N, 1 + L, D]."""
         x, cls = self.patch_tokens(images, mask, mask_token)
-        return self.run_blocks(torch.cat([cls, x], dim=1))
+        return self.run_blocks(torch.cat([cls, x], dim=1), row_keys=row_keys)
 
     # ---- features for evaluation ---------------------------------------------------------------
     @staticmethod
@@ -311,9 +340,11 @@ class VisionTransformer(nn.Module):
             return tokens[:, 1:].mean(dim=1)
         raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
 
-    def forward(self, images: torch.Tensor, pooling: Pooling = "cls") -> torch.Tensor:
+    def forward(
+        self, images: torch.Tensor, pooling: Pooling = "cls", row_keys: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Pooled features [N, D]."""
-        return self.pool(self.forward_features(images), pooling)
+        return self.pool(self.forward_features(images, row_keys=row_keys), pooling)
 
     def get_intermediate_layers(self, images: torch.Tensor, n: int = 1) -> list[torch.Tensor]:
         """Outputs of the last ``n`` blocks, each passed through the final norm (DINO protocol)."""

@@ -219,7 +219,7 @@ class BEiT(SSLMethod):
         if mask is None:
             mask = self.sample_mask(images.shape[0], self.backbone.grid_of(images), images.device, keys)
         mask = mask.bool()
-        tokens = self.backbone.forward_masked(images, mask, self.mask_token)[:, 1:]  # [N, L, D]
+        tokens = self.backbone.forward_masked(images, mask, self.mask_token, row_keys=keys)[:, 1:]  # [N, L, D]
         logits = self.code_head(tokens[mask])  # [M, V]
         loss = F.cross_entropy(logits.float(), codes[mask])
         return loss, logits, codes, mask

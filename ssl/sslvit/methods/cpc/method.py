@@ -25,7 +25,7 @@ from sslvit.methods.cpc.context import DIRECTIONS, CausalContext, Direction, ori
 from sslvit.methods.cpc.patch_grid import PatchGrid, augment_patches
 from sslvit.nn.backbone import ViTConfig
 from sslvit.nn.losses import info_nce
-from sslvit.seeding import keyed_rand, random_keys
+from sslvit.seeding import keyed_rand, random_keys, sub_keys
 
 PATCH_AUGMENT_SALT = 0x4350_43  # 'CPC': the stream of keyed random numbers used for patch augmentation
 
@@ -163,24 +163,32 @@ class CPC(SSLMethod):
         patches = self.grid.extract(images)  # [N, G, G, C, P, P]
         n, g = patches.shape[:2]
         flat = patches.reshape(n * g * g, *patches.shape[3:])  # [N*G*G, C, P, P]
+        patch_keys = None
         if augment_keys is not None:
             draws = keyed_rand(augment_keys, g * g, 3, salt=PATCH_AUGMENT_SALT, device=images.device)  # [N, G*G, 3]
             flat = augment_patches(flat, self.channel_drop_prob, self.hflip_prob, draws.view(n * g * g, 3))
-        return self.encode_flat_patches(flat).view(n, g, g, -1)
+            patch_keys = sub_keys(augment_keys, g * g).view(-1)  # [N*G*G]: each patch's own stochastic depth
+        return self.encode_flat_patches(flat, patch_keys).view(n, g, g, -1)
 
-    def encode_flat_patches(self, patches: torch.Tensor) -> torch.Tensor:
+    def encode_flat_patches(self, patches: torch.Tensor, row_keys: torch.Tensor | None = None) -> torch.Tensor:
         """patches [M, C, P, P] -> latents [M, D], ``patches_per_chunk`` at a time (all at once when null).
 
         With gradients, each chunk runs under activation checkpointing: its forward keeps only its
         input and its latents, and the backward pass recomputes one chunk's activations at a time.
+        ``row_keys`` [M]: each patch's key, which its stochastic depth is drawn from.
         """
         chunk = self.patches_per_chunk
         if chunk is None:
-            return self.backbone(patches, pooling=self.patch_pooling)
-        encode = lambda x: self.backbone(x, pooling=self.patch_pooling)  # noqa: E731
+            return self.backbone(patches, pooling=self.patch_pooling, row_keys=row_keys)
+
+        def encode(part: torch.Tensor, keys: torch.Tensor | None) -> torch.Tensor:
+            return self.backbone(part, pooling=self.patch_pooling, row_keys=keys)
+
+        parts = patches.split(chunk)
+        chunks = zip(parts, row_keys.split(chunk) if row_keys is not None else [None] * len(parts), strict=True)
         if not torch.is_grad_enabled():
-            return torch.cat([encode(part) for part in patches.split(chunk)])
-        return torch.cat([checkpoint(encode, part, use_reentrant=False) for part in patches.split(chunk)])
+            return torch.cat([encode(part, keys) for part, keys in chunks])
+        return torch.cat([checkpoint(encode, part, keys, use_reentrant=False) for part, keys in chunks])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Patch latents z [N, G, G, D] of un-augmented images."""
