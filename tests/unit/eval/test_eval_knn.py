@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from sslvit.errors import ConfigError
-from sslvit.eval.knn import KNNClassifier
+from sslvit.eval.knn import KNNClassifier, choose_ks
 
 
 def reference_scores(bank, bank_labels, queries, k, temperature, num_classes):
@@ -119,3 +119,16 @@ def test_a_bank_indexed_in_chunks_searches_like_one_indexed_whole(monkeypatch):
     assert chunked.index.ntotal == 50
     sims, ids = chunked.search(queries)
     assert torch.equal(ids, whole[1]) and torch.allclose(sims, whole[0])
+
+
+def test_one_rule_for_k_asked_values_must_fit_the_bank_defaults_adapt():
+    """Regression: --k 150 with a bank of 120 reported k = 100 as the headline with exit status 0."""
+    with pytest.raises(ConfigError, match="k=150 is larger than the bank of 120 training features"):
+        choose_ks(120, k=150)
+    with pytest.raises(ConfigError, match="k=500 is larger than the bank of 120"):
+        choose_ks(120, ks=[10, 500])
+    assert choose_ks(1000) == ([10, 20, 100, 200], 20, None)
+    assert choose_ks(120, k=20, ks=[5]) == ([5, 20], 20, None)
+    ks, k, note = choose_ks(15)  # a low-shot bank: the defaults that fit, and the largest as the headline
+    assert (ks, k) == ([10], 10) and "k = 20 does not fit the bank of 15: the headline is k = 10" in note
+    assert choose_ks(4)[:2] == ([4], 4)
