@@ -56,3 +56,14 @@ class PoisonBatchAtStep(L.Callback):
         if trainer.global_step >= self.step:
             batch["images"].fill_(float("nan"))
             assert torch.isnan(batch["images"]).all()
+
+
+class CtrlCAtStep(L.Callback):
+    """Ctrl-C (SIGINT to this process) as training batch ``step`` begins (0-based count of steps done)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
