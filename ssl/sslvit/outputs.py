@@ -71,23 +71,23 @@ def replace_folder(
     folder = Path(folder)
     created = _first_missing(folder.parent)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    target = folder.resolve()
+    target = folder.resolve()  # a link to a folder keeps pointing at the (new) folder
     tag = uuid.uuid4().hex[:8]
     staging, old = target.with_name(f".{target.name}.{tag}.partial"), target.with_name(f".{target.name}.{tag}.old")
     staging.mkdir()  # the permissions a plain mkdir gives (the umask's), which the new folder keeps
     try:
         with on_interrupt(f"nothing was written to {folder}: a new {what} is moved in only once complete"):
             yield staging
-        if folder.exists():
-            os.replace(folder, old)  # moved aside whole, and deleted once the new set is in place
+        if target.exists():
+            os.replace(target, old)  # moved aside whole, and deleted once the new set is in place
             try:
-                os.replace(staging, folder)
+                os.replace(staging, target)
             except BaseException:
-                os.replace(old, folder)
+                os.replace(old, target)
                 raise
             shutil.rmtree(old)
         else:
-            os.replace(staging, folder)
+            os.replace(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         if created is not None:

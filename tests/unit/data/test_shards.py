@@ -163,14 +163,17 @@ def test_an_existing_shard_set_is_refused_and_overwrite_leaves_no_orphan(tmp_pat
     assert set(files_of(out)) == expected | {"train/index.json", "val/index.json"}, "no shard of the old set is left"
     assert len(ShardDataset(out / "val")) == 4 and ShardDataset(out / "train").classes == ["class0", "class1"]
     assert sorted(p.name for p in out.parent.iterdir()) == ["shards"], "no temporary folder is left next to it"
+    (tmp_path / "plain").mkdir()
+    assert out.stat().st_mode == (tmp_path / "plain").stat().st_mode, "the permissions of a folder made by mkdir"
     assert json.loads((out / "train" / "index.json").read_text())["name"] == "train"
 
     unlabelled = tmp_path / "flat"  # a source without val/: the old val/ split must go too
     unlabelled.mkdir()
     for i in range(3):
         Image.new("RGB", (16, 16), (i * 60, 0, 0)).save(unlabelled / f"{i}.png")
-    shard_image_folder(unlabelled, out, overwrite=True)
-    assert set(files_of(out)) == {"train/shard-000000.tar", "train/index.json"}
+    (tmp_path / "link").symlink_to(out)  # an output given as a link to a folder: the folder is replaced
+    shard_image_folder(unlabelled, tmp_path / "link", overwrite=True)
+    assert set(files_of(out)) == {"train/shard-000000.tar", "train/index.json"} and (tmp_path / "link").is_symlink()
 
 
 def test_overwrite_never_deletes_files_that_are_not_shards(tmp_path):
