@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import pickle
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 
@@ -88,14 +88,14 @@ INTERRUPTED = "the command stopped before it finished"
 
 
 @contextmanager
-def on_interrupt(left: str) -> Iterator[None]:
-    """Ctrl-C inside adds ``left`` (what the interruption leaves on disk, e.g. ``nothing was written to X``)
-    to the line :func:`one_line_errors` prints. Only code that knows it for certain says it; the
-    innermost statement comes first."""
+def on_interrupt(left: str | Callable[[], str]) -> Iterator[None]:
+    """Ctrl-C inside adds ``left`` (what the interruption leaves on disk, e.g. ``nothing was written to X``;
+    a function is asked when Ctrl-C comes) to the line :func:`one_line_errors` prints. Only code that
+    knows it for certain says it; the innermost statement comes first."""
     try:
         yield
     except KeyboardInterrupt as err:
-        err.args = (*err.args, left)
+        err.args = (*err.args, left() if callable(left) else left)
         raise
 
 

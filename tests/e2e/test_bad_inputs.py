@@ -267,7 +267,7 @@ def test_ctrl_c_during_training_says_where_to_resume(tmp_path, ctrl_c, monkeypat
     line = interrupted_line("sslvit", main, capsys)
     last = run / "checkpoints" / "last.ckpt"
     assert f"training stopped at step 5; {last} holds the last saved state" in line, line
-    assert line.endswith("continue with --ckpt_path last"), line
+    assert line.endswith(f"continue with `sslvit fit --config {run}/config.yaml --ckpt_path last`"), line
     assert torch.load(last, weights_only=True)["global_step"] == 5
 
 

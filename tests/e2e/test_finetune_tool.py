@@ -129,8 +129,8 @@ def test_sigkill_then_resume_equals_an_uninterrupted_fine_tune(checkpoint, tmp_p
 
 def test_resuming_a_finished_fine_tune_says_so_and_changes_nothing(checkpoint, tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
-    finetune.main(["--checkpoint", str(checkpoint), "--epochs", "1", "--shots", "4", "--batch-size", "8", "--num-workers", "0",
-                   "--run-dir", str(run), "--", *QUIET])  # fmt: skip
+    finetune.main(["--checkpoint", str(checkpoint), "--epochs", "1", "--shots", "4", "--batch-size", "8",
+                   "--num-workers", "0", "--run-dir", str(run), "--", *QUIET])  # fmt: skip
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     capsys.readouterr()
     argv = ["sslvit", "fit", "--config", str(run / "config.yaml"), "--ckpt_path", "last"]  # as the tool's doc says

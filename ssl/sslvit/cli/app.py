@@ -33,7 +33,7 @@ from sslvit.cli.run_dir import (
     unchanged_unless_started,
 )
 from sslvit.data import SSLDataModule
-from sslvit.errors import ConfigError, one_line_errors
+from sslvit.errors import ConfigError, on_interrupt, one_line_errors
 from sslvit.methods.base import SSLMethod
 
 
@@ -116,17 +116,15 @@ class SSLCLI(LightningCLI):
 
     def _run_subcommand(self, subcommand: str) -> None:
         self.resumed_step: int | None = None  # set by _check_start when --ckpt_path names a checkpoint
+        run_dir, marker = self.run_dir(), self.start_marker
         try:
-            with unchanged_unless_started(self.run_dir(), self.start_marker):
-                with interrupts_raised(self.start_marker):
+            with on_interrupt(lambda: left_after_interrupt(self.trainer, marker, run_dir)):
+                with unchanged_unless_started(run_dir, marker), interrupts_raised(marker):
                     super()._run_subcommand(subcommand)
-                if subcommand == "fit" and self.resumed_step is not None:
-                    nothing_trained(self.trainer, self.resumed_step, self.run_dir())  # raises NothingToTrain
+                    if subcommand == "fit" and self.resumed_step is not None:
+                        nothing_trained(self.trainer, self.resumed_step, run_dir)  # raises NothingToTrain
         except NothingToTrain as done:  # a finished run resumed again (e.g. a requeued job): said, not an error
             print(f"sslvit: {done}", file=sys.stderr)
-        except KeyboardInterrupt as err:
-            err.args = (*err.args, left_after_interrupt(self.trainer, self.start_marker, self.run_dir()))
-            raise
 
     def after_instantiate_classes(self) -> None:
         if self.subcommand is None:

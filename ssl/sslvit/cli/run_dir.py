@@ -255,7 +255,8 @@ def left_after_interrupt(trainer: L.Trainer, marker: StartMarker, run_dir: Path)
         return f"training stopped at step {trainer.global_step} before a checkpoint was saved; start the run again"
     return (
         f"training stopped at step {trainer.global_step}; {last} holds the last saved state (saved every "
-        "checkpoint.last_every_n_steps steps and at each epoch end): continue with --ckpt_path last"
+        f"checkpoint.last_every_n_steps steps and at each epoch end): continue with `sslvit fit --config "
+        f"{run_dir}/config.yaml --ckpt_path last`"
     )
 
 
