@@ -72,3 +72,14 @@ class FailAtTrainStart(L.Callback):
             raise KeyboardInterrupt
         if self.error is not None:
             raise RuntimeError("injected failure at train start")
+
+
+class CtrlCAtStep(L.Callback):
+    """Ctrl-C (SIGINT to this process) as training batch ``step`` begins (0-based count of steps done)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)

@@ -3,7 +3,8 @@
     python tools/export.py --checkpoint runs/.../last.ckpt --output exported/
 
 Writes exported/model.safetensors (timm key names) and exported/config.json (timm's hub format), then
-loads the folder with timm and prints the largest difference to the sslvit encoder's features.
+loads the folder with timm and prints the largest difference to the sslvit encoder's features. An
+--output that holds files is refused; --overwrite replaces an earlier export whole.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from sslvit.checkpoints import EXPORT_CONFIG, EXPORT_WEIGHTS, export_checkpoint, timm_from_export, timm_max_difference
 from sslvit.cli.parser import ToolParser
+from sslvit.cli.tool_args import add_overwrite_arg
 from sslvit.errors import one_line_errors
 
 
@@ -24,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--pooling", choices=["cls", "mean"], default="cls", help="what timm's model(images) returns: CLS or mean token"
     )
+    add_overwrite_arg(parser, "export")
     return parser
 
 
@@ -31,7 +34,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     with one_line_errors(parser.prog):
-        backbone, info = export_checkpoint(args.checkpoint, args.output, args.image_size, args.pooling)
+        backbone, info = export_checkpoint(
+            args.checkpoint, args.output, args.image_size, args.pooling, overwrite=args.overwrite
+        )
     size, folder = info["export_image_size"], Path(args.output)
     difference = timm_max_difference(backbone, timm_from_export(folder), size, args.pooling)
     method = info.get("method") or "the checkpoint"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from sslvit.cli.parser import ToolParser
+from sslvit.cli.parser import ToolParser, positive_int
 from sslvit.cli.tool_args import add_checkpoint_args, add_data_args, backbone_from_args, datamodule_from_args
 from sslvit.errors import one_line_errors
 from sslvit.viz.features import features_figure
@@ -22,7 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_checkpoint_args(parser)
     add_data_args(parser)
     parser.add_argument("--split", choices=["train", "val"], default="val")
-    parser.add_argument("--num-images", type=int, default=8, help="rows of the grid; the PCA is fitted over them")
+    parser.add_argument(
+        "--num-images", type=positive_int, default=8, help="rows of the grid; the PCA is fitted over them"
+    )
     parser.add_argument("--max-heads", type=int, help="show at most this many per-head attention maps")
     parser.add_argument("--panel-size", type=int, default=96, help="side of one panel in pixels")
     parser.add_argument("--output", default="features.png", help="PNG file to write")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from sslvit.cli.parser import ToolParser
+from sslvit.cli.parser import ToolParser, positive_int
 from sslvit.cli.tool_args import add_checkpoint_args, add_data_args, datamodule_from_args
 from sslvit.errors import one_line_errors
 from sslvit.viz.figure import evenly_spaced_images, save_png
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_checkpoint_args(parser, random_init=False, outside=False)
     add_data_args(parser)
     parser.add_argument("--split", choices=["train", "val"], default="val")
-    parser.add_argument("--num-images", type=int, default=8, help="rows of the grid")
+    parser.add_argument("--num-images", type=positive_int, default=8, help="rows of the grid")
     parser.add_argument("--seed", type=int, default=0, help="seed of the masks: the same seed, the same masks")
     parser.add_argument("--mask-ratio", type=float, help="fraction of patches to hide (default: the model's)")
     parser.add_argument(

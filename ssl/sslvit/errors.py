@@ -3,7 +3,9 @@
 Each message names the setting or file, what is wrong with it and how to fix it. The ``sslvit``
 command and every tool run their work inside :func:`one_line_errors`: a user error anywhere in the
 chain of causes (jsonargparse and Lightning wrap them) is printed as ``<prog>: error: <message>``
-and the process exits with status 2. ``SSLVIT_TRACEBACK=1`` shows the full traceback instead.
+and the process exits with status 2. Ctrl-C is one line too, ``<prog>: interrupted (Ctrl-C); <what
+it left>``, with exit status 130 (the shell's for SIGINT). ``SSLVIT_TRACEBACK=1`` shows the full
+traceback instead.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import os
 import pickle
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 
@@ -81,11 +83,34 @@ def one_line(err: BaseException) -> str:
     return " ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
+# Said after Ctrl-C when no code on the way out said what the interruption left on disk.
+INTERRUPTED = "the command stopped before it finished"
+
+
 @contextmanager
-def one_line_errors(prog: str) -> Iterator[None]:
-    """Run a command's work; a user error becomes ``<prog>: error: <message>`` on stderr and exit status 2."""
+def on_interrupt(left: str | Callable[[], str]) -> Iterator[None]:
+    """Ctrl-C inside adds ``left`` (what the interruption leaves on disk, e.g. ``nothing was written to X``;
+    a function is asked when Ctrl-C comes) to the line :func:`one_line_errors` prints. Only code that
+    knows it for certain says it; the innermost statement comes first."""
     try:
         yield
+    except KeyboardInterrupt as err:
+        err.args = (*err.args, left() if callable(left) else left)
+        raise
+
+
+@contextmanager
+def one_line_errors(prog: str) -> Iterator[None]:
+    """Run a command's work; a user error becomes ``<prog>: error: <message>`` on stderr and exit status 2,
+    Ctrl-C ``<prog>: interrupted (Ctrl-C); <what it left>`` and exit status 130."""
+    try:
+        yield
+    except KeyboardInterrupt as err:
+        if os.environ.get("SSLVIT_TRACEBACK"):
+            raise
+        left = "; ".join(str(part) for part in err.args) or INTERRUPTED
+        print(f"{prog}: interrupted (Ctrl-C); {left}", file=sys.stderr)
+        sys.exit(130)
     except Exception as err:
         cause = find_user_error(err)
         if cause is None or os.environ.get("SSLVIT_TRACEBACK"):

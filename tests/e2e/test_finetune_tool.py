@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 
 import pytest
 import torch
 
 from conftest import REPO, load_script, sslvit
 from sslvit.checkpoints import load_backbone
+from sslvit.cli import main as sslvit_main
 from sslvit.cli import run_cli
 from sslvit.methods import MAE
 
@@ -123,3 +125,20 @@ def test_sigkill_then_resume_equals_an_uninterrupted_fine_tune(checkpoint, tmp_p
     ):
         assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
     assert a["finetune_history"] == b["finetune_history"] and len(a["finetune_history"]) == 2
+
+
+def test_resuming_a_finished_fine_tune_says_so_and_changes_nothing(checkpoint, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    finetune.main(["--checkpoint", str(checkpoint), "--epochs", "1", "--shots", "4", "--batch-size", "8",
+                   "--num-workers", "0", "--run-dir", str(run), "--", *QUIET])  # fmt: skip
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    argv = ["sslvit", "fit", "--config", str(run / "config.yaml"), "--ckpt_path", "last"]  # as the tool's doc says
+    monkeypatch.setattr(sys, "argv", argv)
+    sslvit_main()
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sslvit: ")]
+    assert len(lines) == 1 and lines[0].startswith(
+        f"sslvit: nothing to train: the run in {run} already reached trainer.max_epochs=1 (epoch 1 done, step "
+    ), lines
+    assert lines[0].endswith("to train longer, resume with a larger --trainer.max_epochs")
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before

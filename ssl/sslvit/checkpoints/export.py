@@ -4,8 +4,11 @@ The folder holds ``model.safetensors`` (timm key names) and ``config.json`` (tim
 by :func:`export_backbone`; decoders and heads stay behind. Load it with either::
 
     timm.create_model("local-dir:exported/", pretrained=True)
-    timm.create_model(config["architecture"], pretrained=True,
-                      pretrained_cfg_overlay=dict(file="exported/model.safetensors"), **config["model_args"])
+    timm.create_model(config["architecture"], pretrained=True, **config["model_args"],
+                      pretrained_cfg_overlay=dict(file="exported/model.safetensors", custom_load=False))
+
+(``custom_load=False``: timm before 1.0.31 would read the file with the architecture's own ``.npz``
+loader; ``config.json`` says the same for ``local-dir:``.)
 """
 
 from __future__ import annotations
@@ -21,6 +24,12 @@ from sslvit.checkpoints.loading import EXPORT_CONFIG, EXPORT_WEIGHTS, load_backb
 from sslvit.constants import IMAGENET_MEAN, IMAGENET_STD
 from sslvit.errors import ConfigError
 from sslvit.nn.backbone import TIMM_ARCH, Pooling, VisionTransformer, ViTConfig
+from sslvit.outputs import check_folder, replace_folder
+
+
+def is_export_file(relative: Path) -> bool:
+    """Whether a path (relative to an export folder) is a file :func:`export_backbone` writes."""
+    return relative.as_posix() in (EXPORT_WEIGHTS, EXPORT_CONFIG)
 
 
 def export_backbone(
@@ -31,17 +40,32 @@ def export_backbone(
     std: tuple[float, ...] = IMAGENET_STD,
     crop_pct: float = 1.0,
     pooling: Pooling = "cls",
+    overwrite: bool = False,
 ) -> Path:
     """Write ``model.safetensors`` (timm key names) and ``config.json`` (timm hub format) to ``folder``.
 
     ``img_size`` exports the encoder for another input size, with positions for that grid;
     ``mean``, ``std`` and ``crop_pct`` record the preprocessing the encoder expects; ``pooling`` is
-    what timm's ``model(images)`` returns (the CLS token or the mean patch token).
+    what timm's ``model(images)`` returns (the CLS token or the mean patch token). A ``folder`` that
+    holds files (another export) is refused unless ``overwrite``; the new export then replaces it
+    whole, and only once both files are written (:func:`sslvit.outputs.replace_folder`).
     """
+    with replace_folder(folder, overwrite, "export", owned=is_export_file) as staging:
+        _write_export(backbone, staging, img_size, mean, std, crop_pct, pooling)
+    return Path(folder)
+
+
+def _write_export(
+    backbone: VisionTransformer,
+    folder: Path,
+    img_size: int | None,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    crop_pct: float,
+    pooling: Pooling,
+) -> None:
     from safetensors.torch import save_file
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     config = backbone.config
     if img_size is not None and img_size != config.img_size:
         config = ViTConfig(**{**config.to_dict(), "img_size": img_size})
@@ -63,22 +87,29 @@ def export_backbone(
             "crop_pct": crop_pct,
             "interpolation": "bicubic",
             "num_classes": 0,
+            "custom_load": False,  # plain safetensors: timm < 1.0.31 keeps the architecture's own (.npz) loader
         },
         "sslvit_backbone": config.to_dict(),
     }
     (folder / EXPORT_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
-    return folder
 
 
 def export_checkpoint(
-    checkpoint: str | Path, folder: str | Path, image_size: int | None = None, pooling: Pooling = "cls"
+    checkpoint: str | Path,
+    folder: str | Path,
+    image_size: int | None = None,
+    pooling: Pooling = "cls",
+    overwrite: bool = False,
 ) -> tuple[VisionTransformer, dict[str, Any]]:
     """Write the encoder of ``checkpoint`` to ``folder``; returns the exported backbone and its info.
 
     The encoder is exported at the size it is evaluated at (``image_size`` default: the checkpoint's
     evaluation size, e.g. whole images for CPC, whose encoder trains on small crops), with positions
-    for that grid, and records the mean/std and crop fraction of the data it was trained on.
+    for that grid, and records the mean/std and crop fraction of the data it was trained on. An
+    existing export in ``folder`` is replaced only with ``overwrite`` (refused before the checkpoint
+    is read).
     """
+    check_folder(folder, overwrite, "export", owned=is_export_file)
     backbone, info = load_backbone(checkpoint)
     size = image_size or info["image_size"]
     if size % backbone.patch_size:
@@ -91,6 +122,7 @@ def export_checkpoint(
         std=tuple(info.get("std", IMAGENET_STD)),
         crop_pct=info.get("eval_crop_fraction", 1.0),
         pooling=pooling,
+        overwrite=overwrite,
     )
     return backbone, {**info, "export_image_size": size, "pooling": pooling}
 
@@ -104,7 +136,7 @@ def timm_from_export(folder: str | Path) -> nn.Module:
     return timm.create_model(
         config["architecture"],
         pretrained=True,
-        pretrained_cfg_overlay=dict(file=str(folder / EXPORT_WEIGHTS)),
+        pretrained_cfg_overlay=dict(file=str(folder / EXPORT_WEIGHTS), custom_load=False),
         **config["model_args"],
     ).eval()
 

@@ -15,6 +15,16 @@ import torch
 from sslvit.errors import CheckpointError
 
 DAMAGED_FIX = "use an earlier checkpoint of the run (checkpoints/epoch*.ckpt) or the file's original copy"
+# How every file torch.save writes begins: a zip archive (torch >= 1.6), or a pickle of protocol 2 to 5
+# (the legacy format, and plain pickles of weights).
+TORCH_SIGNATURES = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+
+
+def is_torch_file(path: Path) -> bool:
+    """Whether ``path`` begins like a file of ``torch.save`` (or a pickle): what tells a damaged or unsafe
+    checkpoint from a file that was never one (random bytes, text, an image renamed ``.pth``)."""
+    with open(path, "rb") as f:
+        return f.read(4).startswith(TORCH_SIGNATURES)
 
 
 def safe_load(path: str | Path) -> dict[str, Any]:
@@ -34,19 +44,25 @@ def safe_load(path: str | Path) -> dict[str, Any]:
             raise CheckpointError(f"{path} is not a readable safetensors file ({err}); {DAMAGED_FIX}") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (EOFError, RuntimeError, KeyError, ValueError) as err:
+    except (EOFError, RuntimeError, KeyError, ValueError, pickle.UnpicklingError) as err:
+        if not is_torch_file(path):  # weights_only's unpickler calls such bytes "unsupported" pickle operations
+            raise CheckpointError(
+                f"{path} is not a checkpoint: it is neither a torch file (zip archive) nor a pickle; pass the "
+                "checkpoint itself (an sslvit run's checkpoints/last.ckpt, an export folder, or weights saved with "
+                "torch.save or safetensors)"
+            ) from None
+        if isinstance(err, pickle.UnpicklingError):
+            detail = str(err).strip().splitlines()[0][:300]
+            raise CheckpointError(
+                f"refused to load {path}: it holds pickled objects beyond tensors and plain containers, and "
+                f"unpickling them could run arbitrary code ({detail}). sslvit checkpoints never need that; "
+                "if you trust the file, convert it to a plain state dict or safetensors first"
+            ) from None
         # torch reports damage in many ways: EOFError (cut in the pickle), RuntimeError from the zip
         # reader (cut archive), KeyError/ValueError (not a torch file at all).
         detail = (str(err).strip().split(". ")[0].splitlines() or [type(err).__name__])[0][:160]
         raise CheckpointError(
             f"{path} is not a readable checkpoint: it is truncated or not a torch file ({detail}); {DAMAGED_FIX}"
-        ) from None
-    except pickle.UnpicklingError as err:
-        detail = str(err).strip().splitlines()[0][:300]
-        raise CheckpointError(
-            f"refused to load {path}: it holds pickled objects beyond tensors and plain containers, and "
-            f"unpickling them could run arbitrary code ({detail}). sslvit checkpoints never need that; "
-            "if you trust the file, convert it to a plain state dict or safetensors first"
         ) from None
 
 

@@ -7,25 +7,55 @@ writes: ``config.yaml``, ``metrics.csv``, TensorBoard events and ``checkpoints/l
 
 from __future__ import annotations
 
+import inspect
+import re
+import sys
 from pathlib import Path
 
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.trainer.trainer import Trainer
 
 from sslvit.cli.parser import OneLineErrorParser
 from sslvit.cli.run_dir import (
+    NothingToTrain,
     RunCheckpoint,
     RunCSVLogger,
     StartMarker,
     check_resume,
     check_writable,
+    interrupts_raised,
+    left_after_interrupt,
+    nothing_trained,
     resolve_ckpt_path,
     unchanged_unless_started,
 )
 from sslvit.data import SSLDataModule
-from sslvit.errors import ConfigError, one_line_errors
+from sslvit.errors import ConfigError, on_interrupt, one_line_errors
 from sslvit.methods.base import SSLMethod
+
+
+def trainer_setting_error(err: MisconfigurationException) -> ConfigError:
+    """Lightning's refusal of a Trainer argument as a ``trainer.*`` setting (``max_epochs`` -> ``trainer.max_epochs``).
+
+    Only for what the Trainer's constructor raises: it validates its arguments and runs nothing else,
+    so the cause is a setting. The same exception raised later, during training, stays a traceback.
+    """
+    names = set(inspect.signature(Trainer.__init__).parameters)
+
+    def setting(match: re.Match) -> str:
+        name, value = match.group(1), match.group(2)
+        if name not in names:
+            return match.group(0)
+        return f"trainer.{name}" + (f"={value}" if value else "")
+
+    # `max_epochs` and `Trainer(devices=4)`, as Lightning writes them
+    text = re.sub(r"`(?:Trainer\()?(\w+)(?:=([^`)]*))?\)?`", setting, str(err)).strip().rstrip(".!")
+    named = re.findall(r"trainer\.(\w+)", text)
+    where = f"--trainer.{named[0]} (or the config's trainer section)" if named else "the trainer.* settings"
+    return ConfigError(f"{text}; change {where}")
 
 
 class SSLCLI(LightningCLI):
@@ -76,14 +106,25 @@ class SSLCLI(LightningCLI):
             configured = list(logger) if isinstance(logger, list | tuple) else [logger]
             if not any(isinstance(each, CSVLogger) for each in configured):
                 kwargs["logger"] = [RunCSVLogger(root, name="", version=""), *configured]
-        trainer = super().instantiate_trainer(**kwargs)
+        try:
+            trainer = super().instantiate_trainer(**kwargs)
+        except MisconfigurationException as err:  # the constructor only checks its arguments: a trainer.* setting
+            raise trainer_setting_error(err) from err
         self.start_marker = StartMarker()
         trainer.callbacks.append(self.start_marker)
         return trainer
 
     def _run_subcommand(self, subcommand: str) -> None:
-        with unchanged_unless_started(self.run_dir(), self.start_marker):
-            super()._run_subcommand(subcommand)
+        self.resumed_step: int | None = None  # set by _check_start when --ckpt_path names a checkpoint
+        run_dir, marker = self.run_dir(), self.start_marker
+        try:
+            with on_interrupt(lambda: left_after_interrupt(self.trainer, marker, run_dir)):
+                with unchanged_unless_started(run_dir, marker), interrupts_raised(marker):
+                    super()._run_subcommand(subcommand)
+                    if subcommand == "fit" and self.resumed_step is not None:
+                        nothing_trained(self.trainer, self.resumed_step, run_dir)  # raises NothingToTrain
+        except NothingToTrain as done:  # a finished run resumed again (e.g. a requeued job): said, not an error
+            print(f"sslvit: {done}", file=sys.stderr)
 
     def after_instantiate_classes(self) -> None:
         if self.subcommand is None:
@@ -108,7 +149,7 @@ class SSLCLI(LightningCLI):
         config = self.config[self.subcommand]
         path = resolve_ckpt_path(config.ckpt_path, Path(config.checkpoint.dirpath))
         if path is not None:
-            check_resume(path, self.model, self.datamodule)
+            self.resumed_step = check_resume(path, self.model, self.datamodule)
         check_writable(self.run_dir())
 
     def before_validate(self) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from sslvit.checkpoints.loading import load_backbone
 from sslvit.cli.app import run_cli
+from sslvit.cli.parser import positive_int
 from sslvit.cli.tool_args import add_checkpoint_args
 from sslvit.constants import IMAGENET_MEAN, IMAGENET_STD
 from sslvit.errors import ConfigError
@@ -31,7 +32,9 @@ def add_finetune_args(parser: argparse.ArgumentParser, default_config: str) -> N
         help="default: imagefolder when --data-root is given, else the config's",
     )
     length = parser.add_mutually_exclusive_group()
-    length.add_argument("--epochs", type=int, help="train this many epochs (default: the config's)")
+    length.add_argument(
+        "--epochs", type=positive_int, help="train this many epochs, at least 1 (default: the config's)"
+    )
     length.add_argument(
         "--minutes", type=float, help="train for this wall-clock budget, the schedule following the clock"
     )

@@ -142,6 +142,18 @@ class ReadTrackingArgs(argparse.Namespace):
                       object.__getattribute__(self, "_read"))  # fmt: skip
 
 
+def positive_int(text: str) -> int:
+    """An argparse ``type`` for counts that must be at least 1 (``--epochs``, ``--num-images``): a bad value is
+    refused while the command line is parsed, before anything is loaded or written."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
 class ToolParser(argparse.ArgumentParser):
     """argparse for the scripts in tools/ and benchmarks/: a bad option is one line with a suggestion.
 

@@ -4,7 +4,9 @@
 - ``<run dir>/checkpoints/last.ckpt`` is refreshed every N steps by a write-then-rename, so a crash
   never leaves half a checkpoint;
 - a resumed run must be the configured run (:func:`check_resume`), and a command that fails before
-  training starts leaves the folder byte for byte as it was (:func:`unchanged_unless_started`).
+  training starts leaves the folder byte for byte as it was (:func:`unchanged_unless_started`);
+- resuming a run that already reached its length says so and leaves the folder as it was
+  (:func:`nothing_trained`), and Ctrl-C says what it left (:func:`left_after_interrupt`).
 """
 
 from __future__ import annotations
@@ -137,11 +139,12 @@ def _differences(ours: dict[str, Any], theirs: dict[str, Any]) -> list[str]:
     return [f"{k} {theirs.get(k)} vs {ours.get(k)}" for k in keys if ours.get(k) != theirs.get(k)]
 
 
-def check_resume(path: Path, model: L.LightningModule, datamodule: Any) -> None:
+def check_resume(path: Path, model: L.LightningModule, datamodule: Any) -> int:
     """Refuse, before anything is written, a checkpoint of another method, architecture or image size.
 
     The message names both sides (checkpoint vs config). Settings that do not change what the
     weights are (learning rate, schedule length, logging) may differ: that is how a run is extended.
+    Returns the checkpoint's global step.
     """
     ckpt = safe_load(path)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
@@ -181,15 +184,48 @@ def check_resume(path: Path, model: L.LightningModule, datamodule: Any) -> None:
             f"cannot resume from {path}: it trained on {size}px images but data.image_size="
             f"{datamodule.image_size}; {fix}"
         )
+    return int(ckpt.get("global_step", 0))
+
+
+class NothingToTrain(Exception):
+    """A resumed run had already reached its length: the message says which limit and how to train longer."""
+
+
+def nothing_trained(trainer: L.Trainer, resumed_step: int, run_dir: Path) -> None:
+    """Raise :class:`NothingToTrain` when ``fit`` resumed at ``resumed_step`` and trained no step because the run
+    had already reached ``trainer.max_steps`` or ``trainer.max_epochs`` (Lightning's own tests, in its order).
+
+    Lightning returns from such a fit without a word beyond an info log; a requeued job or a resumed
+    fine-tune then looks like training that did nothing. Inside :func:`unchanged_unless_started` the
+    exception also puts back the config and logs the no-op rewrote.
+    """
+    loop = trainer.fit_loop
+    if trainer.global_step != resumed_step:
+        return
+    step, epochs = trainer.global_step, loop.epoch_progress.current.processed
+    if loop.max_steps != -1 and step >= loop.max_steps:
+        setting, value, where = "max_steps", loop.max_steps, f"step {step}"
+    elif loop.max_epochs not in (None, -1) and epochs >= loop.max_epochs:
+        setting, value, where = "max_epochs", loop.max_epochs, f"epoch {epochs} done, step {step}"
+    else:
+        return
+    raise NothingToTrain(
+        f"nothing to train: the run in {run_dir} already reached trainer.{setting}={value} ({where}), so resuming "
+        f"it trained no step and changed nothing; to train longer, resume with a larger --trainer.{setting}"
+    )
 
 
 # ---- a failed start leaves the run directory as it was -----------------------------------------
 class StartMarker(Callback):
     """Records that the run really began (a training step or a validation batch done): from then on the
-    run directory is the run's, whatever happens."""
+    run directory is the run's, whatever happens. Also records a Ctrl-C that Lightning caught."""
 
     def __init__(self) -> None:
         self.started = False
+        self.interrupted = False
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self.interrupted = isinstance(exception, KeyboardInterrupt)
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         self.started = True
@@ -210,6 +246,39 @@ def check_writable(run_dir: Path) -> None:
             f"trainer.default_root_dir={run_dir} cannot be written ({err.strerror or err}): choose a folder "
             "you can write to"
         ) from None
+
+
+@contextmanager
+def interrupts_raised(marker: StartMarker) -> Iterator[None]:
+    """Ctrl-C inside ``Trainer.fit``/``validate`` as a KeyboardInterrupt again.
+
+    Lightning catches it, shuts down (callbacks' ``on_exception``, loggers, DDP workers) and calls
+    ``sys.exit(1)``: the run directory would keep what the failed start wrote, and the command would
+    end with status 1 and no word. Raised again, the directory is restored as for any failed start
+    and :func:`~sslvit.errors.one_line_errors` says what was left, with status 130.
+    """
+    try:
+        yield
+    except SystemExit:
+        if not marker.interrupted:
+            raise
+        raise KeyboardInterrupt from None
+
+
+def left_after_interrupt(trainer: L.Trainer, marker: StartMarker, run_dir: Path) -> str:
+    """What a Ctrl-C left in the run directory, for the one line: restored, or where to resume from."""
+    if not marker.started:
+        return f"nothing was kept: the run directory {run_dir} is as it was before the command"
+    if trainer.state.fn != "fit":
+        return f"validation stopped before it finished; the checkpoints in {run_dir} are untouched"
+    last = Path(trainer.checkpoint_callback.dirpath) / "last.ckpt" if trainer.checkpoint_callback else None
+    if last is None or not last.is_file():
+        return f"training stopped at step {trainer.global_step} before a checkpoint was saved; start the run again"
+    return (
+        f"training stopped at step {trainer.global_step}; {last} holds the last saved state (saved every "
+        f"checkpoint.last_every_n_steps steps and at each epoch end): continue with `sslvit fit --config "
+        f"{run_dir}/config.yaml --ckpt_path last`"
+    )
 
 
 @contextmanager

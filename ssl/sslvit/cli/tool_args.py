@@ -27,7 +27,7 @@ from sslvit.constants import IMAGENET_MEAN, IMAGENET_STD
 from sslvit.data import SSLDataModule
 from sslvit.data.folders import is_unlabelled, unlabelled_message
 from sslvit.data.shards import INDEX, ShardDataset
-from sslvit.errors import ConfigError
+from sslvit.errors import ConfigError, on_interrupt
 from sslvit.eval.features import (
     FeatureCache,
     Features,
@@ -78,6 +78,16 @@ def add_checkpoint_args(parser: argparse.ArgumentParser, random_init: bool = Tru
             action="store_true",
             help="keep the checkpoint's architecture but use freshly initialised weights (the usual baseline)",
         )
+
+
+def add_overwrite_arg(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--overwrite``: an ``--output`` folder that holds files is refused without it (``sslvit.outputs``)."""
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=f"replace an earlier {what} in --output, whole: nothing of the old one remains (without it, an --output "
+        "that holds files is refused)",
+    )
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
@@ -349,10 +359,17 @@ class Evaluation:
     def features(self, split: str) -> Features:
         """Features of ``train`` or ``val`` (from the cache when this checkpoint was evaluated before)."""
         start = time.perf_counter()
-        result = dataset_features(
-            self.model, self.datamodule, split, self.pooling, self.args.batch_size, self.device, self.cache,
-            progress=True, precision=self.precision,
-        )  # fmt: skip
+        kept = (
+            "no feature was cached (--no-cache)"
+            if self.cache is None
+            else f"the feature cache {self.cache.directory} holds only whole entries (a rerun reuses the splits "
+            "encoded before)"
+        )
+        with on_interrupt(kept):  # FeatureCache.save writes each entry whole or not at all
+            result = dataset_features(
+                self.model, self.datamodule, split, self.pooling, self.args.batch_size, self.device, self.cache,
+                progress=True, precision=self.precision,
+            )  # fmt: skip
         self.seconds[f"{split}_features"] = time.perf_counter() - start
         return result
 

@@ -22,10 +22,12 @@ shards; each sample's bytes are read once.
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import itertools
 import json
 import random
+import re
 import tempfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -40,6 +42,7 @@ from sslvit.data.decode import DECODE_ERRORS, EncodedImage, to_rgb8, unreadable
 from sslvit.data.folders import image_files, is_unlabelled, split_folder
 from sslvit.data.sampling import KeyedSampler
 from sslvit.errors import CorruptImageError, DatasetUnavailableError
+from sslvit.outputs import replace_folder
 
 INDEX = "index.json"
 SHARD_PATTERN = "shard-%06d.tar"
@@ -47,6 +50,19 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 
 
 # ---- writing ----------------------------------------------------------------------------------------
+SHARD_FILE = re.compile(r"shard-\d{6,}\.tar|" + re.escape(INDEX))  # what a split's folder holds
+
+
+def is_split_file(relative: Path) -> bool:
+    """Whether a path (relative to a split's folder) is a file that :func:`write_shards` writes."""
+    return SHARD_FILE.fullmatch(relative.as_posix()) is not None
+
+
+def is_shard_set_file(relative: Path) -> bool:
+    """Whether a path (relative to a shard root) is a file that :func:`shard_image_folder` writes."""
+    return len(relative.parts) == 2 and relative.parts[0] in ("train", "val") and is_split_file(Path(relative.name))
+
+
 def write_shards(
     samples: Sequence[tuple[str, int | None]],
     output: str | Path,
@@ -54,16 +70,33 @@ def write_shards(
     samples_per_shard: int = 1000,
     max_shard_bytes: float = 1e9,
     progress: Callable[[Iterable], Iterable] = iter,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write ``(image path, label or None)`` pairs, in the given order, as tar shards + ``index.json``.
 
     The image files' bytes are stored as they are (a JPEG stays the same JPEG). Sample ``i`` gets
     the key ``%09d`` of ``i``; its position in the shards is its dataset index. Returns the index.
+    An ``output`` that holds files is refused unless ``overwrite``, and then replaced whole once the
+    new shards are complete (see :func:`sslvit.outputs.replace_folder`): no shard of an older set
+    is left next to the new index.
     """
+    output = Path(output)
+    with replace_folder(output, overwrite, "shard split", owned=is_split_file) as staging:
+        return _write_split(samples, staging, output.name, classes, samples_per_shard, max_shard_bytes, progress)
+
+
+def _write_split(
+    samples: Sequence[tuple[str, int | None]],
+    folder: Path,
+    name: str,
+    classes: Sequence[str] | None = None,
+    samples_per_shard: int = 1000,
+    max_shard_bytes: float = 1e9,
+    progress: Callable[[Iterable], Iterable] = iter,
+) -> dict[str, Any]:
+    """:func:`write_shards` into the empty ``folder``, the index named ``name`` (the folder it will become)."""
     import webdataset as wds
 
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
     shards: list[dict[str, Any]] = []
 
     def finished(path: str) -> None:  # called by ShardWriter after closing each shard
@@ -72,7 +105,7 @@ def write_shards(
     labels = [label for _, label in samples]
     labelled = all(label is not None for label in labels)
     writer = wds.ShardWriter(
-        str(output / SHARD_PATTERN), maxcount=samples_per_shard, maxsize=max_shard_bytes, post=finished, verbose=0
+        str(folder / SHARD_PATTERN), maxcount=samples_per_shard, maxsize=max_shard_bytes, post=finished, verbose=0
     )
     with writer:
         for index, (path, label) in enumerate(progress(samples)):
@@ -84,12 +117,24 @@ def write_shards(
             writer.write(sample)
     index = {
         "wids_version": 1,
-        "name": output.name,
+        "name": name,
         "shardlist": shards,
         "sslvit": {"classes": list(classes) if classes else None, "labels": labels if labelled else None},
     }
-    (output / INDEX).write_text(json.dumps(index))
+    (folder / INDEX).write_text(json.dumps(index))
     return index
+
+
+def _split_samples(folder: Path, shuffle_seed: int | None) -> tuple[list[tuple[str, int | None]], list[str] | None]:
+    """A split's ``(path, label or None)`` pairs and class names (None: unlabelled), shuffled with a seed."""
+    if is_unlabelled(folder):
+        samples, classes = [(str(path), None) for path in image_files(folder)], None
+    else:
+        found = ImageFolder(str(folder), loader=str)  # lists files and classes (no symlink loops), decodes nothing
+        samples, classes = [(path, label) for path, label in found.samples], found.classes
+    if shuffle_seed is not None:
+        random.Random(shuffle_seed).shuffle(samples)
+    return samples, classes
 
 
 def shard_image_folder(
@@ -98,6 +143,7 @@ def shard_image_folder(
     samples_per_shard: int = 1000,
     seed: int | None = 0,
     progress: Callable[..., Iterable] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Write ``output/<split>/`` shards of every split of an image folder; returns each split's index.
 
@@ -105,22 +151,20 @@ def shard_image_folder(
     ``train/`` of them) is written unlabelled. Training samples are shuffled once with ``seed``
     (None keeps the folder's order), so that every shard is a random sample of the classes; val
     keeps its order. ``progress(iterable, desc=..., total=...)`` wraps the writing loop (e.g. tqdm).
+    An ``output`` that holds files is refused unless ``overwrite`` (and then only an earlier shard
+    set); the new set replaces it whole once every split is written, so no shard or split of the
+    old set remains and an interrupted run leaves ``output`` as it was.
     """
     root, written = Path(data_root), {}
     splits = [("train", split_folder(root, "pretrain")), ("val", split_folder(root, "val"))]
-    for split, folder in splits:
-        if folder is None:
-            continue
-        if is_unlabelled(folder):
-            samples, classes = [(str(path), None) for path in image_files(folder)], None
-        else:
-            found = ImageFolder(str(folder), loader=str)  # lists files and classes (no symlink loops), decodes nothing
-            samples, classes = [(path, label) for path, label in found.samples], found.classes
-        if split == "train" and seed is not None:
-            random.Random(seed).shuffle(samples)
-        total = len(samples)
-        wrap = (lambda items, split=split, total=total: progress(items, desc=split, total=total)) if progress else iter
-        written[split] = write_shards(samples, Path(output) / split, classes, samples_per_shard, progress=wrap)
+    with replace_folder(output, overwrite, "shard set", owned=is_shard_set_file) as staging:
+        for split, folder in splits:
+            if folder is None:
+                continue
+            samples, classes = _split_samples(folder, shuffle_seed=seed if split == "train" else None)
+            wrap = functools.partial(progress, desc=split, total=len(samples)) if progress else iter
+            (staging / split).mkdir()
+            written[split] = _write_split(samples, staging / split, split, classes, samples_per_shard, progress=wrap)
     return written
 
 

@@ -1,5 +1,7 @@
 import json
+import pickle
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -28,6 +30,30 @@ def test_pickle_that_runs_code_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="refused to load"):
         load_backbone(path)
     assert not marker.exists(), "nothing in the file may be executed"
+    with open(path, "wb") as f:  # the same in the legacy format: a bare pickle, not a zip archive
+        pickle.dump({"payload": _RunsCode(marker)}, f, protocol=2)
+    with pytest.raises(CheckpointError, match="refused to load .* could run arbitrary code"):
+        safe_load(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        np.random.default_rng(0).bytes(4096),  # torch's unpickler calls these "unsupported operand" bytes
+        b"model weights: see https://example.org/weights\n" * 20,
+        b"\x89PNG\r\n\x1a\n" + bytes(200),  # an image saved as .pth
+    ],
+    ids=["random-bytes", "text", "png"],
+)
+def test_a_file_that_is_no_checkpoint_is_called_so_not_unsafe(tmp_path, content):
+    path = tmp_path / "weights.pth"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as caught:
+        safe_load(path)
+    message = str(caught.value)
+    assert f"{path} is not a checkpoint: it is neither a torch file (zip archive) nor a pickle" in message
+    assert "arbitrary code" not in message and "truncated" not in message
 
 
 def lightning_like_checkpoint(model: MAE, path):
@@ -71,7 +97,7 @@ def test_export_round_trips_into_timm_and_back(tiny_vit, tmp_path):
     reference = timm.create_model(
         config["architecture"],
         pretrained=True,
-        pretrained_cfg_overlay=dict(file=str(folder / "model.safetensors")),
+        pretrained_cfg_overlay=dict(file=str(folder / "model.safetensors"), custom_load=False),  # as docs/ say
         **config["model_args"],
     ).eval()
     images = torch.randn(2, 3, 16, 16)

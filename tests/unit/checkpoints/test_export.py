@@ -95,3 +95,26 @@ def test_export_at_another_size_and_bad_sizes(tmp_path):
     assert not (tmp_path / "bad").exists()
     with pytest.raises(ConfigError, match="pooling must be 'cls' or 'mean'"):
         ViTConfig(**TINY).timm_kwargs("max")
+
+
+def test_another_export_is_replaced_only_with_overwrite_and_other_files_never(tmp_path):
+    mae, _ = build("MAE", TINY)
+    save_checkpoint(tmp_path / "mae.ckpt", mae, 16)
+    beit, _ = build("BEiT", {**TINY, "depth": 1})
+    save_checkpoint(tmp_path / "beit.ckpt", beit, 16)
+    out = tmp_path / "exported"
+    export_checkpoint(tmp_path / "mae.ckpt", out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(FileExistsError, match=r"already holds files \(config.json, model.safetensors\); pass --overw"):
+        export_checkpoint(tmp_path / "beit.ckpt", out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before, "the MAE export is untouched"
+
+    export_checkpoint(tmp_path / "beit.ckpt", out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert json.loads((out / "config.json").read_text())["sslvit_backbone"]["depth"] == 1, "the BEiT encoder now"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["beit.ckpt", "exported", "mae.ckpt"], "no temporary left"
+
+    (out / "README.md").write_text("my notes")
+    with pytest.raises(FileExistsError, match=r"not part of an earlier export \(README.md\)"):
+        export_checkpoint(tmp_path / "mae.ckpt", out, overwrite=True)
+    assert (out / "README.md").read_text() == "my notes"

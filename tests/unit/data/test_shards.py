@@ -13,7 +13,7 @@ from PIL import Image
 
 from conftest import write_image_folder
 from sslvit.data import SSLDataModule
-from sslvit.data.shards import ShardDataset, ShardSampler, shard_groups, shard_image_folder
+from sslvit.data.shards import ShardDataset, ShardSampler, shard_groups, shard_image_folder, write_shards
 from sslvit.errors import ConfigError, CorruptImageError, DatasetUnavailableError
 
 
@@ -140,3 +140,73 @@ def test_shards_named_by_url_are_fetched_into_a_cache(shards, tmp_path):
     local = ShardDataset(shards / "train")
     assert dataset[9][1] == local[9][1] and np.array_equal(np.asarray(dataset[9][0]), np.asarray(local[9][0]))
     assert len(list((tmp_path / "cache").glob("*shard-000001.tar"))) == 1
+
+
+# ---- writing onto an existing shard set -----------------------------------------------------------------
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_an_existing_shard_set_is_refused_and_overwrite_leaves_no_orphan(tmp_path):
+    big = write_image_folder(tmp_path / "big", classes=3, per_class=10)  # 30 train, 15 val
+    small = write_image_folder(tmp_path / "small", classes=2, per_class=4)  # 8 train, 4 val
+    out = tmp_path / "out" / "shards"
+    shard_image_folder(big, out, samples_per_shard=4)
+    before = files_of(out)
+    assert "val/shard-000003.tar" in before
+    with pytest.raises(FileExistsError, match=r"out/shards already holds files .*; pass --overwrite to replace it"):
+        shard_image_folder(small, out, samples_per_shard=4)
+    assert files_of(out) == before, "a refused write changes nothing"
+
+    written = shard_image_folder(small, out, samples_per_shard=4, overwrite=True)
+    expected = {f"{split}/{s['url']}" for split, index in written.items() for s in index["shardlist"]}
+    assert set(files_of(out)) == expected | {"train/index.json", "val/index.json"}, "no shard of the old set is left"
+    assert len(ShardDataset(out / "val")) == 4 and ShardDataset(out / "train").classes == ["class0", "class1"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["shards"], "no temporary folder is left next to it"
+    (tmp_path / "plain").mkdir()
+    assert out.stat().st_mode == (tmp_path / "plain").stat().st_mode, "the permissions of a folder made by mkdir"
+    assert json.loads((out / "train" / "index.json").read_text())["name"] == "train"
+
+    unlabelled = tmp_path / "flat"  # a source without val/: the old val/ split must go too
+    unlabelled.mkdir()
+    for i in range(3):
+        Image.new("RGB", (16, 16), (i * 60, 0, 0)).save(unlabelled / f"{i}.png")
+    (tmp_path / "link").symlink_to(out)  # an output given as a link to a folder: the folder is replaced
+    shard_image_folder(unlabelled, tmp_path / "link", overwrite=True)
+    assert set(files_of(out)) == {"train/shard-000000.tar", "train/index.json"} and (tmp_path / "link").is_symlink()
+
+
+def test_overwrite_never_deletes_files_that_are_not_shards(tmp_path):
+    images = write_image_folder(tmp_path / "images", classes=2, per_class=2)
+    out = tmp_path / "data"
+    (out / "train").mkdir(parents=True)
+    (out / "train" / "index.json").write_text("{}")
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"holds files that are not part of an earlier shard set \(notes.txt\)"):
+        shard_image_folder(images, out, overwrite=True)
+    assert files_of(out) == {"notes.txt": b"mine", "train/index.json": b"{}"}
+    with pytest.raises(FileExistsError, match="already holds files"):  # one split, written directly
+        write_shards([(str(images / "train" / "class0" / "0.png"), 0)], out / "train")
+    with pytest.raises(FileExistsError, match="is a file, not a folder"):
+        shard_image_folder(images, out / "train" / "index.json", overwrite=True)
+
+
+def test_an_interrupted_write_leaves_the_old_set_and_nothing_else(tmp_path):
+    images = write_image_folder(tmp_path / "images", classes=2, per_class=6)
+    out = tmp_path / "shards"
+    shard_image_folder(images, out, samples_per_shard=3)
+    before = files_of(out)
+
+    def ctrl_c_after_four(items, **kwargs):
+        for i, item in enumerate(items):
+            if i == 4:  # a shard is already complete on disk by now
+                raise KeyboardInterrupt
+            yield item
+
+    with pytest.raises(KeyboardInterrupt) as caught:
+        shard_image_folder(images, out, samples_per_shard=3, seed=1, progress=ctrl_c_after_four, overwrite=True)
+    assert files_of(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["images", "shards"]
+    assert caught.value.args == (f"nothing was written to {out}: a new shard set is moved in only once complete",)
+    with pytest.raises(KeyboardInterrupt):  # a new output in new parent folders: the parents go too
+        shard_image_folder(images, tmp_path / "a" / "b" / "shards", progress=ctrl_c_after_four)
+    assert not (tmp_path / "a").exists()
