@@ -8,6 +8,7 @@ is parsed but not used fails this test, whatever its name.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -55,3 +56,4 @@ def test_every_flag_of_the_tool_is_read(setup, tool, monkeypatch):
     load_script(f"tools/{tool}.py").main(tool_runs(setup)[tool])
     assert parsed, f"tools/{tool}.py does not parse with ToolParser"
     assert parsed[0].unread() == [], f"tools/{tool}.py ignores these flags: {parsed[0].unread()}"
+    json.dumps(vars(parsed[0]))  # the options alone: scripts write vars(args) into their JSON records

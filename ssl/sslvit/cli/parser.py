@@ -127,6 +127,8 @@ class ReadTrackingArgs(argparse.Namespace):
     """Parsed options that remember which of them the program read: a flag nobody reads is a flag silently
     ignored, and ``tests/e2e/test_tool_flags.py`` runs every tool to check that :meth:`unread` is empty."""
 
+    __slots__ = ("_read",)  # not in __dict__: vars(args) stays the options alone (JSON records are written from it)
+
     def __init__(self, **kwargs: Any) -> None:
         object.__setattr__(self, "_read", set())
         super().__init__(**kwargs)
