@@ -76,6 +76,10 @@ def runs(tmp_path_factory):
                                          str(root / "exported")])  # fmt: skip
     (root / "foreign").mkdir()
     (root / "foreign" / "notes.txt").write_text("not an output of any tool")
+    renamed = write_image_folder(root / "renamed")  # val's class folders named differently from train's
+    for c, name in enumerate(("a_dog", "b_cat", "c_airplane")):
+        (renamed / "train" / f"class{c}").rename(renamed / "train" / name)
+        (renamed / "val" / f"class{c}").rename(renamed / "val" / name.split("_")[1])
     return root
 
 
@@ -188,6 +192,35 @@ TOOL_ROWS = [
      "more); pass --overwrite"),
     ("make_shards", ["--data-root", "{runs}/images", "--output", "{runs}/foreign", "--overwrite"],
      "holds files that are not part of an earlier shard set (notes.txt)"),
+    # Settings are checked on the labels before any image is encoded (nothing lands in the cache: the
+    # working directory stays empty).
+    ("knn_eval", ["--checkpoint", LAST, "--data-root", "{runs}/images", "--k", "30"],
+     "k=30 is larger than the bank of 24 training features"),
+    ("knn_eval", ["--checkpoint", LAST, "--data-root", "{runs}/images", "--ks", "10", "500"],
+     "k=500 is larger than the bank of 24 training features"),
+    ("knn_eval", ["--checkpoint", LAST, "--data-root", "{runs}/images", "--shots", "2", "--k", "7"],
+     "k=7 is larger than the bank of 6 training features"),
+    ("knn_eval", ["--checkpoint", LAST, "--data-root", "{runs}/images", "--train-fraction", "0"],
+     "--train-fraction must be in (0, 1], got 0.0"),
+    ("linear_probe", ["--checkpoint", LAST, "--data-root", "{runs}/images", "--lrs", "0.1", "-1"],
+     "--lrs must be positive"),
+    ("linear_probe", ["--checkpoint", LAST, "--data-root", "{runs}/images", "--cache-dir", "{runs}/random.pth"],
+     "--cache-dir {runs}/random.pth cannot be written"),
+    ("knn_eval", ["--checkpoint", LAST, "--data-root", "{runs}/images", "--no-cache", "--cache-dir", "c"],
+     "--no-cache and --cache-dir contradict each other"),
+    # Labels are matched by class name: a val class that train lacks is refused, naming it.
+    ("knn_eval", ["--checkpoint", LAST, "--data-root", "{runs}/renamed"],
+     "has 3 class(es) that the train split lacks: 'airplane', 'cat', 'dog'"),
+    ("linear_probe", ["--checkpoint", LAST, "--data-root", "{runs}/renamed"], "that the train split lacks"),
+    ("finetune", ["--checkpoint", LAST, "--data-root", "{runs}/renamed", "--run-dir", "ft"],
+     "that the train split lacks"),
+    # Architecture flags are applied or refused.
+    ("knn_eval", ["--checkpoint", LAST, "--arch", "vit_small_patch16_224"],
+     "records its architecture, which the flags cannot change: --arch vit_small_patch16_224 is 384 wide"),
+    ("finetune", ["--checkpoint", LAST, "--num-heads", "4", "--run-dir", "ft"],
+     "records its architecture, which the flags cannot change: --num-heads 4 but it has 2 heads"),
+    ("knn_eval", ["--checkpoint", "{runs}/exported/model.safetensors", "--arch", "vit_tiny"],
+     "--arch vit_tiny is 192 wide, 12 blocks deep with 4px patches, but checkpoint"),
 ]  # fmt: skip
 
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
+import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -252,17 +252,17 @@ def over_seeds(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def usable_cache(directory: str | None) -> FeatureCache:
-    """The feature cache of ``--cache-dir``, after checking that a file can be written there (before any encoding)."""
+    """The feature cache of ``--cache-dir``, after checking that it could be written, before any encoding and
+    without creating anything (a refused command leaves the disk as it was): the folder, or the nearest of its
+    parents that exists, must be a writable folder."""
     cache = FeatureCache(directory)
-    try:
-        cache.directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=cache.directory, prefix=".write-check-"):
-            pass
-    except OSError as err:
+    existing = next(p for p in (cache.directory, *cache.directory.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        what = "is not a folder" if not existing.is_dir() else "is not writable"
         raise ConfigError(
-            f"--cache-dir {cache.directory} cannot be written ({err.strerror or type(err).__name__}): choose a "
-            "writable folder, or pass --no-cache"
-        ) from None
+            f"--cache-dir {cache.directory} cannot be written ({existing} {what}): choose a writable folder, or pass "
+            "--no-cache"
+        )
     return cache
 
 
@@ -314,6 +314,8 @@ class Evaluation:
     seconds: dict[str, float]
     pooling: str = "cls"
     feature_name: str = "cls"
+    #: train classes that val has no image of (labels are matched by name; accuracy is over the others)
+    missing_classes: list[str] = field(default_factory=list)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Evaluation:
@@ -327,7 +329,10 @@ class Evaluation:
             raise ConfigError("--no-cache and --cache-dir contradict each other: pass one of them")
         cache = None if args.no_cache else usable_cache(args.cache_dir)
         evaluation = cls(args, model.to(device), info, datamodule, device, cache, {}, pooling, name)
-        evaluation.train_subsets()  # --seeds, --train-fraction, --shots checked on the labels, before any encoding
+        # Before any image is encoded: val's classes against train's (by name), and --seeds, --train-fraction,
+        # --shots on the train labels.
+        evaluation.missing_classes = getattr(datamodule.build_dataset("val", None), "missing_classes", [])
+        evaluation.train_subsets()
         return evaluation
 
     def train_labels(self) -> torch.Tensor:
@@ -393,6 +398,7 @@ class Evaluation:
             "device": str(self.device),
             "precision": self.precision,
             "features_from_cache": {"train": train.from_cache if train is not None else None, "val": val.from_cache},
+            "val_missing_classes": list(self.missing_classes),
         }
 
     def headline(self, train: Features | None, val: Features) -> str:
@@ -415,7 +421,16 @@ class Evaluation:
             f"data: {dm.dataset_name}{where}, {f'{len(train)} train / ' if train is not None else ''}{len(val)} val "
             f"images at {dm.image_size}px; "
             f"{self.describe_features()} ({val.dim}-d, {self.precision}; {timing})"
+            + self.missing_note()
         )
+
+    def missing_note(self) -> str:
+        """A line saying which train classes val has no image of (accuracy is over the others), or nothing."""
+        missing = self.missing_classes
+        if not missing:
+            return ""
+        shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
+        return f"\nnote: val has no images of {len(missing)} train class(es) ({shown}): accuracy is over the others"
 
     def describe_features(self) -> str:
         """``native features (patch_grid)`` or ``mean features``."""
