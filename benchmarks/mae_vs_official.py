@@ -10,8 +10,13 @@ the bank and the val split as queries. Variants switch one difference at a time:
 
 - ``official``: ``benchmarks/official_mae.py`` (their model, initialisation, schedule, PIL loader,
   weight-decay groups);
+- ``reference``: the project's reference loop around facebookresearch/mae's model
+  (``--reference-script``, by default ``../shared/reference/mae_official_short.py``: their model trained
+  as their ``main_pretrain.py`` does, written independently of ``official_mae.py``; it trains on the
+  first ``--train-images / 10`` files of each class and saves the official checkpoint format);
 - ``sslvit``: ``sslvit fit`` with the config as it is (crops made on the device from uint8 images);
-- ``sslvit-pil-loader``: the same with ``data.on_device: false`` (torchvision's PIL crops in workers);
+- ``sslvit-pil-loader``: the same with torchvision's PIL crops in loader workers (``data.on_device: false``,
+  ``data.fast_decode: false``); ``sslvit-decode-crop``: with the fast file path (``data.on_device: false``);
 - any other name ``sslvit:<key>=<value>,...``: ``sslvit fit`` with those overrides (e.g.
   ``sslvit:data.num_workers=0``).
 
@@ -39,12 +44,22 @@ from sslvit.eval.features import dataset_targets
 from sslvit.nn.backbone import VisionTransformer, ViTConfig
 
 REPO = Path(__file__).resolve().parents[1]
-VARIANTS = {"sslvit": [], "sslvit-pil-loader": ["--data.on_device", "false"]}
+VARIANTS = {
+    "sslvit": [],
+    # torchvision's RandomResizedCrop on PIL images in loader workers (the reference's transform, keyed RNG)
+    "sslvit-pil-loader": ["--data.on_device", "false", "--data.fast_decode", "false"],
+    # sslvit's fast file path: JPEG decoded by torchvision.io, cropped and resized as uint8 tensors in workers
+    "sslvit-decode-crop": ["--data.on_device", "false"],
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ToolParser(__file__, description=__doc__)
-    parser.add_argument("--mae-repo", help="a checkout of facebookresearch/mae (for the `official` variant)")
+    parser.add_argument("--mae-repo", help="a checkout of facebookresearch/mae (`official` and `reference` variants)")
+    parser.add_argument(
+        "--reference-script", default=str(REPO.parent / "shared" / "reference" / "mae_official_short.py"),
+        help="the reference training loop of the `reference` variant",
+    )  # fmt: skip
     parser.add_argument("--config", default="configs/mae/cifar10_vit_tiny.yaml")
     parser.add_argument("--data-root", required=True, help="an ImageFolder root with train/ and val/")
     parser.add_argument("--train-images", type=int, default=10000)
@@ -63,12 +78,21 @@ def sslvit_overrides(variant: str) -> list[str]:
     if variant.startswith("sslvit:"):
         pairs = [p.split("=", 1) for p in variant.removeprefix("sslvit:").split(",")]
         return [arg for key, value in pairs for arg in (f"--{key}", value)]
-    raise SystemExit(f"unknown variant {variant!r}: official, {', '.join(VARIANTS)} or sslvit:<key>=<value>,...")
+    raise SystemExit(
+        f"unknown variant {variant!r}: official, reference, {', '.join(VARIANTS)} or sslvit:<key>=<value>,..."
+    )
 
 
 def pretrain(args: argparse.Namespace, variant: str, seed: int, run: Path) -> Path:
     """Train one variant; returns its checkpoint."""
-    if variant == "official":
+    if variant == "reference":
+        checkpoint = run / "mae.pth"
+        command = [sys.executable, args.reference_script, args.data_root, "--mae-repo", args.mae_repo,
+                   "--train-images", str(args.train_images), "--steps", str(args.steps), "--warmup",
+                   str(args.warmup_steps), "--seed", str(seed), "--save", str(checkpoint),
+                   "--output", str(run / "reference.json")]  # fmt: skip
+        run.mkdir(parents=True, exist_ok=True)
+    elif variant == "official":
         checkpoint = run / "mae.pth"
         command = [sys.executable, str(REPO / "benchmarks" / "official_mae.py"), "--mae-repo", args.mae_repo,
                    "--config", args.config, "--data-root", args.data_root, "--train-images", str(args.train_images),
