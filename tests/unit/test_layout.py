@@ -24,6 +24,7 @@ PUBLIC = [
     "sslvit.methods.BEiT",
     "sslvit.methods.CPC",
     "sslvit.eval.OnlineKNN",
+    "sslvit.eval.OnlineRankMe",
     "sslvit.viz.ReconstructionLogger",
     "sslvit.data.SSLDataModule",
     "sslvit.checkpoints.load_backbone",

@@ -322,10 +322,11 @@ class SSLDataModule(L.LightningDataModule):
         self.setup("validate")
         return self._keyed_loader("val", shuffle=False) if "val" in self._datasets else []
 
-    def eval_dataloader(self, split: Split, batch_size: int | None = None) -> DataLoader:
-        """Deterministic loader of ``(images, labels)`` of a labelled split with the eval transform."""
+    def eval_dataloader(self, split: Split, batch_size: int | None = None, require_labels: bool = True) -> DataLoader:
+        """Deterministic loader of ``(images, labels)`` of a split with the eval transform. A split without
+        labels is refused unless ``require_labels`` is False (label-free evaluations: its labels are -1)."""
         dataset = self.build_dataset(split, self.eval_transform())
-        if not getattr(dataset, "labelled", True):
+        if require_labels and not getattr(dataset, "labelled", True):
             raise ConfigError(unlabelled_message(getattr(dataset, "root", self.root)))
         return DataLoader(dataset, batch_size=batch_size or self.batch_size, shuffle=False, **self._worker_settings())
 

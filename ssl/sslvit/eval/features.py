@@ -266,10 +266,12 @@ def dataset_features(
     indices: Sequence[int] | None = None,
     progress: bool = False,
     precision: Precision = "auto",
+    require_labels: bool = True,
 ) -> Features:
-    """Features of a labelled split (``train`` or ``val``) of an :class:`~sslvit.data.SSLDataModule`,
-    with its deterministic evaluation transform (resize + center crop); ``progress`` shows a bar."""
-    loader = datamodule.eval_dataloader(split, batch_size)
+    """Features of a split (``train`` or ``val``; ``pretrain`` too) of an :class:`~sslvit.data.SSLDataModule`,
+    with its deterministic evaluation transform (resize + center crop); ``progress`` shows a bar. A split
+    without labels is refused unless ``require_labels`` is False (its labels are then -1)."""
+    loader = datamodule.eval_dataloader(split, batch_size, require_labels)
     tag = {"dataset": datamodule.dataset_name, "split": split, "image_size": datamodule.image_size}
     description = f"{split} features" if progress else None
     return extract_features(backbone, loader, pooling, device, indices, cache, tag, description, precision)

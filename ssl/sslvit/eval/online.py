@@ -1,9 +1,13 @@
-"""Online kNN during pretraining: a Lightning callback for every method (it reads ``pl_module.backbone``)."""
+"""Online evaluation during pretraining: what every callback that encodes a split every few epochs shares
+(:class:`OnlineEvaluation`), and the online kNN. They read ``pl_module.backbone`` (or, for ``native``
+features, the method), so they work for every method."""
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
@@ -17,90 +21,56 @@ from sslvit.eval.knn import KNNClassifier
 from sslvit.nn.backbone import VisionTransformer
 
 
-class OnlineKNN(Callback):
-    """kNN top-1 of the backbone every ``every_n_epochs`` epochs and when training ends (``max_epochs``
-    or ``max_steps``): the val split is classified against a class-balanced subset of the labelled
-    train split, ``knn/top1`` goes to the progress bar and the logger, ``knn/top5`` to the logger.
+def encoded_model(pl_module: L.LightningModule, pooling: str) -> Any:
+    """What an online evaluation encodes: the method itself for its native features, else its backbone."""
+    return pl_module if pooling == "native" else pl_module.backbone
 
-    Features come from :func:`sslvit.eval.features.extract_features` (eval mode, no gradients, the
-    global RNG untouched, so training is the same with or without this callback). Under DDP each
-    rank encodes a shard and receives all features; every rank computes the same accuracy, so the
-    metric is identical everywhere and can be monitored by a checkpoint callback.
 
-    Args:
-        every_n_epochs: evaluate after epochs ``n, 2n, ...``.
-        train_subset: images of the labelled train split in the bank (class-balanced, fixed seed);
-            None uses all of them.
-        k: neighbours that vote (DINO: 20); temperature: T of the vote weights exp(sim / T).
-        pooling: ``cls``, ``mean``, ``cls_last<n>``, or ``native``: the method's own feature
-            (:meth:`~sslvit.methods.base.SSLMethod.native_features`, e.g. CPC's patch-grid mean).
-        batch_size: images per forward pass (default: the data module's batch size).
-        compare_random_init: at the last evaluation, also classify with a random initialisation of the
-            same architecture (seeded by ``seed``; the global RNG is untouched), log it as
-            ``knn/random_init_top1`` and print both: the evidence that pretraining learned something.
+class OnlineEvaluation(Callback):
+    """An evaluation of the encoder every ``every_n_epochs`` epochs and when training ends (``max_epochs``,
+    ``max_steps``, or a callback such as TimeBudget stopping the run), logged under the names of ``logged``.
+
+    A subclass implements :meth:`evaluate` (the model as it is now -> metrics) and names what it logs.
+    Features come from :func:`sslvit.eval.features.extract_features`: eval mode, no gradients, the global
+    RNG untouched, so training is the same with or without the callback; under DDP every rank encodes a
+    shard and receives all features, so every rank computes and logs the same value. With
+    ``compare_random_init``, the last evaluation is repeated with a random initialisation of the same
+    architecture (seeded by ``seed``, the global RNG untouched), logged as ``random_init_name``, and both are
+    printed: the evidence that pretraining changed something.
     """
 
+    #: metric of :meth:`evaluate` -> (name it is logged under, shown in the progress bar); the first is the headline
+    logged: ClassVar[dict[str, tuple[str, bool]]]
+    #: the headline of the random initialisation (with ``compare_random_init``)
+    random_init_name: ClassVar[str]
+    #: printed after the headline value and after its difference to the random initialisation
+    units: ClassVar[tuple[str, str]] = ("", "")
+
     def __init__(
-        self,
-        every_n_epochs: int = 5,
-        train_subset: int | None = 10000,
-        k: int = 20,
-        temperature: float = 0.07,
-        pooling: str = "cls",
-        batch_size: int | None = None,
-        seed: int = 0,
-        compare_random_init: bool = False,
+        self, every_n_epochs: int, pooling: str, batch_size: int | None, seed: int, compare_random_init: bool
     ) -> None:
         if every_n_epochs < 1:
-            raise ConfigError(f"OnlineKNN.every_n_epochs must be >= 1, got {every_n_epochs}")
-        if train_subset is not None and train_subset < k:
-            raise ConfigError(f"OnlineKNN.train_subset={train_subset} must be at least k={k}")
-        self.every_n_epochs, self.train_subset, self.pooling = every_n_epochs, train_subset, pooling
-        self.batch_size, self.seed, self.compare_random_init = batch_size, seed, compare_random_init
-        self.knn = KNNClassifier(ks=(k,), k=k, temperature=temperature)
-        self._bank_indices: list[int] | None = None
+            raise ConfigError(f"{type(self).__name__}.every_n_epochs must be >= 1, got {every_n_epochs}")
+        self.every_n_epochs, self.pooling, self.batch_size = every_n_epochs, pooling, batch_size
+        self.seed, self.compare_random_init = seed, compare_random_init
         self.history: list[dict[str, float]] = []
 
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        datamodule = getattr(trainer, "datamodule", None)
-        if datamodule is None or not hasattr(datamodule, "eval_dataloader"):
-            raise ConfigError(
-                "OnlineKNN needs the trainer's datamodule to be an sslvit.data.SSLDataModule (labelled train "
-                "and val splits through eval_dataloader); fit was given no such datamodule"
-            )
-        backbone = getattr(pl_module, "backbone", None)
-        if backbone is None:
-            raise ConfigError(f"OnlineKNN needs pl_module.backbone; {type(pl_module).__name__} has none")
-        feature_dim(self._model(pl_module), self.pooling)  # a bad pooling fails before training starts
-        bank = self._bank(datamodule)
-        if len(bank) < self.knn.k:
-            raise ConfigError(f"OnlineKNN: the labelled train split has {len(bank)} images, fewer than k={self.knn.k}")
+    def evaluate(self, model: Any, datamodule: Any) -> dict[str, float]:
+        """Metrics of ``model`` (the backbone, or the method for ``native``) as it is now."""
+        raise NotImplementedError
 
-    def _bank(self, datamodule: Any) -> list[int]:
-        """Indices of the train images in the bank (chosen once)."""
-        if self._bank_indices is None:
-            targets = dataset_targets(datamodule.build_dataset("train", None))
-            if self.train_subset is not None and self.train_subset < len(targets):
-                self._bank_indices = class_balanced_subset(targets, self.train_subset, self.seed)
-            else:
-                self._bank_indices = list(range(len(targets)))
-        return self._bank_indices
+    def describe(self) -> str:
+        """What the headline is, for the printed comparison with a random initialisation."""
+        raise NotImplementedError
 
     def _model(self, pl_module: L.LightningModule) -> Any:
-        """What is encoded: the method itself for its native features, else its backbone."""
-        return pl_module if self.pooling == "native" else pl_module.backbone
+        return encoded_model(pl_module, self.pooling)
 
-    def evaluate(self, backbone: Any, datamodule: Any) -> dict[str, float]:
-        """kNN accuracy (percent) of the backbone (or, for ``native``, the method) as it is now:
-        ``{"top1", "top5", "seconds"}``."""
-        start = time.perf_counter()
-        device = next(backbone.parameters()).device
-        size = self.batch_size or datamodule.batch_size
-        indices = self._bank(datamodule)
-        bank = dataset_features(backbone, datamodule, "train", self.pooling, size, device, indices=indices)
-        val = dataset_features(backbone, datamodule, "val", self.pooling, size, device)
-        result = self.knn.fit(bank.features, bank.labels).evaluate(val.features, val.labels)
-        return {"top1": result.top1, "top5": result.top5, "seconds": time.perf_counter() - start}
+    def check_model(self, pl_module: L.LightningModule) -> None:
+        """Before training: the module has a backbone and the pooling exists for it."""
+        if getattr(pl_module, "backbone", None) is None:
+            raise ConfigError(f"{type(self).__name__} needs pl_module.backbone; {type(pl_module).__name__} has none")
+        feature_dim(self._model(pl_module), self.pooling)  # a bad pooling fails before training starts
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch + 1
@@ -115,27 +85,35 @@ class OnlineKNN(Callback):
         self.history.append({"epoch": epoch, "step": trainer.global_step, **metrics})
         # Every rank holds the same value (features are gathered); sync_dist averages identical
         # numbers, which keeps Lightning from warning about epoch-level metrics under DDP.
-        pl_module.log("knn/top1", metrics["top1"], prog_bar=True, on_epoch=True, sync_dist=True)
-        pl_module.log("knn/top5", metrics["top5"], on_epoch=True, sync_dist=True)
+        for key, (name, prog_bar) in self.logged.items():
+            pl_module.log(name, metrics[key], prog_bar=prog_bar, on_epoch=True, sync_dist=True)
         if last and self.compare_random_init:
-            baseline = self.evaluate_random_init(pl_module, trainer.datamodule)["top1"]
-            pl_module.log("knn/random_init_top1", baseline, on_epoch=True, sync_dist=True)
+            headline = next(iter(self.logged))
+            baseline = self.evaluate_random_init(pl_module, trainer.datamodule)[headline]
+            pl_module.log(self.random_init_name, baseline, on_epoch=True, sync_dist=True)
+            trained, (unit, difference) = metrics[headline], self.units
             rank_zero_info(
-                f"kNN top-1 ({self.pooling} features, k = {self.knn.k}) after {trainer.global_step} steps: "
-                f"{metrics['top1']:.2f}%; a random initialisation of the same architecture: {baseline:.2f}% "
-                f"({metrics['top1'] - baseline:+.2f} points)"
+                f"{self.describe()} after {trainer.global_step} steps: {trained:.2f}{unit}; a random initialisation "
+                f"of the same architecture: {baseline:.2f}{unit} ({trained - baseline:+.2f}{difference})"
             )
 
     def evaluate_random_init(self, pl_module: L.LightningModule, datamodule: Any) -> dict[str, float]:
         """:meth:`evaluate` with a random initialisation of the backbone in its place (for ``native``, inside
         the method for the duration of the call, so the method's own feature is read from random weights)."""
+        with self.random_init(pl_module) as model:
+            return self.evaluate(model, datamodule)
+
+    @contextmanager
+    def random_init(self, pl_module: L.LightningModule) -> Iterator[Any]:
+        """The model to encode with a random backbone of the same architecture; the trained one is put back."""
         trained = pl_module.backbone
         random_backbone = self.random_init_like(trained).eval()
         if self.pooling != "native":
-            return self.evaluate(random_backbone, datamodule)
+            yield random_backbone
+            return
         pl_module.backbone = random_backbone
         try:
-            return self.evaluate(pl_module, datamodule)
+            yield pl_module
         finally:
             pl_module.backbone = trained
 
@@ -144,3 +122,83 @@ class OnlineKNN(Callback):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             return VisionTransformer(backbone.config).to(next(backbone.parameters()).device)
+
+
+class OnlineKNN(OnlineEvaluation):
+    """kNN top-1 of the backbone every ``every_n_epochs`` epochs and when training ends (``max_epochs``
+    or ``max_steps``): the val split is classified against a class-balanced subset of the labelled
+    train split, ``knn/top1`` goes to the progress bar and the logger, ``knn/top5`` to the logger.
+    Training is the same with or without it, and every rank logs the same accuracy, so a checkpoint
+    callback can monitor it (:class:`OnlineEvaluation`).
+
+    Args:
+        every_n_epochs: evaluate after epochs ``n, 2n, ...``.
+        train_subset: images of the labelled train split in the bank (class-balanced, fixed seed);
+            None uses all of them.
+        k: neighbours that vote (DINO: 20); temperature: T of the vote weights exp(sim / T).
+        pooling: ``cls``, ``mean``, ``cls_last<n>``, or ``native``: the method's own feature
+            (:meth:`~sslvit.methods.base.SSLMethod.native_features`, e.g. CPC's patch-grid mean).
+        batch_size: images per forward pass (default: the data module's batch size).
+        compare_random_init: at the last evaluation, also classify with a random initialisation of the
+            same architecture (seeded by ``seed``; the global RNG is untouched), log it as
+            ``knn/random_init_top1`` and print both: the evidence that pretraining learned something.
+    """
+
+    logged = {"top1": ("knn/top1", True), "top5": ("knn/top5", False)}
+    random_init_name = "knn/random_init_top1"
+    units = ("%", " points")
+
+    def __init__(
+        self,
+        every_n_epochs: int = 5,
+        train_subset: int | None = 10000,
+        k: int = 20,
+        temperature: float = 0.07,
+        pooling: str = "cls",
+        batch_size: int | None = None,
+        seed: int = 0,
+        compare_random_init: bool = False,
+    ) -> None:
+        super().__init__(every_n_epochs, pooling, batch_size, seed, compare_random_init)
+        if train_subset is not None and train_subset < k:
+            raise ConfigError(f"OnlineKNN.train_subset={train_subset} must be at least k={k}")
+        self.train_subset = train_subset
+        self.knn = KNNClassifier(ks=(k,), k=k, temperature=temperature)
+        self._bank_indices: list[int] | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        datamodule = getattr(trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "eval_dataloader"):
+            raise ConfigError(
+                "OnlineKNN needs the trainer's datamodule to be an sslvit.data.SSLDataModule (labelled train "
+                "and val splits through eval_dataloader); fit was given no such datamodule"
+            )
+        self.check_model(pl_module)
+        bank = self._bank(datamodule)
+        if len(bank) < self.knn.k:
+            raise ConfigError(f"OnlineKNN: the labelled train split has {len(bank)} images, fewer than k={self.knn.k}")
+
+    def _bank(self, datamodule: Any) -> list[int]:
+        """Indices of the train images in the bank (chosen once)."""
+        if self._bank_indices is None:
+            targets = dataset_targets(datamodule.build_dataset("train", None))
+            if self.train_subset is not None and self.train_subset < len(targets):
+                self._bank_indices = class_balanced_subset(targets, self.train_subset, self.seed)
+            else:
+                self._bank_indices = list(range(len(targets)))
+        return self._bank_indices
+
+    def evaluate(self, backbone: Any, datamodule: Any) -> dict[str, float]:
+        """kNN accuracy (percent) of the backbone (or, for ``native``, the method) as it is now:
+        ``{"top1", "top5", "seconds"}``."""
+        start = time.perf_counter()
+        device = next(backbone.parameters()).device
+        size = self.batch_size or datamodule.batch_size
+        indices = self._bank(datamodule)
+        bank = dataset_features(backbone, datamodule, "train", self.pooling, size, device, indices=indices)
+        val = dataset_features(backbone, datamodule, "val", self.pooling, size, device)
+        result = self.knn.fit(bank.features, bank.labels).evaluate(val.features, val.labels)
+        return {"top1": result.top1, "top5": result.top5, "seconds": time.perf_counter() - start}
+
+    def describe(self) -> str:
+        return f"kNN top-1 ({self.pooling} features, k = {self.knn.k})"

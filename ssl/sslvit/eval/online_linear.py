@@ -21,6 +21,7 @@ from torch import nn
 from sslvit.distributed import comm_device, world_is_distributed
 from sslvit.errors import ConfigError
 from sslvit.eval.features import dataset_targets, encode, feature_dim
+from sslvit.eval.online import encoded_model
 
 
 def _images_and_labels(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,7 +63,7 @@ class OnlineLinearProbe(Callback):
         self._hits = torch.zeros(3, dtype=torch.long)  # top-1 hits, top-5 hits, count
 
     def _model(self, pl_module: L.LightningModule) -> Any:
-        return pl_module if self.pooling == "native" else pl_module.backbone
+        return encoded_model(pl_module, self.pooling)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         datamodule = getattr(trainer, "datamodule", None)
