@@ -1,0 +1,160 @@
+"""Does the label-free RankMe rank checkpoints as kNN accuracy does? RankMe and kNN top-1 of each, and the
+Spearman rank correlation between them.
+
+    python benchmarks/rankme_vs_knn.py --checkpoints runs/a/checkpoints/last.ckpt runs/b/checkpoints/last.ckpt \\
+        runs/c/checkpoints/last.ckpt --data-root ../shared/data/cifar10 --output rankme_vs_knn.json
+    python benchmarks/rankme_vs_knn.py --snapshots-of runs/results/mae/checkpoints/last.ckpt \\
+        --checkpoints runs/results/mae/snapshots/*.pt --data-root ../shared/data/cifar10 --output mae_curve.json
+
+Each checkpoint is an sslvit Lightning checkpoint (any method), or with ``--snapshots-of LAST`` a file
+``{"state_dict": ...}`` of the method saved in LAST (the curve snapshots of ``benchmarks/results.py``; their
+``step``, ``minutes`` and ``images_seen`` are copied into the record). For each one, the train and val
+features (``--features``, default the method's own; cached as the tools cache them) give
+
+- kNN top-1 on val with all of train as the bank (k = 20, T = 0.07: ``tools/knn_eval.py``'s protocol), and
+- RankMe (:func:`sslvit.eval.rankme.effective_rank`) of a seeded ``--num-images`` of the ``--rankme-split``
+  features, labels unused: the images ``OnlineRankMe(split="train", num_images=..., seed=...)`` encodes (for an
+  ImageFolder root or CIFAR, also those of its default ``pretrain`` split).
+
+Then the Spearman correlation over all checkpoints, and over the checkpoints of each method (the paper compares
+runs of one method; across methods the rank is not known to follow accuracy). Prints a table; ``--output``
+writes JSON with every checkpoint's numbers, the correlations and the settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from scipy.stats import ConstantInputWarning, spearmanr
+
+from sslvit.cli.parser import ToolParser, positive_int
+from sslvit.cli.tool_args import add_data_args, datamodule_from_args, resolve_device, usable_cache, write_json
+from sslvit.errors import ConfigError, one_line_errors
+from sslvit.eval import KNNClassifier, dataset_features, effective_rank
+from sslvit.eval.rankme import PAPER_NUM_IMAGES, image_subset
+from sslvit.methods import load_method
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ToolParser(__file__, description=__doc__)
+    parser.add_argument("--checkpoints", nargs="+", required=True, help="sslvit checkpoints (or snapshots) to compare")
+    parser.add_argument(
+        "--snapshots-of", help="a Lightning checkpoint: --checkpoints are then {'state_dict': ...} files of its method"
+    )
+    add_data_args(parser)
+    parser.add_argument("--features", default="native", help="native (the method's own), cls, mean or cls_last<n>")
+    parser.add_argument("--k", type=positive_int, default=20, help="neighbours that vote")
+    parser.add_argument("--temperature", type=float, default=0.07, help="T of the vote weights exp(sim / T)")
+    parser.add_argument("--num-images", type=positive_int, default=PAPER_NUM_IMAGES, help="images RankMe is taken on")
+    parser.add_argument("--rankme-split", choices=["train", "val"], default="train")
+    parser.add_argument("--seed", type=int, default=0, help="the RankMe subset (OnlineRankMe's seed)")
+    parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
+    parser.add_argument("--cache-dir", help="feature cache (default $SSLVIT_CACHE/features)")
+    parser.add_argument("--no-cache", action="store_true", help="always run the encoder; store nothing")
+    parser.add_argument("--output", help="write the results as JSON to this file")
+    return parser
+
+
+def load(
+    path: str, snapshots_of: str | None, methods: dict[str, Any]
+) -> tuple[torch.nn.Module, dict[str, Any], dict[str, Any]]:
+    """The method of a checkpoint, or the method of ``snapshots_of`` with a snapshot's weights; its data info
+    (image size, mean, std); and what the record says about it."""
+    if snapshots_of is None:
+        model, info = load_method(path)
+        return model, info, {"method": info["method"], "global_step": info["global_step"]}
+    if snapshots_of not in methods:
+        methods[snapshots_of] = load_method(snapshots_of)
+    model, info = methods[snapshots_of]
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(saved, dict) or "state_dict" not in saved:
+        raise ConfigError(f"{path} is not a snapshot ({{'state_dict': ...}}) of the method in {snapshots_of}")
+    model.load_state_dict(saved["state_dict"])
+    extra = {key: saved[key] for key in ("step", "minutes", "images_seen") if key in saved}
+    return model, info, {"method": info["method"], "global_step": extra.get("step"), **extra}
+
+
+def evaluate(path: str, args: argparse.Namespace, methods: dict[str, Any], device: torch.device, cache: Any) -> dict:
+    """kNN top-1 and RankMe of one checkpoint."""
+    model, info, record = load(path, args.snapshots_of, methods)
+    data = datamodule_from_args(args, info)
+    model.to(device)
+    features = {
+        split: dataset_features(model, data, split, args.features, args.batch_size, device, cache,
+                                precision=args.precision)
+        for split in ("train", "val")
+    }  # fmt: skip
+    train, val = features["train"], features["val"]
+    knn = KNNClassifier(ks=(args.k,), k=args.k, temperature=args.temperature)
+    result = knn.fit(train.features, train.labels).evaluate(val.features, val.labels)
+    chosen = features[args.rankme_split]
+    indices = image_subset(len(chosen), args.num_images, args.seed)
+    rank_features = chosen.features if indices is None else chosen.subset(indices).features
+    rank = effective_rank(rank_features)
+    n, dim = rank_features.shape
+    return {"checkpoint": path, **record, "knn_top1": result.top1, "knn_top5": result.top5, "rankme": rank,
+            "rankme_normalized": rank / min(n, dim), "rankme_images": n, "feature_dim": dim,
+            "features_from_cache": {"train": train.from_cache, "val": val.from_cache}}  # fmt: skip
+
+
+def spearman(rows: list[dict[str, Any]]) -> float | None:
+    """Spearman's rho between kNN top-1 and RankMe over ``rows`` (ties ranked by their mean); None when undefined
+    (fewer than 2 rows, or one of them constant). With 2 rows it is +-1 by construction."""
+    if len(rows) < 2:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConstantInputWarning)  # a constant column: rho is NaN, reported as None
+        rho = spearmanr([r["knn_top1"] for r in rows], [r["rankme"] for r in rows]).statistic
+    return None if math.isnan(rho) else float(rho)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'checkpoint':<60} {'method':>8} {'step':>7} {'kNN top-1':>10} {'RankMe':>9}"]
+    for r in rows:
+        name = r["checkpoint"] if len(r["checkpoint"]) <= 60 else "..." + r["checkpoint"][-57:]
+        method = r["method"].rsplit(".", 1)[-1]
+        lines.append(f"{name:<60} {method:>8} {r['global_step']!s:>7} {r['knn_top1']:>10.2f} {r['rankme']:>9.2f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    with one_line_errors(parser.prog):
+        if args.temperature <= 0:
+            raise ConfigError(f"--temperature must be positive, got {args.temperature}")
+        if args.no_cache and args.cache_dir is not None:
+            raise ConfigError("--no-cache and --cache-dir contradict each other: pass one of them")
+        device = resolve_device(args.device)
+        cache = None if args.no_cache else usable_cache(args.cache_dir)
+        methods: dict[str, Any] = {}
+        rows = [evaluate(path, args, methods, device, cache) for path in args.checkpoints]
+    per_method = {m: spearman([r for r in rows if r["method"] == m]) for m in sorted({r["method"] for r in rows})}
+    overall = spearman(rows)
+    print(table(rows))
+    print(f"Spearman rho (kNN top-1, RankMe) over {len(rows)} checkpoints: {overall}")
+    for method, rho in per_method.items():
+        print(f"  {method}: {rho}")
+    record = {
+        "spearman": overall,
+        "spearman_per_method": per_method,
+        "checkpoints": rows,
+        "settings": {key: value for key, value in vars(args).items() if key not in ("checkpoints", "output")},
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "command": [sys.executable, *sys.argv] if argv is None else ["benchmarks/rankme_vs_knn.py", *argv],
+    }
+    if args.output:
+        print(f"wrote {write_json(Path(args.output), record)}")
+    return record
+
+
+if __name__ == "__main__":
+    main()
