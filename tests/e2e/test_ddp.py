@@ -32,15 +32,21 @@ KNN = ["--trainer.callbacks+=sslvit.eval.OnlineKNN", "--trainer.callbacks.init_a
        "--trainer.callbacks.init_args.train_subset", "24", "--trainer.callbacks.init_args.k", "5"]  # fmt: skip
 
 
-def knn_rows(run_dir: Path) -> list[tuple[int, float]]:
-    """(step, knn/top1) of every online kNN evaluation in metrics.csv."""
+# Online RankMe at the same epochs, on 100 of the pretrain images (no labels read).
+RANKME = ["--trainer.callbacks+=sslvit.eval.OnlineRankMe", "--trainer.callbacks.init_args.every_n_epochs", "1",
+          "--trainer.callbacks.init_args.num_images", "100"]  # fmt: skip
+
+
+def knn_rows(run_dir: Path, key: str = "knn/top1") -> list[tuple[int, float]]:
+    """(step, value of ``key``) of every online evaluation in metrics.csv."""
     with open(run_dir / "metrics.csv") as f:
-        return [(int(row["step"]), float(row["knn/top1"])) for row in csv.DictReader(f) if row.get("knn/top1")]
+        return [(int(row["step"]), float(row[key])) for row in csv.DictReader(f) if row.get(key)]
 
 
 def test_ddp_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
-    single = fit(tmp_path / "single", "--trainer.devices", "1", "--data.batch_size", "32", *KNN)
-    ddp = fit(tmp_path / "ddp", "--trainer.devices", "2", "--trainer.strategy", "ddp", "--data.batch_size", "16", *KNN)
+    single = fit(tmp_path / "single", "--trainer.devices", "1", "--data.batch_size", "32", *KNN, *RANKME)
+    ddp = fit(tmp_path / "ddp", "--trainer.devices", "2", "--trainer.strategy", "ddp", "--data.batch_size", "16",
+              *KNN, *RANKME)  # fmt: skip
     assert ddp["ckpt"]["global_step"] == single["ckpt"]["global_step"] == 6
     # the learning rate follows the global batch: 1e-3 * (16 x 2 devices) / 256, as for 32 x 1
     assert len(single["losses"]) == len(ddp["losses"]) == 6
@@ -53,3 +59,7 @@ def test_ddp_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
     # order: every rank classifies the same bank and queries, so rank 0's logged value is every rank's).
     assert [step for step, _ in knn_rows(tmp_path / "single")] == [3, 5], "after epoch 1 (step 4) and at the end"
     assert knn_rows(tmp_path / "ddp") == knn_rows(tmp_path / "single")
+    # RankMe the same way: each rank encodes half of the 100 images, every rank computes it on all of them
+    single_rank, ddp_rank = (knn_rows(tmp_path / run, "rankme") for run in ("single", "ddp"))
+    assert [step for step, _ in ddp_rank] == [step for step, _ in single_rank] == [3, 5]
+    assert [rank for _, rank in ddp_rank] == pytest.approx([rank for _, rank in single_rank], rel=1e-4)
