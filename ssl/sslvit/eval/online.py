@@ -5,8 +5,6 @@ features, the method), so they work for every method."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import lightning as L
@@ -43,6 +41,8 @@ class OnlineEvaluation(Callback):
     logged: ClassVar[dict[str, tuple[str, bool]]]
     #: the headline of the random initialisation (with ``compare_random_init``)
     random_init_name: ClassVar[str]
+    #: what the evaluation reads from the data module (for the error when there is none)
+    reads: ClassVar[str]
     #: printed after the headline value and after its difference to the random initialisation
     units: ClassVar[tuple[str, str]] = ("", "")
 
@@ -66,11 +66,23 @@ class OnlineEvaluation(Callback):
     def _model(self, pl_module: L.LightningModule) -> Any:
         return encoded_model(pl_module, self.pooling)
 
-    def check_model(self, pl_module: L.LightningModule) -> None:
-        """Before training: the module has a backbone and the pooling exists for it."""
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Before training: an sslvit data module, a module with a backbone, a pooling that exists for it, and
+        data the evaluation can use (:meth:`prepare`)."""
+        name = type(self).__name__
+        datamodule = getattr(trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "eval_dataloader"):
+            raise ConfigError(
+                f"{name} needs the trainer's datamodule to be an sslvit.data.SSLDataModule ({self.reads} through "
+                "eval_dataloader); fit was given no such datamodule"
+            )
         if getattr(pl_module, "backbone", None) is None:
-            raise ConfigError(f"{type(self).__name__} needs pl_module.backbone; {type(pl_module).__name__} has none")
+            raise ConfigError(f"{name} needs pl_module.backbone; {type(pl_module).__name__} has none")
         feature_dim(self._model(pl_module), self.pooling)  # a bad pooling fails before training starts
+        self.prepare(datamodule)
+
+    def prepare(self, datamodule: Any) -> None:
+        """Choose the images evaluated (once); raise a ConfigError when the data cannot serve."""
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch + 1
@@ -100,20 +112,13 @@ class OnlineEvaluation(Callback):
     def evaluate_random_init(self, pl_module: L.LightningModule, datamodule: Any) -> dict[str, float]:
         """:meth:`evaluate` with a random initialisation of the backbone in its place (for ``native``, inside
         the method for the duration of the call, so the method's own feature is read from random weights)."""
-        with self.random_init(pl_module) as model:
-            return self.evaluate(model, datamodule)
-
-    @contextmanager
-    def random_init(self, pl_module: L.LightningModule) -> Iterator[Any]:
-        """The model to encode with a random backbone of the same architecture; the trained one is put back."""
         trained = pl_module.backbone
         random_backbone = self.random_init_like(trained).eval()
         if self.pooling != "native":
-            yield random_backbone
-            return
+            return self.evaluate(random_backbone, datamodule)
         pl_module.backbone = random_backbone
         try:
-            yield pl_module
+            return self.evaluate(pl_module, datamodule)
         finally:
             pl_module.backbone = trained
 
@@ -146,6 +151,7 @@ class OnlineKNN(OnlineEvaluation):
 
     logged = {"top1": ("knn/top1", True), "top5": ("knn/top5", False)}
     random_init_name = "knn/random_init_top1"
+    reads = "labelled train and val splits"
     units = ("%", " points")
 
     def __init__(
@@ -166,14 +172,7 @@ class OnlineKNN(OnlineEvaluation):
         self.knn = KNNClassifier(ks=(k,), k=k, temperature=temperature)
         self._bank_indices: list[int] | None = None
 
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        datamodule = getattr(trainer, "datamodule", None)
-        if datamodule is None or not hasattr(datamodule, "eval_dataloader"):
-            raise ConfigError(
-                "OnlineKNN needs the trainer's datamodule to be an sslvit.data.SSLDataModule (labelled train "
-                "and val splits through eval_dataloader); fit was given no such datamodule"
-            )
-        self.check_model(pl_module)
+    def prepare(self, datamodule: Any) -> None:
         bank = self._bank(datamodule)
         if len(bank) < self.knn.k:
             raise ConfigError(f"OnlineKNN: the labelled train split has {len(bank)} images, fewer than k={self.knn.k}")

@@ -91,6 +91,7 @@ class OnlineRankMe(OnlineEvaluation):
 
     logged = {"rank": ("rankme", True), "normalized": ("rankme/normalized", False)}
     random_init_name = "rankme/random_init"
+    reads = "the images of a split"
 
     def __init__(
         self,
@@ -114,14 +115,7 @@ class OnlineRankMe(OnlineEvaluation):
         self._indices: list[int] | None = None
         self._chosen = False
 
-    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        datamodule = getattr(trainer, "datamodule", None)
-        if datamodule is None or not hasattr(datamodule, "eval_dataloader"):
-            raise ConfigError(
-                "OnlineRankMe needs the trainer's datamodule to be an sslvit.data.SSLDataModule (it encodes a split "
-                "through eval_dataloader); fit was given no such datamodule"
-            )
-        self.check_model(pl_module)
+    def prepare(self, datamodule: Any) -> None:
         self.images(datamodule)  # a missing split fails before training starts
 
     def images(self, datamodule: Any) -> list[int] | None:
