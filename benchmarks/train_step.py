@@ -60,30 +60,6 @@ def device_sync(device) -> Callable[[], None]:
     return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
 
-def count_cpu_attention() -> None:
-    """Teach torch's FLOP counter the CPU kernel of fused attention, which it leaves out.
-
-    On CUDA, scaled_dot_product_attention runs flash/efficient kernels the counter knows; on a CPU it
-    runs ``_scaled_dot_product_flash_attention_for_cpu``, which the counter (torch 2.14) skips, so
-    GFLOP/s on a CPU would leave out attention. The formulas are torch's own for the other kernels.
-    """
-    import torch
-    from torch.utils.flop_counter import flop_registry, register_flop_formula, sdpa_backward_flop_count, sdpa_flop_count
-
-    forward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-    backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
-    if forward in flop_registry:
-        return
-
-    @register_flop_formula(forward)
-    def _forward(query, key, value, *args, out_shape=None, **kwargs) -> int:
-        return sdpa_flop_count(query, key, value)
-
-    @register_flop_formula(backward)
-    def _backward(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
-        return sdpa_backward_flop_count(grad_out, query, key, value)
-
-
 # ---- worker: one variant in its own process ------------------------------------------------
 def build_worker(args: argparse.Namespace, variant: dict[str, Any], count_flops: bool = True):
     """(one training step, device sync, facts about the model) for ``variant`` of ``args.config[0]``."""
@@ -147,10 +123,9 @@ def build_worker(args: argparse.Namespace, variant: dict[str, Any], count_flops:
         optimizer.zero_grad(set_to_none=True)
 
     if count_flops:
-        from torch.utils.flop_counter import FlopCounterMode
+        from sslvit.flops import flop_counter
 
-        count_cpu_attention()
-        with FlopCounterMode(display=False) as counter, torch.autocast(**autocast):
+        with flop_counter() as counter, torch.autocast(**autocast):
             loss_fn().backward()
         optimizer.zero_grad(set_to_none=True)
         info["flops_per_image"] = counter.get_total_flops() / batch

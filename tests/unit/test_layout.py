@@ -14,7 +14,7 @@ from conftest import REPO
 PACKAGE = REPO / "ssl" / "sslvit"
 # Lower layers never import higher ones. Rank 0 are the leaf utilities every layer may use.
 LAYERS = {
-    "errors": 0, "constants": 0, "seeding": 0, "runtime": 0, "distributed": 0, "optim": 0, "outputs": 0,
+    "errors": 0, "constants": 0, "seeding": 0, "runtime": 0, "distributed": 0, "optim": 0, "outputs": 0, "flops": 0,
     "nn": 1, "data": 2, "checkpoints": 3, "methods": 4, "eval": 5, "viz": 6, "cli": 7,
 }  # fmt: skip
 PUBLIC = [

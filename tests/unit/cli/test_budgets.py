@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-import sslvit.cli.time_budget as time_budget
-from sslvit.cli import TimeBudget
+import sslvit.cli.budgets as time_budget
+from sslvit.cli import FlopBudget, TimeBudget
 from sslvit.errors import ConfigError
 from sslvit.eval import FineTune
 from sslvit.optim import WarmupCosine
@@ -95,3 +95,54 @@ def test_bad_budgets_are_config_errors():
         TimeBudget(minutes=0)
     with pytest.raises(ConfigError, match="TimeBudget.warmup_fraction"):
         TimeBudget(minutes=1, warmup_fraction=1.0)
+    with pytest.raises(ConfigError, match="FlopBudget.petaflops"):
+        FlopBudget(petaflops=-1)
+
+
+def vit_step_flops(batch: int, tokens: int = 17, patches: int = 16, dim: int = 32, depth: int = 1,
+                   patch_values: int = 3 * 4 * 4, classes: int = 2) -> int:
+    """FLOPs (2 per multiply-add) of one training step of the tiny FineTune ViT, written out by hand: every
+    linear layer's product again twice in the backward pass (input and weight gradients), the patch
+    projection once (its input, the images, needs no gradient), and attention's two products five times
+    (fused attention's backward recomputes the scores: torch counts it as 2.5 forwards)."""
+    linear = depth * tokens * 2 * (3 * dim * dim + dim * dim + 4 * dim * dim + 4 * dim * dim)  # qkv, proj, fc1, fc2
+    attention = depth * 2 * 2 * tokens * tokens * dim  # q k^T and (attention) v
+    head, patch = 2 * dim * classes, 2 * patches * patch_values * dim
+    return batch * (3 * (linear + head) + 2 * patch) + batch * attention * 7 // 2  # fmt: skip
+
+
+def test_a_flop_budget_trains_the_steps_it_buys_on_any_machine(tmp_path):
+    """The step's FLOPs are counted from the shapes (no clock): the budget of 7.5 steps trains 8, on a
+    schedule of spent FLOPs, and a resumed run continues it."""
+    per_step = vit_step_flops(batch=8)
+    budget = FlopBudget(petaflops=7.5 * per_step / 1e15, warmup_fraction=0.2)
+    trainer, tick = fit(tmp_path, FakeClock(), budget)
+    assert budget.flops_per_step == per_step, "torch's count of the step equals the hand count"
+    assert trainer.global_step == 8, "the step that spends the budget is the last"
+    shape = WarmupCosine(20_000, 100_000, min_ratio=1e-5 / 1e-3)
+    base = [group["initial_lr"] for group in trainer.optimizers[0].param_groups]
+    for step, lrs in enumerate(tick.lrs):  # the rate of step n follows the FLOPs of the n steps before it
+        factor = shape(int(min(1.0, step / 7.5) * 100_000))
+        assert lrs == pytest.approx([b * factor for b in base], rel=1e-6), f"step {step}"
+    # Stopped after 3 steps and resumed: the same 8 steps on the same schedule.
+    first = FlopBudget(petaflops=7.5 * per_step / 1e15, warmup_fraction=0.2)
+    fit(tmp_path, FakeClock(), first, max_steps=3)[0].save_checkpoint(tmp_path / "three.ckpt")
+    again = FlopBudget(petaflops=7.5 * per_step / 1e15, warmup_fraction=0.2)
+    trainer, resumed = fit(tmp_path, FakeClock(), again, ckpt_path=str(tmp_path / "three.ckpt"))
+    assert trainer.global_step == 8 and again.flops_per_step == per_step
+    assert sum(resumed.lrs, []) == pytest.approx(sum(tick.lrs[3:], []), rel=1e-6)
+
+
+def test_a_flop_budget_from_the_command_line_resumes_from_a_weights_only_checkpoint(tmp_path):
+    from conftest import TINY_CONFIGS
+    from sslvit.cli import run_cli
+
+    budget = '[{"class_path": "sslvit.cli.FlopBudget", "init_args": {"petaflops": 1e-7}}]'
+    args = ["fit", "--config", TINY_CONFIGS["mae"], "--trainer.default_root_dir", str(tmp_path / "run"),
+            "--trainer.max_steps", "-1", "--trainer.max_epochs", "-1", "--trainer.callbacks", budget]  # fmt: skip
+    cli = run_cli(args)
+    (callback,) = [c for c in cli.trainer.callbacks if isinstance(c, FlopBudget)]
+    steps = cli.trainer.global_step
+    assert steps == -(-1e8 // callback.flops_per_step) and steps > 1
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["callbacks"]["FlopBudget"]["flops_per_step"] == callback.flops_per_step
