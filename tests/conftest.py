@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +37,16 @@ torch.set_num_threads(1)
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _ctrl_c_raises():
+    """Every test starts with Python's own Ctrl-C handler: Lightning ignores SIGINT after it handled one
+    (``signal.SIG_IGN`` during its shutdown) and never restores it, which would make a later Ctrl-C test
+    run to the end as if nothing had been pressed."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
