@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +40,7 @@ from sslvit.data import SSLDataModule, class_balanced_subset
 from sslvit.errors import one_line_errors
 from sslvit.eval import KNNClassifier, dataset_features
 from sslvit.eval.features import dataset_targets
+from sslvit.eval.seeds import paired_difference, spread
 from sslvit.nn.backbone import VisionTransformer, ViTConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -145,15 +145,30 @@ def compare(args: argparse.Namespace) -> list[dict[str, Any]]:
             top1 = knn.fit(train.features, train.labels).evaluate(val.features, val.labels).top1
             records.append({"variant": variant, "seed": seed, "knn_top1": top1, "run": str(run)})
             print(f"{variant:<28} seed {seed}: kNN top-1 {top1:.2f}%", flush=True)
-    print(f"\n{'variant':<28}{'kNN top-1 (mean ± std over seeds)':>36}")
-    for variant in args.variants:
-        values = [r["knn_top1"] for r in records if r["variant"] == variant]
-        if values:
-            spread = statistics.stdev(values) if len(values) > 1 else 0.0
-            print(f"{variant:<28}{statistics.mean(values):>28.2f} ± {spread:.2f}  ({len(values)} seeds)")
+    summary = summarize(records, args.variants)
     if args.output:
-        Path(args.output).write_text(json.dumps({"settings": vars(args), "runs": records}, indent=2) + "\n")
+        record = {"settings": vars(args), "runs": records, "summary": summary}
+        Path(args.output).write_text(json.dumps(record, indent=2) + "\n")
     return records
+
+
+def summarize(records: list[dict[str, Any]], variants: list[str]) -> dict[str, Any]:
+    """Print and return each variant's kNN over seeds and its paired difference to the first variant."""
+    by_variant = {v: {r["seed"]: r["knn_top1"] for r in records if r["variant"] == v} for v in variants}
+    by_variant = {v: seeds for v, seeds in by_variant.items() if seeds}
+    first = next(iter(by_variant), None)
+    summary: dict[str, Any] = {}
+    print(f"\n{'variant':<28} kNN top-1 over seeds (mean ± sample std, 95% CI)   vs {first} (paired by seed)")
+    for variant, seeds in by_variant.items():
+        own = spread([seeds[s] for s in sorted(seeds)])
+        summary[variant] = {"knn_top1": own.to_dict()}
+        line = f"{variant:<28} {own!s:<48}"
+        if variant != first and set(seeds) & set(by_variant[first]):
+            diff = paired_difference(seeds, by_variant[first])
+            summary[variant][f"minus_{first}"] = diff.to_dict()
+            line += f"  {diff.mean:+.2f} (95% CI {diff.low:+.2f} to {diff.high:+.2f})"
+        print(line)
+    return summary
 
 
 if __name__ == "__main__":

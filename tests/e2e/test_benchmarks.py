@@ -167,3 +167,15 @@ def test_screen_settings_scores_trained_and_random_on_train_images_only(tmp_path
     with pytest.raises(SystemExit):  # another setting under the same name: refused, not scored as this one
         screen.main([*args, "--model.init_args.prediction_steps", "1"])
     assert len((tmp_path / "runs" / "screen.jsonl").read_text().splitlines()) == 2
+
+
+def test_mae_vs_official_summary_pairs_each_variant_with_the_first_by_seed(capsys):
+    summarize = load_script("benchmarks/mae_vs_official.py").summarize
+    runs = [{"variant": v, "seed": s, "knn_top1": top1} for v, s, top1 in
+            [("reference", 0, 40.0), ("reference", 1, 38.0), ("reference", 2, 39.0),
+             ("sslvit", 0, 39.0), ("sslvit", 1, 37.0), ("sslvit", 2, 38.0), ("sslvit", 3, 50.0)]]  # fmt: skip
+    summary = summarize(runs, ["reference", "sslvit", "official"])
+    assert summary["reference"]["knn_top1"]["mean"] == 39.0 and "official" not in summary
+    diff = summary["sslvit"]["minus_reference"]
+    assert diff["values"] == [-1.0, -1.0, -1.0] and diff["low"] == diff["high"] == -1.0, "paired over seeds 0-2"
+    assert "-1.00 (95% CI -1.00 to -1.00)" in capsys.readouterr().out
