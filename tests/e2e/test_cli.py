@@ -121,3 +121,11 @@ def test_fit_with_plain_dataloaders_scales_lr_from_their_batch_size(tiny_vit):
     trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False)
     trainer.fit(model, loader)
     assert trainer.global_step == 2 and model.effective_lr() == pytest.approx(1e-3 * 8 / 256)
+
+
+def test_the_data_seed_follows_the_runs_seed_unless_set():
+    """Runs with other seeds see other data orders and per-sample keys (crops, masks, drop path), not only
+    another initialisation; data.seed set explicitly wins."""
+    runs = [["--seed_everything", "3"], ["--seed_everything", "4"], ["--seed_everything", "4", "--data.seed", "7"]]
+    seeds = [run_cli(["--config", TINY, *extra], run=False).datamodule.hparams.seed for extra in runs]
+    assert seeds == [3, 4, 7]

@@ -67,6 +67,9 @@ class SSLDataModule(L.LightningDataModule):
             it), crops and resizes uint8 tensors and hands them to the device, where they are normalized
             (:mod:`sslvit.data.decode`); false: the PIL transform of the MAE reference.
         download: let torchvision download cifar10/cifar100/stl10 when they are missing.
+        seed: seed of the data order, of every sample's random key (its crops, mask, drop path) and of the
+            ``train_subset`` draw; None (default): the run's ``seed_everything`` (0 without one), so runs
+            with other seeds see other orders and augmentations, not only another initialisation.
         supervised: train on the labelled ``train`` split with these augmentations (fine-tuning:
             RandAugment, random erasing; :class:`~sslvit.data.supervised.SupervisedAugment`) instead
             of the ``pretrain`` split with the crop/flip/jitter settings above.
@@ -93,7 +96,7 @@ class SSLDataModule(L.LightningDataModule):
         download: bool = True,
         pin_memory: bool = True,
         persistent_workers: bool = True,
-        seed: int = 0,
+        seed: int | None = None,
         supervised: SupervisedAugment | None = None,
     ) -> None:
         super().__init__()
@@ -116,7 +119,10 @@ class SSLDataModule(L.LightningDataModule):
             raise ConfigError(
                 "data.on_device supports crops and flips only, not data.supervised: set data.on_device: false"
             )
+        if seed is None:  # LightningCLI seeds everything before it builds the data module
+            seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
         self.save_hyperparameters()
+        self.hparams["seed"] = seed
         # A plain dict in the checkpoint, so that it loads with torch.load(weights_only=True).
         self.supervised = SupervisedAugment.from_dict(supervised) if supervised is not None else None
         self.hparams["supervised"] = self.supervised.to_dict() if self.supervised is not None else None
