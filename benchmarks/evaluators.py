@@ -29,9 +29,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sslvit.checkpoints import CheckpointInfo
 from sslvit.cli.parser import ToolParser
-from sslvit.cli.tool_args import backbone_from_args
-from sslvit.data import SSLDataModule, class_balanced_subset
+from sslvit.cli.tool_args import load_encoder
+from sslvit.data import class_balanced_subset
 from sslvit.eval.features import FeatureCache, dataset_features, dataset_targets
 from sslvit.eval.knn import DEFAULT_KS, KNNClassifier, available_cores, topk_accuracy, weighted_vote
 from sslvit.eval.linear import linear_probe
@@ -167,15 +168,13 @@ def bench_ivf(args: argparse.Namespace) -> dict[str, Any]:
 def bench_linear(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     if args.checkpoint:
-        backbone, info = backbone_from_args(argparse.Namespace(checkpoint=args.checkpoint, random_init=False))
+        backbone, info = load_encoder(args.checkpoint)
     else:
         config = ViTConfig(arch="vit_tiny", img_size=32, patch_size=4, depth=args.depth)
-        backbone, info = VisionTransformer(config).eval(), {"image_size": 32}
+        backbone = VisionTransformer(config).eval()
+        info = CheckpointInfo(source="random-init", image_size=32, random_init=True)
     dataset = "imagefolder" if args.data_root else "digits"
-    data = SSLDataModule(
-        dataset=dataset, root=args.data_root or "data", image_size=info["image_size"], batch_size=args.batch_size,
-        num_workers=args.num_workers, eval_crop_fraction=info.get("eval_crop_fraction", 1.0),
-    )  # fmt: skip
+    data = info.eval_datamodule(dataset, args.data_root, args.batch_size, args.num_workers)
 
     def subset(split: str, count: int | None) -> list[int] | None:
         targets = dataset_targets(data.build_dataset(split, None))

@@ -163,13 +163,12 @@ def evaluate(checkpoint: str, args: argparse.Namespace, run: Path, extra: list[s
 
 def curve(method: str, run: Path, args: argparse.Namespace) -> list[dict[str, float]]:
     """kNN of the encoder saved at every fifth of the budget: (minutes, images seen, top-1 on val)."""
-    from sslvit.data import SSLDataModule
     from sslvit.eval import KNNClassifier, dataset_features
     from sslvit.eval.features import dataset_targets
     from sslvit.methods import load_method
 
     model, info = load_method(run / "checkpoints" / "last.ckpt")
-    data = SSLDataModule(dataset="imagefolder", root=args.data_root, image_size=info["image_size"], batch_size=256)
+    data = info.eval_datamodule("imagefolder", args.data_root)
     bank, queries = (curve_subset(dataset_targets(data.build_dataset(split, None)), size)
                      for split, size in (("train", CURVE_BANK), ("val", CURVE_QUERIES)))  # fmt: skip
     points = []

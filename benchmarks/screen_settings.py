@@ -91,7 +91,7 @@ def train(args: argparse.Namespace, run: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from sslvit.data import SSLDataModule, class_balanced_subset
+    from sslvit.data import class_balanced_subset
     from sslvit.eval import KNNClassifier, dataset_features
     from sslvit.eval.features import dataset_targets
     from sslvit.methods import load_method
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with one_line_errors(parser.prog):
         steps = train(args, run)
         model, info = load_method(run / "checkpoints" / "last.ckpt")
-        data = SSLDataModule(dataset="imagefolder", root=args.data_root, image_size=info["image_size"], batch_size=256)
+        data = info.eval_datamodule("imagefolder", args.data_root)
         chosen = class_balanced_subset(dataset_targets(data.build_dataset("train", None)), args.bank + args.queries,
                                        seed=args.seed)  # fmt: skip
         order = torch.randperm(len(chosen), generator=torch.Generator().manual_seed(args.seed)).tolist()

@@ -37,9 +37,9 @@ def main(argv: list[str] | None = None) -> None:
         backbone, info = export_checkpoint(
             args.checkpoint, args.output, args.image_size, args.pooling, overwrite=args.overwrite
         )
-    size, folder = info["export_image_size"], Path(args.output)
+    size, folder = info.image_size, Path(args.output)
     difference = timm_max_difference(backbone, timm_from_export(folder), size, args.pooling)
-    method = info.get("method") or "the checkpoint"
+    method = info.method or "the checkpoint"
     print(f"wrote {folder / EXPORT_WEIGHTS} and {folder / EXPORT_CONFIG}: the encoder of {method}, "
           f"{size}x{size} px, {backbone.num_features} features")  # fmt: skip
     print(f"timm check: largest |timm - sslvit| feature difference {difference:.2e}")

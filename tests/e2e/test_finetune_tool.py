@@ -60,7 +60,7 @@ def test_a_short_fine_tune_of_the_digits_is_far_above_chance(checkpoint, tmp_pat
     encoder, info = load_backbone(run / "checkpoints" / "last.ckpt")  # the fine-tuned encoder, e.g. for kNN
     tuned = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert all(torch.equal(v, tuned[f"backbone.{k}"]) for k, v in encoder.state_dict().items())
-    assert info["method"] == "sslvit.eval.FineTune"
+    assert info.method == "sslvit.eval.FineTune"
     out = capsys.readouterr().out
     assert "top-1   top-5" in out and f"final: top-1 {record['top1']:.2f}" in out
 

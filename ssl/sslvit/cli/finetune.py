@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sslvit.checkpoints.info import CheckpointInfo
 from sslvit.checkpoints.loading import load_backbone
 from sslvit.cli.app import run_cli
 from sslvit.cli.parser import positive_int
 from sslvit.cli.tool_args import add_checkpoint_args
-from sslvit.constants import IMAGENET_MEAN, IMAGENET_STD
 from sslvit.errors import ConfigError
 from sslvit.eval.features import dataset_targets
 
@@ -49,7 +49,7 @@ def add_finetune_args(parser: argparse.ArgumentParser, default_config: str) -> N
     parser.add_argument("fit_args", nargs="*", help="extra `sslvit fit` settings, after --")
 
 
-def fit_arguments(args: argparse.Namespace, info: dict[str, Any], backbone: dict[str, Any]) -> list[str]:
+def fit_arguments(args: argparse.Namespace, info: CheckpointInfo, backbone: dict[str, Any]) -> list[str]:
     """The ``sslvit fit`` command line of a fine-tuning run of ``args.checkpoint`` (architecture ``backbone``)."""
     weights = "null" if args.random_init else str(args.checkpoint)
     command = [
@@ -58,9 +58,9 @@ def fit_arguments(args: argparse.Namespace, info: dict[str, Any], backbone: dict
         "--model.init_args.weights", weights, "--model.init_args.backbone", json.dumps(backbone),
         # the preprocessing the encoder was pretrained with
         "--data.image_size", str(backbone["img_size"]),
-        "--data.mean", json.dumps(list(info.get("mean", IMAGENET_MEAN))),
-        "--data.std", json.dumps(list(info.get("std", IMAGENET_STD))),
-        "--data.eval_crop_fraction", str(info.get("eval_crop_fraction", 1.0)),
+        "--data.mean", json.dumps(list(info.mean)),
+        "--data.std", json.dumps(list(info.std)),
+        "--data.eval_crop_fraction", str(info.eval_crop_fraction),
     ]  # fmt: skip
     dataset = args.dataset or ("imagefolder" if args.data_root else None)
     if dataset == "imagefolder" and not args.data_root:
@@ -96,7 +96,7 @@ def run_finetune(args: argparse.Namespace) -> dict[str, Any]:
     if args.run_dir is None:
         args.run_dir = time.strftime("runs/finetune-%Y%m%d-%H%M%S")
     encoder, info = load_backbone(args.checkpoint, arch=args.arch, num_heads=args.num_heads)
-    backbone = {**encoder.config.to_dict(), "img_size": info["image_size"]}  # CPC: whole images, not its patches
+    backbone = {**encoder.config.to_dict(), "img_size": info.image_size}  # CPC: whole images, not its patches
     command = fit_arguments(args, info, backbone)
     if args.train_fraction is not None or args.shots is not None:
         command += ["--data.train_subset", str(low_shot_size(args, command))]
@@ -112,8 +112,8 @@ def run_finetune(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "top1": final["top1"], "top5": final["top5"], "loss": final["loss"], "epoch": final["epoch"],
         "step": final["step"], "best": best, "history": history,
-        "checkpoint": str(args.checkpoint), "random_init": bool(args.random_init), "method": info.get("method"),
-        "pretrain_global_step": info.get("global_step"), "config": args.config, "run_dir": args.run_dir,
+        "checkpoint": str(args.checkpoint), "random_init": bool(args.random_init), "method": info.method,
+        "pretrain_global_step": info.global_step, "config": args.config, "run_dir": args.run_dir,
         "dataset": data.dataset_name, "data_root": root,
         "image_size": data.image_size, "num_train": len(data._datasets[data.fit_split]),
         "num_val": len(data._datasets["val"]), "epochs": args.epochs, "minutes": args.minutes,

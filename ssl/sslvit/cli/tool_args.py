@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from sslvit.checkpoints.info import CheckpointInfo
 from sslvit.checkpoints.loading import load_backbone
-from sslvit.constants import IMAGENET_MEAN, IMAGENET_STD
 from sslvit.data import SSLDataModule
 from sslvit.data.folders import is_unlabelled, unlabelled_message
 from sslvit.data.shards import INDEX, ShardDataset
@@ -102,19 +102,29 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-workers", type=int, default=2)
 
 
-def backbone_from_args(args: argparse.Namespace) -> tuple[VisionTransformer, dict[str, Any]]:
-    """The checkpoint's encoder (eval mode); with ``--random-init`` the same architecture, untrained."""
+def load_encoder(
+    checkpoint: str | Path, arch: str | None = None, num_heads: int | None = None, random_init: bool = False
+) -> tuple[VisionTransformer, CheckpointInfo]:
+    """A checkpoint's encoder (eval mode) for a tool or benchmark, with the CPU allocator tuned as for every
+    tool (:func:`sslvit.runtime.tune_cpu_allocator`); ``random_init``: the same architecture, untrained."""
     tune_cpu_allocator()
-    backbone, info = load_backbone(
-        args.checkpoint, arch=getattr(args, "arch", None), num_heads=getattr(args, "num_heads", None)
-    )
-    if getattr(args, "random_init", False):
-        backbone = VisionTransformer(backbone.config).eval()
-        info = {**info, "random_init": True}
+    backbone, info = load_backbone(checkpoint, arch=arch, num_heads=num_heads)
+    if random_init:
+        return VisionTransformer(backbone.config).eval(), info.untrained()
     return backbone, info
 
 
-def datamodule_from_args(args: argparse.Namespace, info: dict[str, Any]) -> SSLDataModule:
+def backbone_from_args(args: argparse.Namespace) -> tuple[VisionTransformer, CheckpointInfo]:
+    """The encoder of ``--checkpoint`` (``--arch``, ``--num-heads`` and ``--random-init`` where the tool has them)."""
+    return load_encoder(
+        args.checkpoint,
+        arch=getattr(args, "arch", None),
+        num_heads=getattr(args, "num_heads", None),
+        random_init=getattr(args, "random_init", False),
+    )
+
+
+def datamodule_from_args(args: argparse.Namespace, info: CheckpointInfo) -> SSLDataModule:
     """An SSLDataModule for evaluation from ``--data-root``/``--dataset`` and the checkpoint's settings."""
     dataset = args.dataset or ("imagefolder" if args.data_root else "digits")
     if dataset in ("imagefolder", "webdataset"):
@@ -132,17 +142,7 @@ def datamodule_from_args(args: argparse.Namespace, info: dict[str, Any]) -> SSLD
                 f"--data-root {args.data_root} has no {' or '.join(s + '/' for s in missing)} folder: an ImageFolder "
                 "root needs train/ and val/, each with one sub-folder per class (or pass --dataset cifar10|...)"
             )
-    image_size = args.image_size or info["image_size"]
-    return SSLDataModule(
-        dataset=dataset,
-        root=args.data_root or "data",
-        image_size=image_size,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        eval_crop_fraction=info.get("eval_crop_fraction", 1.0),
-        mean=tuple(info.get("mean", IMAGENET_MEAN)),
-        std=tuple(info.get("std", IMAGENET_STD)),
-    )
+    return info.eval_datamodule(dataset, args.data_root, args.batch_size, args.num_workers, args.image_size)
 
 
 def add_feature_args(parser: argparse.ArgumentParser) -> None:
@@ -279,7 +279,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_features(
-    args: argparse.Namespace, backbone: VisionTransformer, info: dict[str, Any]
+    args: argparse.Namespace, backbone: VisionTransformer, info: CheckpointInfo
 ) -> tuple[nn.Module, str, str]:
     """What ``--features`` encodes with: (the backbone or the method, the pooling to extract, its name).
 
@@ -289,10 +289,9 @@ def resolve_features(
     """
     if args.features != "native":
         return backbone, args.features, args.features
-    if info.get("source") != "lightning":
-        pooling = info.get("native_pooling", "cls")
-        return backbone, pooling, pooling
-    native = method_class(info.get("method"), str(args.checkpoint)).native_pooling
+    if info.source != "lightning":
+        return backbone, info.native_pooling, info.native_pooling
+    native = method_class(info.method, str(args.checkpoint)).native_pooling
     if native in BACKBONE_POOLINGS:
         return backbone, native, native
     method, _ = load_method(args.checkpoint)
@@ -307,7 +306,7 @@ class Evaluation:
 
     args: argparse.Namespace
     model: nn.Module
-    info: dict[str, Any]
+    info: CheckpointInfo
     datamodule: SSLDataModule
     device: torch.device
     cache: FeatureCache | None
@@ -383,10 +382,10 @@ class Evaluation:
         dm = self.datamodule
         return {
             "checkpoint": str(self.args.checkpoint),
-            "source": self.info.get("source"),
-            "random_init": bool(self.info.get("random_init", False)),
-            "method": self.info.get("method"),
-            "global_step": self.info.get("global_step"),
+            "source": self.info.source,
+            "random_init": self.info.random_init,
+            "method": self.info.method,
+            "global_step": self.info.global_step,
             "dataset": dm.dataset_name,
             "data_root": str(Path(dm.root).resolve()) if dm.dataset_name != "digits" else None,
             "image_size": dm.image_size,
@@ -403,9 +402,9 @@ class Evaluation:
 
     def headline(self, train: Features | None, val: Features) -> str:
         """Two lines naming the checkpoint and the data, for the printed table."""
-        what = "random init of " if self.info.get("random_init") else ""
-        step = self.info.get("global_step")
-        source = self.info.get("source")
+        what = "random init of " if self.info.random_init else ""
+        step = self.info.global_step
+        source = self.info.source
         outside = f" ({OUTSIDE_SOURCES[source]})" if source in OUTSIDE_SOURCES else ""
         dm = self.datamodule
         where = f" {Path(dm.root).resolve()}" if dm.dataset_name != "digits" else ""
@@ -420,8 +419,7 @@ class Evaluation:
             + "\n"
             f"data: {dm.dataset_name}{where}, {f'{len(train)} train / ' if train is not None else ''}{len(val)} val "
             f"images at {dm.image_size}px; "
-            f"{self.describe_features()} ({val.dim}-d, {self.precision}; {timing})"
-            + self.missing_note()
+            f"{self.describe_features()} ({val.dim}-d, {self.precision}; {timing})" + self.missing_note()
         )
 
     def missing_note(self) -> str:

@@ -103,7 +103,7 @@ class FineTune(SSLMethod):
                     "architecture to train from scratch)"
                 )
             pretrained, info = load_backbone(weights)  # the architecture comes with the weights
-            config = replace(pretrained.config, img_size=info.get("image_size", pretrained.config.img_size))
+            config = replace(pretrained.config, img_size=info.image_size)
         else:
             config = ViTConfig.from_dict(backbone)
         config = replace(config, drop_path_rate=drop_path_rate)

@@ -59,7 +59,7 @@ def test_export_keeps_only_the_encoder_and_timm_computes_the_same_features(tmp_p
     mean, std = [0.1, 0.2, 0.3], [0.4, 0.5, 0.6]
     save_checkpoint(tmp_path / "m.ckpt", model, image_size, mean=mean, std=std, eval_crop_fraction=0.875)
     backbone, info = export_checkpoint(tmp_path / "m.ckpt", tmp_path / "out", pooling=pooling)
-    assert info["export_image_size"] == image_size and info["method"] == f"sslvit.methods.{method}"
+    assert info.image_size == image_size and info.method == f"sslvit.methods.{method}"
     ours = model.backbone.eval()
     weights = load_file(tmp_path / "out" / "model.safetensors")
     assert set(weights) == set(ours.state_dict()), "decoders, heads, tokenizers and context networks stay behind"
@@ -78,7 +78,7 @@ def test_export_keeps_only_the_encoder_and_timm_computes_the_same_features(tmp_p
             assert torch.equal(theirs(images), ours(images, pooling=pooling))
     assert timm_max_difference(backbone, timm_from_export(tmp_path / "out"), image_size, pooling) == 0.0
     again, again_info = load_backbone(tmp_path / "out")  # and back into sslvit
-    assert again_info["image_size"] == image_size and again_info["eval_crop_fraction"] == 0.875
+    assert again_info.image_size == image_size and again_info.eval_crop_fraction == 0.875
     with torch.no_grad():
         assert torch.equal(again.forward_features(images), ours.forward_features(images))
 

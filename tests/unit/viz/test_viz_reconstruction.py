@@ -122,7 +122,7 @@ def test_load_mae_rebuilds_encoder_and_decoder(tiny_vit, tmp_path):
                tmp_path / "mae.ckpt")  # fmt: skip
     loaded, info = load_mae(tmp_path / "mae.ckpt")
     assert not loaded.training and loaded.mask_ratio == 0.6
-    assert info["mean"] == MEAN and info["std"] == STD and info["image_size"] == 16
+    assert info.mean == MEAN and info.std == STD and info.image_size == 16
     images, noise = torch.randn(2, 3, 16, 16), torch.rand(2, 16)
     with torch.no_grad():
         assert torch.equal(loaded(images, noise=noise)[1], model(images, noise=noise)[1])
