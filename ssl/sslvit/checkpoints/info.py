@@ -63,7 +63,7 @@ class CheckpointInfo:
     def eval_datamodule(
         self,
         dataset: str,
-        root: str | None,
+        root: str | None = None,
         batch_size: int = 256,
         num_workers: int = 2,
         image_size: int | None = None,
