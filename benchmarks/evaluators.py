@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from sslvit.checkpoints import CheckpointInfo
 from sslvit.cli.parser import ToolParser
-from sslvit.cli.tool_args import load_encoder
+from sslvit.cli.tool_inputs import load_encoder
 from sslvit.data import class_balanced_subset
 from sslvit.eval.features import FeatureCache, dataset_features, dataset_targets
 from sslvit.eval.knn import DEFAULT_KS, KNNClassifier, available_cores, topk_accuracy, weighted_vote

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sslvit.checkpoints import EXPORT_CONFIG, EXPORT_WEIGHTS, export_checkpoint, timm_from_export, timm_max_difference
 from sslvit.cli.parser import ToolParser
-from sslvit.cli.tool_args import add_overwrite_arg
+from sslvit.cli.tool_flags import add_overwrite_arg
 from sslvit.errors import one_line_errors
 
 

@@ -16,23 +16,17 @@ from __future__ import annotations
 
 import argparse
 
+from sslvit.cli.evaluation import Evaluation
+from sslvit.cli.low_shot import describe_over_seeds, describe_subset, over_seeds, seed_record
 from sslvit.cli.parser import ToolParser
-from sslvit.cli.tool_args import (
-    Evaluation,
-    add_feature_args,
-    add_selection_args,
-    add_subset_args,
-    describe_subset,
-    over_seeds,
-    seed_record,
-    write_json,
-)
+from sslvit.cli.tool_flags import add_feature_args, add_selection_args, add_subset_args
 from sslvit.errors import ConfigError, one_line_errors
 from sslvit.eval.features import Features
 from sslvit.eval.linear import DEFAULT_BASE_LRS, check_probe_settings, linear_probe
 from sslvit.eval.linear_protocol import linear_probe_protocol
 from sslvit.eval.selection import LinearProbeResult
 from sslvit.eval.subsets import held_out_split
+from sslvit.outputs import write_json
 
 
 def table(result: LinearProbeResult) -> str:
@@ -135,7 +129,10 @@ def main(argv: list[str] | None = None) -> dict:
     evaluation.seconds["probe"] = sum(r["seconds"] for r in records)
     record = {**records[0], **evaluation.describe(train, val), "seconds": evaluation.seconds}
     record["num_train"] = records[0]["num_train"]
-    record.update(over_seeds(records))
+    summary = over_seeds(records)
+    if summary:
+        print(describe_over_seeds(summary))
+    record.update(summary)
     if args.output:
         print(f"wrote {write_json(args.output, record)}")
     return record

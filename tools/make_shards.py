@@ -16,7 +16,7 @@ import argparse
 from tqdm import tqdm
 
 from sslvit.cli.parser import ToolParser, positive_int
-from sslvit.cli.tool_args import add_overwrite_arg
+from sslvit.cli.tool_flags import add_overwrite_arg
 from sslvit.data.shards import shard_image_folder
 from sslvit.errors import one_line_errors
 

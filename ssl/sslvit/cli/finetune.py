@@ -17,7 +17,7 @@ from sslvit.checkpoints.info import CheckpointInfo
 from sslvit.checkpoints.loading import load_backbone
 from sslvit.cli.app import run_cli
 from sslvit.cli.parser import positive_int
-from sslvit.cli.tool_args import add_checkpoint_args
+from sslvit.cli.tool_flags import add_checkpoint_args
 from sslvit.errors import ConfigError
 from sslvit.eval.features import dataset_targets
 
