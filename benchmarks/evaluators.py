@@ -35,7 +35,7 @@ from sslvit.cli.tool_inputs import load_encoder
 from sslvit.data import class_balanced_subset
 from sslvit.eval.features import FeatureCache, dataset_features, dataset_targets
 from sslvit.eval.knn import DEFAULT_KS, KNNClassifier, available_cores, topk_accuracy, weighted_vote
-from sslvit.eval.linear import linear_probe
+from sslvit.eval.linear import ProbeSettings, linear_probe
 from sslvit.eval.linear_protocol import linear_probe_protocol
 from sslvit.nn import VisionTransformer, ViTConfig
 
@@ -187,19 +187,23 @@ def bench_linear(args: argparse.Namespace) -> dict[str, Any]:
         train = dataset_features(backbone, data, "train", batch_size=args.batch_size, cache=cache, indices=train_idx)
         val = dataset_features(backbone, data, "val", batch_size=args.batch_size, cache=cache, indices=val_idx)
         t_encode = time.perf_counter() - start
-        fast = linear_probe(train, val, epochs=args.cached_epochs)
+        fast = linear_probe(train, val, ProbeSettings(epochs=args.cached_epochs))
         t_fast = time.perf_counter() - start
         start = time.perf_counter()
         train = dataset_features(backbone, data, "train", batch_size=args.batch_size, cache=cache, indices=train_idx)
         val = dataset_features(backbone, data, "val", batch_size=args.batch_size, cache=cache, indices=val_idx)
-        warm = linear_probe(train, val, epochs=args.cached_epochs)
+        warm = linear_probe(train, val, ProbeSettings(epochs=args.cached_epochs))
         t_warm = time.perf_counter() - start
     start = time.perf_counter()
     val = dataset_features(backbone, data, "val", batch_size=args.batch_size, indices=val_idx)  # no cache
     protocol = linear_probe_protocol(
-        backbone, data, val, epochs=args.protocol_epochs, batch_size=args.protocol_batch_size, indices=train_idx,
+        backbone,
+        data,
+        val,
+        settings=ProbeSettings(epochs=args.protocol_epochs, batch_size=args.protocol_batch_size),
+        indices=train_idx,
         progress=lambda e, s: print(f"  protocol epoch {e + 1}/{args.protocol_epochs}: {s:.0f} s", flush=True),
-    )  # fmt: skip
+    )
     t_protocol = time.perf_counter() - start
     assert warm.top1 == fast.top1, "the cached features must give the same probe"
     return {
