@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from timm.data import Mixup
-from timm.layers import LayerNorm
+from timm.layers import LayerNorm, resample_abs_pos_embed
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch import nn
 
@@ -27,7 +27,7 @@ from sslvit.errors import CheckpointError, ConfigError
 from sslvit.eval.features import dataset_targets
 from sslvit.methods.base import SSLMethod
 from sslvit.nn.backbone import ViTConfig
-from sslvit.nn.pos_embed import interpolate_pos_embed, sincos_pos_embed_2d
+from sslvit.nn.pos_embed import sincos_pos_embed_2d
 from sslvit.optim import layer_decay_param_groups, vit_layer_id
 from sslvit.seeding import keyed_rng, splitmix64
 
@@ -194,10 +194,13 @@ class FineTune(SSLMethod):
                 f"model.weights={path}: positions are {table.shape[-1]} wide, the model's {own.shape[-1]}"
             )
         old_grid = int(round((table.shape[1] - 1) ** 0.5))
+        if old_grid * old_grid != table.shape[1] - 1:
+            raise CheckpointError(f"model.weights={path}: {table.shape[1] - 1} positions are not a square grid")
         fixed = sincos_pos_embed_2d(table.shape[-1], old_grid, cls_token=True).unsqueeze(0)
         if table.shape == fixed.shape and torch.allclose(table, fixed, atol=1e-6):
             return own  # fixed sin-cos: this model's table is already the exact one for its grid
-        return interpolate_pos_embed(table, self.backbone_config.grid_size)
+        grid = self.backbone_config.grid_size  # timm's resize, as the backbone's own (bicubic, antialiased)
+        return resample_abs_pos_embed(table, new_size=[grid, grid], old_size=[old_grid, old_grid])
 
     # ---- steps ----
     def batch_loss(self, batch: Any) -> dict[str, torch.Tensor]:
