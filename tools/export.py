@@ -40,8 +40,10 @@ def main(argv: list[str] | None = None) -> None:
     size, folder = info.image_size, Path(args.output)
     difference = timm_max_difference(backbone, timm_from_export(folder), size, args.pooling)
     method = info.method or "the checkpoint"
-    print(f"wrote {folder / EXPORT_WEIGHTS} and {folder / EXPORT_CONFIG}: the encoder of {method}, "
-          f"{size}x{size} px, {backbone.num_features} features")  # fmt: skip
+    print(
+        f"wrote {folder / EXPORT_WEIGHTS} and {folder / EXPORT_CONFIG}: the encoder of {method}, "
+        f"{size}x{size} px, {backbone.num_features} features"
+    )
     print(f"timm check: largest |timm - sslvit| feature difference {difference:.2e}")
     print(f'load it with: timm.create_model("local-dir:{folder}", pretrained=True)')
 

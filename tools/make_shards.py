@@ -46,8 +46,10 @@ def main(argv: list[str] | None = None) -> None:
         count = sum(shard["nsamples"] for shard in index["shardlist"])
         size = sum(shard["filesize"] for shard in index["shardlist"]) / 1e6
         labels = f"{len(index['sslvit']['classes'])} classes" if index["sslvit"]["labels"] else "unlabelled"
-        print(f"{split}: {count} samples ({labels}) in {len(index['shardlist'])} shards, {size:.1f} MB -> "
-              f"{args.output}/{split}/index.json")  # fmt: skip
+        print(
+            f"{split}: {count} samples ({labels}) in {len(index['shardlist'])} shards, {size:.1f} MB -> "
+            f"{args.output}/{split}/index.json"
+        )
 
 
 if __name__ == "__main__":

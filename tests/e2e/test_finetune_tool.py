@@ -30,8 +30,15 @@ def checkpoint(tmp_path_factory):
     hparams = {**dict(mae.hparams), "_class_path": "sslvit.methods.MAE"}
     path = tmp_path_factory.mktemp("pretrained") / "mae.ckpt"
     data = {"image_size": 32, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
-    torch.save({"state_dict": mae.state_dict(), "hyper_parameters": hparams, "global_step": 7,
-                "datamodule_hyper_parameters": data}, path)  # fmt: skip
+    torch.save(
+        {
+            "state_dict": mae.state_dict(),
+            "hyper_parameters": hparams,
+            "global_step": 7,
+            "datamodule_hyper_parameters": data,
+        },
+        path,
+    )
     return path
 
 

@@ -131,8 +131,10 @@ def check_recorded_architecture(config: ViTConfig, path: Path, arch: str | None,
     if arch is not None:
         arch_dim, arch_depth, _, arch_patch = arch_sizes(arch, config.patch_size)
         if (arch_dim, arch_depth, arch_patch) != (dim, depth, config.patch_size):
-            problems.append(f"--arch {arch} is {arch_dim} wide, {arch_depth} deep with {arch_patch}px patches but it "
-                            f"is {dim} wide, {depth} deep with {config.patch_size}px patches")  # fmt: skip
+            problems.append(
+                f"--arch {arch} is {arch_dim} wide, {arch_depth} deep with {arch_patch}px patches but it "
+                f"is {dim} wide, {depth} deep with {config.patch_size}px patches"
+            )
     if problems:
         raise CheckpointError(
             f"{path} records its architecture, which the flags cannot change: {'; '.join(problems)}. Leave out "

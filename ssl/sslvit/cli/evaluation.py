@@ -110,9 +110,16 @@ class Evaluation:
         )
         with on_interrupt(kept):  # FeatureCache.save writes each entry whole or not at all
             result = dataset_features(
-                self.model, self.datamodule, split, self.pooling, self.args.batch_size, self.device, self.cache,
-                progress=True, precision=self.precision,
-            )  # fmt: skip
+                self.model,
+                self.datamodule,
+                split,
+                self.pooling,
+                self.args.batch_size,
+                self.device,
+                self.cache,
+                progress=True,
+                precision=self.precision,
+            )
         self.seconds[f"{split}_features"] = time.perf_counter() - start
         return result
 

@@ -52,6 +52,7 @@ def add_finetune_args(parser: argparse.ArgumentParser, default_config: str) -> N
 def fit_arguments(args: argparse.Namespace, info: CheckpointInfo, backbone: dict[str, Any]) -> list[str]:
     """The ``sslvit fit`` command line of a fine-tuning run of ``args.checkpoint`` (architecture ``backbone``)."""
     weights = "null" if args.random_init else str(args.checkpoint)
+    # One line per group of flags, each next to its value, as a user types them.
     command = [
         "fit", "--config", args.config, "--seed_everything", str(args.seed),
         "--trainer.default_root_dir", args.run_dir,
@@ -65,8 +66,12 @@ def fit_arguments(args: argparse.Namespace, info: CheckpointInfo, backbone: dict
     dataset = args.dataset or ("imagefolder" if args.data_root else None)
     if dataset == "imagefolder" and not args.data_root:
         raise ConfigError("--dataset imagefolder needs --data-root DIR with train/ and val/ sub-folders")
-    for key, value in (("dataset", dataset), ("root", args.data_root), ("batch_size", args.batch_size),
-                       ("num_workers", args.num_workers)):  # fmt: skip
+    for key, value in (
+        ("dataset", dataset),
+        ("root", args.data_root),
+        ("batch_size", args.batch_size),
+        ("num_workers", args.num_workers),
+    ):
         if value is not None:
             command += [f"--data.{key}", str(value)]
     if args.epochs is not None:
@@ -110,17 +115,32 @@ def run_finetune(args: argparse.Namespace) -> dict[str, Any]:
     data = cli.datamodule
     root = str(Path(data.root).resolve()) if data.dataset_name != "digits" else None
     return {
-        "top1": final["top1"], "top5": final["top5"], "loss": final["loss"], "epoch": final["epoch"],
-        "step": final["step"], "best": best, "history": history,
-        "checkpoint": str(args.checkpoint), "random_init": bool(args.random_init), "method": info.method,
-        "pretrain_global_step": info.global_step, "config": args.config, "run_dir": args.run_dir,
-        "dataset": data.dataset_name, "data_root": root,
-        "image_size": data.image_size, "num_train": len(data._datasets[data.fit_split]),
-        "num_val": len(data._datasets["val"]), "epochs": args.epochs, "minutes": args.minutes,
-        "train_fraction": args.train_fraction, "shots": args.shots,
-        "seconds": seconds, "fit_arguments": command,
+        "top1": final["top1"],
+        "top5": final["top5"],
+        "loss": final["loss"],
+        "epoch": final["epoch"],
+        "step": final["step"],
+        "best": best,
+        "history": history,
+        "checkpoint": str(args.checkpoint),
+        "random_init": bool(args.random_init),
+        "method": info.method,
+        "pretrain_global_step": info.global_step,
+        "config": args.config,
+        "run_dir": args.run_dir,
+        "dataset": data.dataset_name,
+        "data_root": root,
+        "image_size": data.image_size,
+        "num_train": len(data._datasets[data.fit_split]),
+        "num_val": len(data._datasets["val"]),
+        "epochs": args.epochs,
+        "minutes": args.minutes,
+        "train_fraction": args.train_fraction,
+        "shots": args.shots,
+        "seconds": seconds,
+        "fit_arguments": command,
         "settings": json.loads(json.dumps(cli.config["fit"].as_dict(), default=str)),
-    }  # fmt: skip
+    }
 
 
 def table(record: dict[str, Any]) -> str:

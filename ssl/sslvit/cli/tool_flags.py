@@ -31,9 +31,11 @@ def add_checkpoint_args(parser: argparse.ArgumentParser, random_init: bool = Tru
             "sslvit preset (vit_tiny ... vit_huge); sizes are read from the weights' shapes",
         )
         parser.add_argument(
-            "--num-heads", type=int, help="for a plain state dict: attention heads (default: from --arch, or the "
-            "ViT preset of the weights' width)"
-        )  # fmt: skip
+            "--num-heads",
+            type=int,
+            help="for a plain state dict: attention heads (default: from --arch, or the "
+            "ViT preset of the weights' width)",
+        )
     if random_init:
         parser.add_argument(
             "--random-init",

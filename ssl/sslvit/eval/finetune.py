@@ -113,9 +113,14 @@ class FineTune(SSLMethod):
                 f"model.trainable_blocks must be in [0, {depth}] (the depth) or null, got {trainable_blocks}"
             )
         super().__init__(
-            backbone=config, base_lr=base_lr, weight_decay=weight_decay, betas=betas,
-            warmup_epochs=warmup_epochs, min_lr=min_lr, **kwargs,
-        )  # fmt: skip
+            backbone=config,
+            base_lr=base_lr,
+            weight_decay=weight_decay,
+            betas=betas,
+            warmup_epochs=warmup_epochs,
+            min_lr=min_lr,
+            **kwargs,
+        )
         dim = self.backbone.embed_dim
         # MAE fine-tunes the positions (timm's ViT holds them as a parameter), from the pretrained table.
         self.backbone.pos_embed = nn.Parameter(self.backbone.pos_embed.detach().clone())
@@ -128,9 +133,14 @@ class FineTune(SSLMethod):
         self.mixup = None
         if mixup > 0 or cutmix > 0:
             self.mixup = Mixup(
-                mixup_alpha=mixup, cutmix_alpha=cutmix, prob=mixup_prob, switch_prob=mixup_switch_prob,
-                mode="batch", label_smoothing=label_smoothing, num_classes=num_classes,
-            )  # fmt: skip
+                mixup_alpha=mixup,
+                cutmix_alpha=cutmix,
+                prob=mixup_prob,
+                switch_prob=mixup_switch_prob,
+                mode="batch",
+                label_smoothing=label_smoothing,
+                num_classes=num_classes,
+            )
             self.train_loss = SoftTargetCrossEntropy()  # smoothing is inside the mixed targets
         elif label_smoothing > 0:
             self.train_loss = LabelSmoothingCrossEntropy(label_smoothing)

@@ -28,8 +28,14 @@ def build(method: str, backbone: dict) -> tuple[SSLMethod, int]:
     if method == "BEiT":
         return BEiT(backbone=backbone, codebook={"vocab_size": 8}), backbone["img_size"]
     # CPC trains its encoder on 8 px patches of 16 px images and is evaluated on whole images
-    return CPC(backbone={**backbone, "img_size": 8}, image_size=16, context_dim=32, context_depth=1,
-               context_heads=2, prediction_steps=1), 16  # fmt: skip
+    return CPC(
+        backbone={**backbone, "img_size": 8},
+        image_size=16,
+        context_dim=32,
+        context_depth=1,
+        context_heads=2,
+        prediction_steps=1,
+    ), 16
 
 
 def save_checkpoint(path, model: SSLMethod, image_size: int, **data) -> None:
@@ -39,8 +45,9 @@ def save_checkpoint(path, model: SSLMethod, image_size: int, **data) -> None:
             p.add_(0.02 * torch.randn_like(p))  # not the initialisation: a copying mistake would show
     hparams = {**dict(model.hparams), "_class_path": f"sslvit.methods.{type(model).__name__}"}
     data = {"image_size": image_size, **data}
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": hparams, "datamodule_hyper_parameters": data},
-               path)  # fmt: skip
+    torch.save(
+        {"state_dict": model.state_dict(), "hyper_parameters": hparams, "datamodule_hyper_parameters": data}, path
+    )
 
 
 @pytest.mark.parametrize("method", ["MAE", "BEiT", "CPC"])

@@ -61,9 +61,14 @@ def encoder_part(state: dict[str, torch.Tensor], drop: tuple[str, ...]) -> dict[
 
 def architecture(config) -> tuple:
     return (
-        config.dims, config.patch_size, config.img_size, config.mlp_ratio, config.qkv_bias,
-        config.layer_scale_init, config.pos_embed,
-    )  # fmt: skip
+        config.dims,
+        config.patch_size,
+        config.img_size,
+        config.mlp_ratio,
+        config.qkv_bias,
+        config.layer_scale_init,
+        config.pos_embed,
+    )
 
 
 VIT_BASE_16 = ((768, 12, 12), 16, 224, 4.0, True, None)

@@ -45,9 +45,16 @@ def fit(tmp_path, clock, budget, max_epochs=-1, ckpt_path=None, max_steps=-1):
     loader = DataLoader(TensorDataset(images, labels), batch_size=8)
     tick = Tick(clock)
     trainer = L.Trainer(
-        max_epochs=max_epochs, max_steps=max_steps, callbacks=[tick, budget], logger=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path, enable_checkpointing=False,
-    )  # fmt: skip
+        max_epochs=max_epochs,
+        max_steps=max_steps,
+        callbacks=[tick, budget],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+        enable_checkpointing=False,
+    )
     trainer.fit(model, loader, ckpt_path=ckpt_path)
     return trainer, tick
 

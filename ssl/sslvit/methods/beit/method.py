@@ -75,9 +75,14 @@ class BEiT(SSLMethod):
         codebook = (codebook or CodebookConfig()).resolved(config.img_size)
         check_masking(config, mask_ratio, min_block, max_block, min_aspect)
         super().__init__(
-            backbone=config, base_lr=base_lr, weight_decay=weight_decay, betas=betas,
-            warmup_epochs=warmup_epochs, clip_grad=clip_grad, **kwargs,
-        )  # fmt: skip
+            backbone=config,
+            base_lr=base_lr,
+            weight_decay=weight_decay,
+            betas=betas,
+            warmup_epochs=warmup_epochs,
+            clip_grad=clip_grad,
+            **kwargs,
+        )
         self.hparams["codebook"] = asdict(codebook)  # a plain dict, so checkpoints load with weights_only
         dim = self.backbone.embed_dim
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
