@@ -151,9 +151,14 @@ def bench_ivf(args: argparse.Namespace) -> dict[str, Any]:
         t_ivf, (_, found) = timed(lambda: ivf.search(queries), args.repeats)
         hits = sum(len(set(a) & set(b)) for a, b in zip(found.tolist(), truth.tolist(), strict=True))
         sweep.append(
-            {"nprobe": ivf.index.nprobe, "seconds": t_ivf, "speedup": t_exact / t_ivf,
-             "recall_at_200": hits / truth.numel(), "top1_k20": top1(ivf)}
-        )  # fmt: skip
+            {
+                "nprobe": ivf.index.nprobe,
+                "seconds": t_ivf,
+                "speedup": t_exact / t_ivf,
+                "recall_at_200": hits / truth.numel(),
+                "top1_k20": top1(ivf),
+            }
+        )
     return {
         "bank": [args.bank_size, args.dim],
         "queries": args.ivf_queries,

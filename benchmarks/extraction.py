@@ -154,18 +154,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "max_abs_difference": difference,
             "min_cosine": cosine,
         }
-    print(f"{count} images at {data.image_size} px, batch {args.batch_size}, {args.num_workers} loader workers, "
-          f"{torch.get_num_threads()} threads, {flop:.3f} GFLOP/image, bf16 matrix units: "
-          f"{resolve_precision('auto', 'cpu') == 'bf16'}; median of {args.rounds} rounds")  # fmt: skip
+    print(
+        f"{count} images at {data.image_size} px, batch {args.batch_size}, {args.num_workers} loader workers, "
+        f"{torch.get_num_threads()} threads, {flop:.3f} GFLOP/image, bf16 matrix units: "
+        f"{resolve_precision('auto', 'cpu') == 'bf16'}; median of {args.rounds} rounds"
+    )
     print(f"{'variant':18s} {'images/s':>9s} {'best':>7s} {'GFLOP/s':>8s} {'vs before':>9s} {'max |diff|':>10s} cosine")
     for name, row in rows.items():
         print(
             f"{name:18s} {row['images_per_s']:9.1f} {row['best_images_per_s']:7.1f} {row['gflops']:8.1f} "
             f"{row['speedup_vs_before']:8.2f}x {row['max_abs_difference']:10.2e} {row['min_cosine']:.6f}"
         )
-    record = {"images": count, "image_size": data.image_size, "batch_size": args.batch_size,
-              "num_workers": args.num_workers, "threads": torch.get_num_threads(), "rounds": args.rounds,
-              "gflop_per_image": flop, "rows": rows}  # fmt: skip
+    record = {
+        "images": count,
+        "image_size": data.image_size,
+        "batch_size": args.batch_size,
+        "num_workers": args.num_workers,
+        "threads": torch.get_num_threads(),
+        "rounds": args.rounds,
+        "gflop_per_image": flop,
+        "rows": rows,
+    }
     if args.output:
         Path(args.output).write_text(json.dumps(record, indent=2) + "\n")
         print(f"wrote {args.output}")

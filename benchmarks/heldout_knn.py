@@ -68,9 +68,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         bank = class_balanced_subset(targets, args.bank, seed=0)
         rest = np.setdiff1d(np.arange(len(targets)), bank)
         queries = rest[class_balanced_subset(targets[rest], args.queries, seed=1)].tolist()
-        record = {"checkpoint": args.checkpoint, "features": args.features, "bank": len(bank), "queries": len(queries),
-                  "global_step": info.global_step, "knn_top1_heldout": evaluate(model, dataset, bank, queries,
-                                                                                         args.features)}  # fmt: skip
+        record = {
+            "checkpoint": args.checkpoint,
+            "features": args.features,
+            "bank": len(bank),
+            "queries": len(queries),
+            "global_step": info.global_step,
+            "knn_top1_heldout": evaluate(model, dataset, bank, queries, args.features),
+        }
         if args.random_init_too:
             with torch.random.fork_rng():
                 torch.manual_seed(0)

@@ -104,13 +104,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         steps = train(args, run)
         model, info = load_method(run / "checkpoints" / "last.ckpt")
         data = info.eval_datamodule("imagefolder", args.data_root)
-        chosen = class_balanced_subset(dataset_targets(data.build_dataset("train", None)), args.bank + args.queries,
-                                       seed=args.seed)  # fmt: skip
+        chosen = class_balanced_subset(
+            dataset_targets(data.build_dataset("train", None)), args.bank + args.queries, seed=args.seed
+        )
         order = torch.randperm(len(chosen), generator=torch.Generator().manual_seed(args.seed)).tolist()
         chosen = [chosen[i] for i in order]  # the subset comes sorted by class
         bank, queries = chosen[: args.bank], chosen[args.bank :]
-        record: dict[str, Any] = {"name": args.name, "config": args.config, "minutes": args.minutes, "steps": steps,
-                                  "fit_args": args.fit_args, "bank": args.bank, "queries": args.queries}  # fmt: skip
+        record: dict[str, Any] = {
+            "name": args.name,
+            "config": args.config,
+            "minutes": args.minutes,
+            "steps": steps,
+            "fit_args": args.fit_args,
+            "bank": args.bank,
+            "queries": args.queries,
+        }
         for encoder in ("trained", "random"):
             if encoder == "random":
                 torch.manual_seed(args.init_seed)
