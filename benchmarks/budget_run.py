@@ -69,12 +69,21 @@ def main(argv: list[str] | None = None) -> dict:
     trained = knn(last, args.data_root, run_dir / "knn.json")
     random_init = knn(last, args.data_root, run_dir / "knn-random.json", "--random-init")
     result = {
-        "config": args.config, "minutes": args.minutes, "train_images": args.train_images, "batch_size": batch,
-        "steps": steps, "images_seen": steps * batch, "seconds": budget.elapsed,
-        "images_per_s": steps * batch / budget.elapsed, "final_loss": float(cli.trainer.callback_metrics["train/loss"]),
-        "features": trained.get("features"), "knn_top1": trained["top1"], "knn_top5": trained["top5"],
-        "random_init_knn_top1": random_init["top1"], "fit_args": args.fit_args,
-    }  # fmt: skip
+        "config": args.config,
+        "minutes": args.minutes,
+        "train_images": args.train_images,
+        "batch_size": batch,
+        "steps": steps,
+        "images_seen": steps * batch,
+        "seconds": budget.elapsed,
+        "images_per_s": steps * batch / budget.elapsed,
+        "final_loss": float(cli.trainer.callback_metrics["train/loss"]),
+        "features": trained.get("features"),
+        "knn_top1": trained["top1"],
+        "knn_top5": trained["top5"],
+        "random_init_knn_top1": random_init["top1"],
+        "fit_args": args.fit_args,
+    }
     trained_top1, random_top1 = trained["top1"], random_init["top1"]
     print(f"kNN top-1 on val after {args.minutes:g} minutes: {trained_top1:.2f}%; random init {random_top1:.2f}%")
     if args.output:

@@ -29,12 +29,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sslvit.checkpoints import CheckpointInfo
 from sslvit.cli.parser import ToolParser
-from sslvit.cli.tool_args import backbone_from_args
-from sslvit.data import SSLDataModule, class_balanced_subset
+from sslvit.cli.tool_inputs import load_encoder
+from sslvit.data import class_balanced_subset
 from sslvit.eval.features import FeatureCache, dataset_features, dataset_targets
 from sslvit.eval.knn import DEFAULT_KS, KNNClassifier, available_cores, topk_accuracy, weighted_vote
-from sslvit.eval.linear import linear_probe
+from sslvit.eval.linear import ProbeSettings, linear_probe
 from sslvit.eval.linear_protocol import linear_probe_protocol
 from sslvit.nn import VisionTransformer, ViTConfig
 
@@ -150,9 +151,14 @@ def bench_ivf(args: argparse.Namespace) -> dict[str, Any]:
         t_ivf, (_, found) = timed(lambda: ivf.search(queries), args.repeats)
         hits = sum(len(set(a) & set(b)) for a, b in zip(found.tolist(), truth.tolist(), strict=True))
         sweep.append(
-            {"nprobe": ivf.index.nprobe, "seconds": t_ivf, "speedup": t_exact / t_ivf,
-             "recall_at_200": hits / truth.numel(), "top1_k20": top1(ivf)}
-        )  # fmt: skip
+            {
+                "nprobe": ivf.index.nprobe,
+                "seconds": t_ivf,
+                "speedup": t_exact / t_ivf,
+                "recall_at_200": hits / truth.numel(),
+                "top1_k20": top1(ivf),
+            }
+        )
     return {
         "bank": [args.bank_size, args.dim],
         "queries": args.ivf_queries,
@@ -167,15 +173,13 @@ def bench_ivf(args: argparse.Namespace) -> dict[str, Any]:
 def bench_linear(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     if args.checkpoint:
-        backbone, info = backbone_from_args(argparse.Namespace(checkpoint=args.checkpoint, random_init=False))
+        backbone, info = load_encoder(args.checkpoint)
     else:
         config = ViTConfig(arch="vit_tiny", img_size=32, patch_size=4, depth=args.depth)
-        backbone, info = VisionTransformer(config).eval(), {"image_size": 32}
+        backbone = VisionTransformer(config).eval()
+        info = CheckpointInfo(source="random-init", image_size=32, random_init=True)
     dataset = "imagefolder" if args.data_root else "digits"
-    data = SSLDataModule(
-        dataset=dataset, root=args.data_root or "data", image_size=info["image_size"], batch_size=args.batch_size,
-        num_workers=args.num_workers, eval_crop_fraction=info.get("eval_crop_fraction", 1.0),
-    )  # fmt: skip
+    data = info.eval_datamodule(dataset, args.data_root, args.batch_size, args.num_workers)
 
     def subset(split: str, count: int | None) -> list[int] | None:
         targets = dataset_targets(data.build_dataset(split, None))
@@ -188,19 +192,23 @@ def bench_linear(args: argparse.Namespace) -> dict[str, Any]:
         train = dataset_features(backbone, data, "train", batch_size=args.batch_size, cache=cache, indices=train_idx)
         val = dataset_features(backbone, data, "val", batch_size=args.batch_size, cache=cache, indices=val_idx)
         t_encode = time.perf_counter() - start
-        fast = linear_probe(train, val, epochs=args.cached_epochs)
+        fast = linear_probe(train, val, ProbeSettings(epochs=args.cached_epochs))
         t_fast = time.perf_counter() - start
         start = time.perf_counter()
         train = dataset_features(backbone, data, "train", batch_size=args.batch_size, cache=cache, indices=train_idx)
         val = dataset_features(backbone, data, "val", batch_size=args.batch_size, cache=cache, indices=val_idx)
-        warm = linear_probe(train, val, epochs=args.cached_epochs)
+        warm = linear_probe(train, val, ProbeSettings(epochs=args.cached_epochs))
         t_warm = time.perf_counter() - start
     start = time.perf_counter()
     val = dataset_features(backbone, data, "val", batch_size=args.batch_size, indices=val_idx)  # no cache
     protocol = linear_probe_protocol(
-        backbone, data, val, epochs=args.protocol_epochs, batch_size=args.protocol_batch_size, indices=train_idx,
+        backbone,
+        data,
+        val,
+        settings=ProbeSettings(epochs=args.protocol_epochs, batch_size=args.protocol_batch_size),
+        indices=train_idx,
         progress=lambda e, s: print(f"  protocol epoch {e + 1}/{args.protocol_epochs}: {s:.0f} s", flush=True),
-    )  # fmt: skip
+    )
     t_protocol = time.perf_counter() - start
     assert warm.top1 == fast.top1, "the cached features must give the same probe"
     return {

@@ -37,8 +37,8 @@ import timm
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from sslvit.checkpoints import CheckpointInfo, load_backbone
 from sslvit.cli.parser import ToolParser
-from sslvit.cli.tool_args import backbone_from_args
 from sslvit.data import SSLDataModule
 from sslvit.errors import one_line_errors
 from sslvit.eval.encode import resolve_precision
@@ -62,16 +62,12 @@ def gflop_per_image(config: ViTConfig, image_size: int) -> float:
 def build(args: argparse.Namespace) -> tuple[VisionTransformer, SSLDataModule]:
     torch.manual_seed(0)
     if args.checkpoint:
-        namespace = argparse.Namespace(checkpoint=args.checkpoint, random_init=False, arch=None, num_heads=None)
-        backbone, info = backbone_from_args(namespace)
+        backbone, info = load_backbone(args.checkpoint)  # the allocator is tuned in main, as the tools do
     else:
-        backbone, info = VisionTransformer(ViTConfig(arch="vit_tiny", img_size=32, patch_size=4)).eval(), {}
-    data = SSLDataModule(
-        dataset="imagefolder" if args.data_root else "digits", root=args.data_root or "data",
-        image_size=info.get("image_size", backbone.config.img_size), batch_size=args.batch_size,
-        num_workers=args.num_workers, eval_crop_fraction=info.get("eval_crop_fraction", 1.0),
-    )  # fmt: skip
-    return backbone, data
+        backbone = VisionTransformer(ViTConfig(arch="vit_tiny", img_size=32, patch_size=4)).eval()
+        info = CheckpointInfo(source="random-init", image_size=32, random_init=True)
+    dataset = "imagefolder" if args.data_root else "digits"
+    return backbone, info.eval_datamodule(dataset, args.data_root, args.batch_size, args.num_workers)
 
 
 def variants(args: argparse.Namespace, backbone: VisionTransformer, data: SSLDataModule) -> dict[str, Variant]:
@@ -158,18 +154,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "max_abs_difference": difference,
             "min_cosine": cosine,
         }
-    print(f"{count} images at {data.image_size} px, batch {args.batch_size}, {args.num_workers} loader workers, "
-          f"{torch.get_num_threads()} threads, {flop:.3f} GFLOP/image, bf16 matrix units: "
-          f"{resolve_precision('auto', 'cpu') == 'bf16'}; median of {args.rounds} rounds")  # fmt: skip
+    print(
+        f"{count} images at {data.image_size} px, batch {args.batch_size}, {args.num_workers} loader workers, "
+        f"{torch.get_num_threads()} threads, {flop:.3f} GFLOP/image, bf16 matrix units: "
+        f"{resolve_precision('auto', 'cpu') == 'bf16'}; median of {args.rounds} rounds"
+    )
     print(f"{'variant':18s} {'images/s':>9s} {'best':>7s} {'GFLOP/s':>8s} {'vs before':>9s} {'max |diff|':>10s} cosine")
     for name, row in rows.items():
         print(
             f"{name:18s} {row['images_per_s']:9.1f} {row['best_images_per_s']:7.1f} {row['gflops']:8.1f} "
             f"{row['speedup_vs_before']:8.2f}x {row['max_abs_difference']:10.2e} {row['min_cosine']:.6f}"
         )
-    record = {"images": count, "image_size": data.image_size, "batch_size": args.batch_size,
-              "num_workers": args.num_workers, "threads": torch.get_num_threads(), "rounds": args.rounds,
-              "gflop_per_image": flop, "rows": rows}  # fmt: skip
+    record = {
+        "images": count,
+        "image_size": data.image_size,
+        "batch_size": args.batch_size,
+        "num_workers": args.num_workers,
+        "threads": torch.get_num_threads(),
+        "rounds": args.rounds,
+        "gflop_per_image": flop,
+        "rows": rows,
+    }
     if args.output:
         Path(args.output).write_text(json.dumps(record, indent=2) + "\n")
         print(f"wrote {args.output}")

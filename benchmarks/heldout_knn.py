@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from sslvit.cli.parser import ToolParser
-from sslvit.data import SSLDataModule, class_balanced_subset
+from sslvit.data import class_balanced_subset
 from sslvit.errors import one_line_errors
 from sslvit.eval import KNNClassifier
 from sslvit.eval.features import dataset_targets, frozen
@@ -62,17 +62,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     with one_line_errors("heldout_knn.py"):
         model, info = load_method(args.checkpoint)
-        data = SSLDataModule(dataset="imagefolder", root=args.data_root, image_size=info["image_size"],
-                             mean=tuple(info.get("mean", (0.485, 0.456, 0.406))),
-                             std=tuple(info.get("std", (0.229, 0.224, 0.225))))  # fmt: skip
+        data = info.eval_datamodule("imagefolder", args.data_root)
         dataset = data.build_dataset("train", data.eval_transform())
         targets = np.asarray(dataset_targets(dataset))
         bank = class_balanced_subset(targets, args.bank, seed=0)
         rest = np.setdiff1d(np.arange(len(targets)), bank)
         queries = rest[class_balanced_subset(targets[rest], args.queries, seed=1)].tolist()
-        record = {"checkpoint": args.checkpoint, "features": args.features, "bank": len(bank), "queries": len(queries),
-                  "global_step": info.get("global_step"), "knn_top1_heldout": evaluate(model, dataset, bank, queries,
-                                                                                         args.features)}  # fmt: skip
+        record = {
+            "checkpoint": args.checkpoint,
+            "features": args.features,
+            "bank": len(bank),
+            "queries": len(queries),
+            "global_step": info.global_step,
+            "knn_top1_heldout": evaluate(model, dataset, bank, queries, args.features),
+        }
         if args.random_init_too:
             with torch.random.fork_rng():
                 torch.manual_seed(0)

@@ -63,16 +63,27 @@ def main(argv: list[str] | None = None) -> dict:
     searched, after_knn = time.perf_counter() - t0, peak_gib()
     bank_gib = bank.numel() * 4 / 2**30
     record = {
-        "bank": args.bank, "dim": args.dim, "queries": args.queries, "bank_gib": bank_gib,
-        "peak_gib_start": start_peak, "peak_gib_after_bank": after_bank, "peak_gib_after_knn": after_knn,
-        "knn_added_gib": after_knn - after_bank, "seconds_build": built, "seconds_fit": fitted,
-        "seconds_search": searched, "top1": result.top1, "threads": knn.threads,
-    }  # fmt: skip
+        "bank": args.bank,
+        "dim": args.dim,
+        "queries": args.queries,
+        "bank_gib": bank_gib,
+        "peak_gib_start": start_peak,
+        "peak_gib_after_bank": after_bank,
+        "peak_gib_after_knn": after_knn,
+        "knn_added_gib": after_knn - after_bank,
+        "seconds_build": built,
+        "seconds_fit": fitted,
+        "seconds_search": searched,
+        "top1": result.top1,
+        "threads": knn.threads,
+    }
     print(
         f"bank {args.bank:,} x {args.dim} float32 = {bank_gib:.2f} GiB; {args.queries:,} queries, {knn.threads} threads"
     )
-    print(f"peak resident memory: {after_bank:.2f} GiB with the bank, {after_knn:.2f} GiB after the kNN "
-          f"(+{after_knn - after_bank:.2f} GiB = {(after_knn - after_bank) / bank_gib:.2f}x the bank)")  # fmt: skip
+    print(
+        f"peak resident memory: {after_bank:.2f} GiB with the bank, {after_knn:.2f} GiB after the kNN "
+        f"(+{after_knn - after_bank:.2f} GiB = {(after_knn - after_bank) / bank_gib:.2f}x the bank)"
+    )
     print(f"seconds: index {fitted:.1f}, search + vote {searched:.1f}; top-1 {result.top1:.2f}%")
     if args.json:
         with open(args.json, "w") as f:

@@ -106,8 +106,9 @@ def variants(args: argparse.Namespace) -> dict[str, Dataset]:
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(1)
     rows = variants(args)
-    loaders = {name: DataLoader(data, batch_size=args.batch_size, shuffle=False, num_workers=0)
-               for name, data in rows.items()}  # fmt: skip
+    loaders = {
+        name: DataLoader(data, batch_size=args.batch_size, shuffle=False, num_workers=0) for name, data in rows.items()
+    }
     iterators = {name: iter(loader) for name, loader in loaders.items()}
     seconds, images = dict.fromkeys(rows, 0.0), dict.fromkeys(rows, 0)
     for round_ in range(args.warmup + args.batches):
@@ -141,9 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batches", type=int, default=20, help="measured batches per variant")
     parser.add_argument("--warmup", type=int, default=2, help="batches per variant before measuring")
     parser.add_argument(
-        "--gpu-images-per-s", type=float, default=4455.0,
+        "--gpu-images-per-s",
+        type=float,
+        default=4455.0,
         help="images/s one GPU trains, for the cores-per-GPU column (ViT-B MAE, H100, compiled: docs/speed.md)",
-    )  # fmt: skip
+    )
     parser.add_argument("--json", help="write the results to this file")
     return parser
 
@@ -156,8 +159,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rate = row["images_per_s_per_core"]
         row["cores_per_gpu"] = args.gpu_images_per_s / rate
         print(f"{name:<52} {rate:>10.1f} {row['vs_reference']:>6.2f}x {row['cores_per_gpu']:>9.1f}")
-    record = {"batch_size": args.batch_size, "batches": args.batches, "gpu_images_per_s": args.gpu_images_per_s,
-              "rows": result}  # fmt: skip
+    record = {
+        "batch_size": args.batch_size,
+        "batches": args.batches,
+        "gpu_images_per_s": args.gpu_images_per_s,
+        "rows": result,
+    }
     if args.json:
         Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
     return record

@@ -57,9 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ToolParser(__file__, description=__doc__)
     parser.add_argument("--mae-repo", help="a checkout of facebookresearch/mae (`official` and `reference` variants)")
     parser.add_argument(
-        "--reference-script", default=str(REPO.parent / "shared" / "reference" / "mae_official_short.py"),
+        "--reference-script",
+        default=str(REPO.parent / "shared" / "reference" / "mae_official_short.py"),
         help="the reference training loop of the `reference` variant",
-    )  # fmt: skip
+    )
     parser.add_argument("--config", default="configs/mae/cifar10_vit_tiny.yaml")
     parser.add_argument("--data-root", required=True, help="an ImageFolder root with train/ and val/")
     parser.add_argument("--train-images", type=int, default=10000)
@@ -131,8 +132,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 def compare(args: argparse.Namespace) -> list[dict[str, Any]]:
     config = yaml.safe_load((REPO / args.config).read_text())
     reference = VisionTransformer(ViTConfig.from_dict(config["model"]["init_args"]["backbone"]))
-    data = SSLDataModule(dataset="imagefolder", root=args.data_root, image_size=reference.config.img_size,
-                         batch_size=256, num_workers=2)  # fmt: skip
+    data = SSLDataModule(
+        dataset="imagefolder", root=args.data_root, image_size=reference.config.img_size, batch_size=256, num_workers=2
+    )
     bank = class_balanced_subset(dataset_targets(data.build_dataset("train", None)), args.train_images, seed=0)
     knn = KNNClassifier(ks=(20,), k=20, temperature=0.07)
     records = []

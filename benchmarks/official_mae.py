@@ -96,12 +96,20 @@ def config_settings(path: str) -> dict[str, Any]:
     backbone = ViTConfig.from_dict(model["backbone"])
     dim, depth, heads = backbone.dims
     return {
-        "img_size": backbone.img_size, "patch_size": backbone.patch_size, "embed_dim": dim, "depth": depth,
-        "num_heads": heads, "mlp_ratio": backbone.mlp_ratio, "decoder_embed_dim": model["decoder_embed_dim"],
-        "decoder_depth": model["decoder_depth"], "decoder_num_heads": model["decoder_num_heads"],
-        "mask_ratio": model.get("mask_ratio", 0.75), "norm_pix_loss": model.get("norm_pix_loss", True),
-        "batch_size": config["data"]["batch_size"], "blr": model.get("base_lr", 1.5e-4),
-    }  # fmt: skip
+        "img_size": backbone.img_size,
+        "patch_size": backbone.patch_size,
+        "embed_dim": dim,
+        "depth": depth,
+        "num_heads": heads,
+        "mlp_ratio": backbone.mlp_ratio,
+        "decoder_embed_dim": model["decoder_embed_dim"],
+        "decoder_depth": model["decoder_depth"],
+        "decoder_num_heads": model["decoder_num_heads"],
+        "mask_ratio": model.get("mask_ratio", 0.75),
+        "norm_pix_loss": model.get("norm_pix_loss", True),
+        "batch_size": config["data"]["batch_size"],
+        "blr": model.get("base_lr", 1.5e-4),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -117,23 +125,39 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     models_mae, lr_sched = official_modules(Path(args.mae_repo))
     s = config_settings(args.config)
     model = models_mae.MaskedAutoencoderViT(
-        img_size=s["img_size"], patch_size=s["patch_size"], in_chans=3, embed_dim=s["embed_dim"], depth=s["depth"],
-        num_heads=s["num_heads"], decoder_embed_dim=s["decoder_embed_dim"], decoder_depth=s["decoder_depth"],
-        decoder_num_heads=s["decoder_num_heads"], mlp_ratio=s["mlp_ratio"],
-        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), norm_pix_loss=s["norm_pix_loss"],
-    )  # fmt: skip
-    transform = transforms.Compose([
-        transforms.RandomResizedCrop(s["img_size"], scale=(0.2, 1.0), interpolation=3),  # 3 = bicubic
-        transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])  # fmt: skip
+        img_size=s["img_size"],
+        patch_size=s["patch_size"],
+        in_chans=3,
+        embed_dim=s["embed_dim"],
+        depth=s["depth"],
+        num_heads=s["num_heads"],
+        decoder_embed_dim=s["decoder_embed_dim"],
+        decoder_depth=s["decoder_depth"],
+        decoder_num_heads=s["decoder_num_heads"],
+        mlp_ratio=s["mlp_ratio"],
+        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+        norm_pix_loss=s["norm_pix_loss"],
+    )
+    transform = transforms.Compose(
+        [
+            transforms.RandomResizedCrop(s["img_size"], scale=(0.2, 1.0), interpolation=3),  # 3 = bicubic
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
     dataset = datasets.ImageFolder(str(Path(args.data_root) / "train"), transform=transform)
     if args.train_images:  # the same class-balanced subset sslvit's budget runs pretrain on
         dataset = Subset(dataset, class_balanced_subset(dataset.targets, args.train_images, seed=0))
     batch = s["batch_size"]
-    loader = DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=args.num_workers, drop_last=True,
-                        persistent_workers=args.num_workers > 0)  # fmt: skip
+    loader = DataLoader(
+        dataset,
+        batch_size=batch,
+        shuffle=True,
+        num_workers=args.num_workers,
+        drop_last=True,
+        persistent_workers=args.num_workers > 0,
+    )
     blr = args.blr if args.blr is not None else s["blr"]
     lr = blr * batch / 256
     optimizer = torch.optim.AdamW(param_groups_weight_decay(model, args.weight_decay), lr=lr, betas=(0.9, 0.95))
@@ -170,16 +194,26 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         break
     seconds = time.perf_counter() - start
     record = {
-        "method": "official-mae", "steps": step, "images_seen": step * batch, "seconds": seconds,
-        "images_per_s": step * batch / seconds, "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])),
-        "lr": lr, "batch_size": batch, "train_images": len(dataset), "seed": args.seed,
-        "settings": s, "mae_repo": str(Path(args.mae_repo).resolve()),
-    }  # fmt: skip
+        "method": "official-mae",
+        "steps": step,
+        "images_seen": step * batch,
+        "seconds": seconds,
+        "images_per_s": step * batch / seconds,
+        "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])),
+        "lr": lr,
+        "batch_size": batch,
+        "train_images": len(dataset),
+        "seed": args.seed,
+        "settings": s,
+        "mae_repo": str(Path(args.mae_repo).resolve()),
+    }
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": model.state_dict(), "sslvit": {k: v for k, v in record.items() if k != "settings"}}, output)
-    print(f"official MAE: {step} steps ({step * batch} images) in {seconds / 60:.1f} minutes, "
-          f"{record['images_per_s']:.1f} images/s, final loss {record['final_loss']:.4f}; wrote {output}")  # fmt: skip
+    print(
+        f"official MAE: {step} steps ({step * batch} images) in {seconds / 60:.1f} minutes, "
+        f"{record['images_per_s']:.1f} images/s, final loss {record['final_loss']:.4f}; wrote {output}"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
     return record

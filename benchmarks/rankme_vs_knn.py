@@ -34,12 +34,16 @@ from typing import Any
 import torch
 from scipy.stats import ConstantInputWarning, spearmanr
 
+from sslvit.checkpoints import CheckpointInfo
+from sslvit.cli.device_and_features import resolve_device
 from sslvit.cli.parser import ToolParser, positive_int
-from sslvit.cli.tool_args import add_data_args, datamodule_from_args, resolve_device, usable_cache, write_json
+from sslvit.cli.tool_flags import add_data_args
+from sslvit.cli.tool_inputs import cache_from_args, datamodule_from_args
 from sslvit.errors import ConfigError, one_line_errors
 from sslvit.eval import KNNClassifier, dataset_features, effective_rank
 from sslvit.eval.rankme import PAPER_NUM_IMAGES, image_subset
 from sslvit.methods import load_method
+from sslvit.outputs import write_json
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,12 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load(
     path: str, snapshots_of: str | None, methods: dict[str, Any]
-) -> tuple[torch.nn.Module, dict[str, Any], dict[str, Any]]:
-    """The method of a checkpoint, or the method of ``snapshots_of`` with a snapshot's weights; its data info
-    (image size, mean, std); and what the record says about it."""
+) -> tuple[torch.nn.Module, CheckpointInfo, dict[str, Any]]:
+    """The method of a checkpoint, or the method of ``snapshots_of`` with a snapshot's weights; its checkpoint's
+    info (image size, mean, std); and what the record says about it."""
     if snapshots_of is None:
         model, info = load_method(path)
-        return model, info, {"method": info["method"], "global_step": info["global_step"]}
+        return model, info, {"method": info.method, "global_step": info.global_step}
     if snapshots_of not in methods:
         methods[snapshots_of] = load_method(snapshots_of)
     model, info = methods[snapshots_of]
@@ -79,7 +83,7 @@ def load(
         raise ConfigError(f"{path} is not a snapshot ({{'state_dict': ...}}) of the method in {snapshots_of}")
     model.load_state_dict(saved["state_dict"])
     extra = {key: saved[key] for key in ("step", "minutes", "images_seen") if key in saved}
-    return model, info, {"method": info["method"], "global_step": extra.get("step"), **extra}
+    return model, info, {"method": info.method, "global_step": extra.get("step"), **extra}
 
 
 def evaluate(path: str, args: argparse.Namespace, methods: dict[str, Any], device: torch.device, cache: Any) -> dict:
@@ -88,10 +92,11 @@ def evaluate(path: str, args: argparse.Namespace, methods: dict[str, Any], devic
     data = datamodule_from_args(args, info)
     model.to(device)
     features = {
-        split: dataset_features(model, data, split, args.features, args.batch_size, device, cache,
-                                precision=args.precision)
+        split: dataset_features(
+            model, data, split, args.features, args.batch_size, device, cache, precision=args.precision
+        )
         for split in ("train", "val")
-    }  # fmt: skip
+    }
     train, val = features["train"], features["val"]
     knn = KNNClassifier(ks=(args.k,), k=args.k, temperature=args.temperature)
     result = knn.fit(train.features, train.labels).evaluate(val.features, val.labels)
@@ -100,9 +105,17 @@ def evaluate(path: str, args: argparse.Namespace, methods: dict[str, Any], devic
     rank_features = chosen.features if indices is None else chosen.subset(indices).features
     rank = effective_rank(rank_features)
     n, dim = rank_features.shape
-    return {"checkpoint": path, **record, "knn_top1": result.top1, "knn_top5": result.top5, "rankme": rank,
-            "rankme_normalized": rank / min(n, dim), "rankme_images": n, "feature_dim": dim,
-            "features_from_cache": {"train": train.from_cache, "val": val.from_cache}}  # fmt: skip
+    return {
+        "checkpoint": path,
+        **record,
+        "knn_top1": result.top1,
+        "knn_top5": result.top5,
+        "rankme": rank,
+        "rankme_normalized": rank / min(n, dim),
+        "rankme_images": n,
+        "feature_dim": dim,
+        "features_from_cache": {"train": train.from_cache, "val": val.from_cache},
+    }
 
 
 def spearman(rows: list[dict[str, Any]]) -> float | None:
@@ -131,10 +144,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with one_line_errors(parser.prog):
         if args.temperature <= 0:
             raise ConfigError(f"--temperature must be positive, got {args.temperature}")
-        if args.no_cache and args.cache_dir is not None:
-            raise ConfigError("--no-cache and --cache-dir contradict each other: pass one of them")
         device = resolve_device(args.device)
-        cache = None if args.no_cache else usable_cache(args.cache_dir)
+        cache = cache_from_args(args)
         methods: dict[str, Any] = {}
         rows = [evaluate(path, args, methods, device, cache) for path in args.checkpoints]
     per_method = {m: spearman([r for r in rows if r["method"] == m]) for m in sorted({r["method"] for r in rows})}

@@ -46,11 +46,19 @@ class OfficialFineTune:
                 return self.head(self.forward_features(x))
 
         self.model = ReferenceViT(
-            global_pool=mean_pooling, img_size=cfg.img_size, patch_size=cfg.patch_size, in_chans=cfg.in_chans,
-            embed_dim=dim, depth=depth, num_heads=heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias,
-            norm_layer=models_vit.partial(torch.nn.LayerNorm, eps=1e-6), num_classes=h.num_classes,
+            global_pool=mean_pooling,
+            img_size=cfg.img_size,
+            patch_size=cfg.patch_size,
+            in_chans=cfg.in_chans,
+            embed_dim=dim,
+            depth=depth,
+            num_heads=heads,
+            mlp_ratio=cfg.mlp_ratio,
+            qkv_bias=cfg.qkv_bias,
+            norm_layer=models_vit.partial(torch.nn.LayerNorm, eps=1e-6),
+            num_classes=h.num_classes,
             drop_path_rate=cfg.drop_path_rate,
-        ).to(images.device)  # fmt: skip
+        ).to(images.device)
         for block in self.model.blocks:
             block.attn.fused_attn = False  # timm 0.3 computed attention explicitly
         state = {k.removeprefix("backbone."): v for k, v in model.state_dict().items()}
@@ -59,9 +67,14 @@ class OfficialFineTune:
         self.model.load_state_dict(state)
         self.model.train()
         self.mixup = Mixup(
-            mixup_alpha=h.mixup, cutmix_alpha=h.cutmix, prob=h.mixup_prob, switch_prob=h.mixup_switch_prob,
-            mode="batch", label_smoothing=h.label_smoothing, num_classes=h.num_classes,
-        )  # fmt: skip
+            mixup_alpha=h.mixup,
+            cutmix_alpha=h.cutmix,
+            prob=h.mixup_prob,
+            switch_prob=h.mixup_switch_prob,
+            mode="batch",
+            label_smoothing=h.label_smoothing,
+            num_classes=h.num_classes,
+        )
         self.criterion = SoftTargetCrossEntropy()
         groups = lr_decay.param_groups_lrd(
             self.model, h.weight_decay, no_weight_decay_list=self.model.no_weight_decay(), layer_decay=h.layer_decay

@@ -71,8 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-root", default="../shared/data/cifar10", help="an ImageFolder root with train/, val/")
     parser.add_argument("--minutes", type=float, default=30.0, help="pretraining budget of every method")
     parser.add_argument("--finetune-minutes", type=float, default=10.0, help="fine-tuning budget (0: skip)")
-    parser.add_argument("--methods", nargs="+", default=["mae", "beit", "cpc", "official-mae"],
-                        choices=["mae", "beit", "cpc", "official-mae"])  # fmt: skip
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=["mae", "beit", "cpc", "official-mae"],
+        choices=["mae", "beit", "cpc", "official-mae"],
+    )
     parser.add_argument("--mae-repo", help="a checkout of facebookresearch/mae (for official-mae)")
     parser.add_argument("--run-dir", default="runs/results", help="run directories and checkpoints (not committed)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="the JSONs and results.md")
@@ -82,8 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())  # fmt: skip
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
     return f"{len(os.sched_getaffinity(0))} cores of {model}, {gpu}; torch {torch.__version__}"
 
@@ -117,8 +127,13 @@ def pretrain(method: str, args: argparse.Namespace, run: Path) -> dict[str, Any]
         if not (run / "official.json").is_file():
             subprocess.run(command, check=True, cwd=REPO)
         done = json.loads((run / "official.json").read_text())
-        return {"checkpoint": str(run / "mae.pth"), "images_seen": done["images_seen"],
-                "images_per_s": done["images_per_s"], "train_seconds": done["seconds"], "command": command}  # fmt: skip
+        return {
+            "checkpoint": str(run / "mae.pth"),
+            "images_seen": done["images_seen"],
+            "images_per_s": done["images_per_s"],
+            "train_seconds": done["seconds"],
+            "command": command,
+        }
     from sslvit.cli import TimeBudget, run_cli
 
     budget = json.dumps([{"class_path": "sslvit.cli.TimeBudget", "init_args": {"minutes": args.minutes}}])
@@ -135,8 +150,13 @@ def pretrain(method: str, args: argparse.Namespace, run: Path) -> dict[str, Any]
         (run / "trained.json").write_text(json.dumps({"steps": steps, "seconds": seconds, "batch": batch}) + "\n")
     trained = json.loads((run / "trained.json").read_text())
     images = trained["steps"] * trained["batch"]
-    return {"checkpoint": str(last), "images_seen": images, "images_per_s": images / trained["seconds"],
-            "train_seconds": trained["seconds"], "command": command}  # fmt: skip
+    return {
+        "checkpoint": str(last),
+        "images_seen": images,
+        "images_per_s": images / trained["seconds"],
+        "train_seconds": trained["seconds"],
+        "command": command,
+    }
 
 
 def tool(name: str, arguments: list[str], output: Path) -> dict[str, Any]:
@@ -152,8 +172,13 @@ def evaluate(checkpoint: str, args: argparse.Namespace, run: Path, extra: list[s
     common = ["--checkpoint", checkpoint, "--data-root", args.data_root, *extra]
     knn = tool("knn_eval", common, run / f"knn{tag}.json")
     linear = tool("linear_probe", common, run / f"linear{tag}.json")
-    result = {"knn_top1": knn["top1"], "linear_top1": linear["top1"], "features": knn.get("features"),
-              "linear_base_lr": linear.get("base_lr"), "finetune_top1": None}  # fmt: skip
+    result = {
+        "knn_top1": knn["top1"],
+        "linear_top1": linear["top1"],
+        "features": knn.get("features"),
+        "linear_base_lr": linear.get("base_lr"),
+        "finetune_top1": None,
+    }
     if args.finetune_minutes > 0:
         ft = tool("finetune", [*common, "--config", FINETUNE_CONFIG, "--minutes", str(args.finetune_minutes),
                                "--run-dir", str(run / f"finetune{tag}")], run / f"finetune{tag}.json")  # fmt: skip
@@ -163,15 +188,16 @@ def evaluate(checkpoint: str, args: argparse.Namespace, run: Path, extra: list[s
 
 def curve(method: str, run: Path, args: argparse.Namespace) -> list[dict[str, float]]:
     """kNN of the encoder saved at every fifth of the budget: (minutes, images seen, top-1 on val)."""
-    from sslvit.data import SSLDataModule
     from sslvit.eval import KNNClassifier, dataset_features
     from sslvit.eval.features import dataset_targets
     from sslvit.methods import load_method
 
     model, info = load_method(run / "checkpoints" / "last.ckpt")
-    data = SSLDataModule(dataset="imagefolder", root=args.data_root, image_size=info["image_size"], batch_size=256)
-    bank, queries = (curve_subset(dataset_targets(data.build_dataset(split, None)), size)
-                     for split, size in (("train", CURVE_BANK), ("val", CURVE_QUERIES)))  # fmt: skip
+    data = info.eval_datamodule("imagefolder", args.data_root)
+    bank, queries = (
+        curve_subset(dataset_targets(data.build_dataset(split, None)), size)
+        for split, size in (("train", CURVE_BANK), ("val", CURVE_QUERIES))
+    )
     points = []
     for snapshot in sorted((run / "snapshots").glob("*.pt")):
         saved = torch.load(snapshot, map_location="cpu", weights_only=True)
@@ -202,6 +228,8 @@ def random_baseline(method: str, checkpoint: str, args: argparse.Namespace, run:
 def run_method(method: str, args: argparse.Namespace) -> dict[str, Any]:
     run = Path(args.run_dir) / method
     trained = pretrain(method, args, run)
+    command = ["python", "benchmarks/results.py", "--data-root", args.data_root, "--minutes", str(args.minutes),
+               "--finetune-minutes", str(args.finetune_minutes), "--methods", method]  # fmt: skip
     record = {
         "method": method,
         "minutes": args.minutes,
@@ -213,20 +241,7 @@ def run_method(method: str, args: argparse.Namespace) -> dict[str, Any]:
         "curve": curve(method, run, args) if method != "official-mae" else [],
         "machine": machine(),
         "date": datetime.date.today().isoformat(),
-        "command": shlex.join(
-            [
-                "python",
-                "benchmarks/results.py",
-                "--data-root",
-                args.data_root,
-                "--minutes",
-                str(args.minutes),
-                "--finetune-minutes",
-                str(args.finetune_minutes),
-                "--methods",
-                method,
-            ]
-        ),  # fmt: skip
+        "command": shlex.join(command),
         "pretrain_command": shlex.join(map(str, trained["command"])),
         "finetune_minutes": args.finetune_minutes,
         "data": "CIFAR-10 ImageFolder: 45,000 train / 5,000 val; accuracies on val",
@@ -240,10 +255,23 @@ def table(out: Path) -> str:
     """results.md from the JSONs: one row per method, plus random init of MAE's architecture."""
     records = {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("*.json"))}
     if "mae" in records:
-        records["random"] = {**records["mae"]["random_init"], "method": "random", "images_seen": 0,
-                             "images_per_s": None, "minutes": records["mae"]["minutes"]}  # fmt: skip
-    header = ["method", "images seen", "kNN top-1", "linear top-1", "fine-tune top-1", "wall time", "images/s",
-              "vs random init (kNN / linear)"]  # fmt: skip
+        records["random"] = {
+            **records["mae"]["random_init"],
+            "method": "random",
+            "images_seen": 0,
+            "images_per_s": None,
+            "minutes": records["mae"]["minutes"],
+        }
+    header = [
+        "method",
+        "images seen",
+        "kNN top-1",
+        "linear top-1",
+        "fine-tune top-1",
+        "wall time",
+        "images/s",
+        "vs random init (kNN / linear)",
+    ]
     lines = ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
 
     def pct(value: float | None) -> str:
@@ -254,12 +282,15 @@ def table(out: Path) -> str:
         if r is None:
             continue
         base = r.get("random_init")
-        delta = (f"{r['knn_top1'] - base['knn_top1']:+.2f} / {r['linear_top1'] - base['linear_top1']:+.2f}"
-                 if base else "")  # fmt: skip
+        delta = (
+            f"{r['knn_top1'] - base['knn_top1']:+.2f} / {r['linear_top1'] - base['linear_top1']:+.2f}" if base else ""
+        )
         speed = "–" if not r.get("images_per_s") else f"{r['images_per_s']:.0f}"
         wall = "–" if name == "random" else f"{r['minutes']:g} min"
-        lines.append(f"| {name} | {r['images_seen']:,} | {pct(r['knn_top1'])} | {pct(r['linear_top1'])} | "
-                     f"{pct(r.get('finetune_top1'))} | {wall} | {speed} | {delta} |")  # fmt: skip
+        lines.append(
+            f"| {name} | {r['images_seen']:,} | {pct(r['knn_top1'])} | {pct(r['linear_top1'])} | "
+            f"{pct(r.get('finetune_top1'))} | {wall} | {speed} | {delta} |"
+        )
     any_record = next(iter(records.values()), {})
     footer = (
         f"\nMachine: {any_record.get('machine')}; {any_record.get('date')}. Command per row: see each JSON's `command`."
@@ -269,8 +300,10 @@ def table(out: Path) -> str:
     )
     if tuned:
         minutes = ", ".join(f"{m:g}" for m in tuned)
-        footer += (f" Fine-tuning: {minutes} minutes of `{FINETUNE_CONFIG}` for the rows that have it (the random "
-                   "row: the same budget from a random initialisation).")  # fmt: skip
+        footer += (
+            f" Fine-tuning: {minutes} minutes of `{FINETUNE_CONFIG}` for the rows that have it (the random "
+            "row: the same budget from a random initialisation)."
+        )
     text = "\n".join(lines) + "\n" + footer + "\n"
     (out / "results.md").write_text(text)
     return text
@@ -286,8 +319,12 @@ def plot(out: Path, figure: Path) -> None:
     for path in sorted(out.glob("*.json")):
         record = json.loads(path.read_text())
         if record.get("curve"):
-            ax.plot([p["minutes"] for p in record["curve"]], [p["knn_top1"] for p in record["curve"]], "o-",
-                    label=record["method"])  # fmt: skip
+            ax.plot(
+                [p["minutes"] for p in record["curve"]],
+                [p["knn_top1"] for p in record["curve"]],
+                "o-",
+                label=record["method"],
+            )
     ax.set_xlabel("pretraining time (minutes)")
     ax.set_ylabel("kNN top-1 on val (%), 5k bank")
     ax.legend()

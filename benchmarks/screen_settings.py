@@ -91,7 +91,7 @@ def train(args: argparse.Namespace, run: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from sslvit.data import SSLDataModule, class_balanced_subset
+    from sslvit.data import class_balanced_subset
     from sslvit.eval import KNNClassifier, dataset_features
     from sslvit.eval.features import dataset_targets
     from sslvit.methods import load_method
@@ -103,14 +103,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with one_line_errors(parser.prog):
         steps = train(args, run)
         model, info = load_method(run / "checkpoints" / "last.ckpt")
-        data = SSLDataModule(dataset="imagefolder", root=args.data_root, image_size=info["image_size"], batch_size=256)
-        chosen = class_balanced_subset(dataset_targets(data.build_dataset("train", None)), args.bank + args.queries,
-                                       seed=args.seed)  # fmt: skip
+        data = info.eval_datamodule("imagefolder", args.data_root)
+        chosen = class_balanced_subset(
+            dataset_targets(data.build_dataset("train", None)), args.bank + args.queries, seed=args.seed
+        )
         order = torch.randperm(len(chosen), generator=torch.Generator().manual_seed(args.seed)).tolist()
         chosen = [chosen[i] for i in order]  # the subset comes sorted by class
         bank, queries = chosen[: args.bank], chosen[args.bank :]
-        record: dict[str, Any] = {"name": args.name, "config": args.config, "minutes": args.minutes, "steps": steps,
-                                  "fit_args": args.fit_args, "bank": args.bank, "queries": args.queries}  # fmt: skip
+        record: dict[str, Any] = {
+            "name": args.name,
+            "config": args.config,
+            "minutes": args.minutes,
+            "steps": steps,
+            "fit_args": args.fit_args,
+            "bank": args.bank,
+            "queries": args.queries,
+        }
         for encoder in ("trained", "random"):
             if encoder == "random":
                 torch.manual_seed(args.init_seed)

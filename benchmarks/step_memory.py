@@ -82,8 +82,13 @@ def fit_line(points: list[dict[str, Any]]) -> tuple[float, float]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ToolParser(__file__, description=__doc__)
-    parser.add_argument("--config", required=True, action="append", metavar="'CONFIG [SETTING ...]'",
-                        help="a method config, with settings for it alone; several run one after another")  # fmt: skip
+    parser.add_argument(
+        "--config",
+        required=True,
+        action="append",
+        metavar="'CONFIG [SETTING ...]'",
+        help="a method config, with settings for it alone; several run one after another",
+    )
     parser.add_argument("--batch-sizes", type=int, nargs="+", required=True, help="at least two for a slope")
     parser.add_argument("--steps", type=int, default=2, help="training steps per process (the 2nd has optimizer state)")
     parser.add_argument("--device", default="cpu", help="cpu (peak resident memory) or cuda (peak allocated)")
@@ -104,22 +109,33 @@ def main(argv: list[str] | None = None) -> None:
         return
     if len(args.batch_sizes) < 2 or len(set(args.batch_sizes)) != len(args.batch_sizes):
         raise SystemExit("--batch-sizes needs at least two different batch sizes for a slope")
-    result: dict[str, Any] = {"device": args.device, "precision": args.precision, "budget_gb": args.budget_gb,
-                              "rows": {}}  # fmt: skip
+    result: dict[str, Any] = {
+        "device": args.device,
+        "precision": args.precision,
+        "budget_gb": args.budget_gb,
+        "rows": {},
+    }
     for config in args.config:
         points = run_variant(args, config)
         per_image, fixed = fit_line(points)
         fits = int((args.budget_gb * GB - fixed) // per_image) if per_image > 0 else None
-        result["rows"][config_name(config)] = {"config": config, "points": points, "bytes_per_image": per_image,
-                                               "fixed_bytes": fixed, "batch_in_budget": fits}  # fmt: skip
+        result["rows"][config_name(config)] = {
+            "config": config,
+            "points": points,
+            "bytes_per_image": per_image,
+            "fixed_bytes": fixed,
+            "batch_in_budget": fits,
+        }
     width = max(24, *(len(name) + 2 for name in result["rows"]))
     peaks = "".join(f"{'peak GB @' + str(b):>14}" for b in args.batch_sizes)
     print(f"{'variant':<{width}}{peaks}{'MB/image':>11}{'fixed GB':>10}{f'batch in {args.budget_gb:g} GB':>16}")
     for name, row in result["rows"].items():
         cells = "".join(f"{p['peak_bytes'] / GB:>14.3f}" for p in row["points"])
         fits = row["batch_in_budget"]
-        print(f"{name:<{width}}{cells}{row['bytes_per_image'] / 1e6:>11.1f}{row['fixed_bytes'] / GB:>10.2f}"
-              f"{fits if fits is not None else '-':>16}")  # fmt: skip
+        print(
+            f"{name:<{width}}{cells}{row['bytes_per_image'] / 1e6:>11.1f}{row['fixed_bytes'] / GB:>10.2f}"
+            f"{fits if fits is not None else '-':>16}"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 

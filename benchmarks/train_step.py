@@ -180,8 +180,11 @@ class Worker:
         env = dict(os.environ, SSLVIT_MALLOC_TUNING="1" if variant.get("malloc") else "0")
         self.process = subprocess.Popen(
             [sys.executable, __file__, "--worker", json.dumps(variant), *argv],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
-        )  # fmt: skip
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         self.info = self._read()
 
     def _read(self) -> dict[str, Any]:
@@ -214,11 +217,19 @@ def reference_mae(path: str, model, device):
     cfg, h = model.backbone_config, model.hparams
     dim, depth, heads = cfg.dims
     ref = models_mae.MaskedAutoencoderViT(
-        img_size=cfg.img_size, patch_size=cfg.patch_size, in_chans=cfg.in_chans, embed_dim=dim, depth=depth,
-        num_heads=heads, decoder_embed_dim=h.decoder_embed_dim, decoder_depth=h.decoder_depth,
-        decoder_num_heads=h.decoder_num_heads, mlp_ratio=cfg.mlp_ratio,
-        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), norm_pix_loss=h.norm_pix_loss,
-    ).to(device)  # fmt: skip
+        img_size=cfg.img_size,
+        patch_size=cfg.patch_size,
+        in_chans=cfg.in_chans,
+        embed_dim=dim,
+        depth=depth,
+        num_heads=heads,
+        decoder_embed_dim=h.decoder_embed_dim,
+        decoder_depth=h.decoder_depth,
+        decoder_num_heads=h.decoder_num_heads,
+        mlp_ratio=cfg.mlp_ratio,
+        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+        norm_pix_loss=h.norm_pix_loss,
+    ).to(device)
     ref.load_state_dict({k.removeprefix("backbone."): v for k, v in model.state_dict().items()})
     return ref
 
@@ -267,28 +278,48 @@ def loader_throughput(args: argparse.Namespace) -> dict[str, Any]:
         deliver(batch)
     sync()
     seconds = time.perf_counter() - start
-    return {"device": args.device, "batch_size": datamodule.batch_size, "on_device": datamodule.hparams.on_device,
-            "num_workers": datamodule.num_workers, "image_shape": shape,
-            "loader_images_per_s": images / seconds}  # fmt: skip
+    return {
+        "device": args.device,
+        "batch_size": datamodule.batch_size,
+        "on_device": datamodule.hparams.on_device,
+        "num_workers": datamodule.num_workers,
+        "image_shape": shape,
+        "loader_images_per_s": images / seconds,
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ToolParser(__file__, description=__doc__)
-    parser.add_argument("--config", required=True, action="append", metavar="'CONFIG [SETTING ...]'",
-                        help="a method config, with settings for it alone; several run side by side")  # fmt: skip
+    parser.add_argument(
+        "--config",
+        required=True,
+        action="append",
+        metavar="'CONFIG [SETTING ...]'",
+        help="a method config, with settings for it alone; several run side by side",
+    )
     parser.add_argument("--batch-size", type=int, help="default: the config's data.batch_size")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--compile", nargs="?", const="model", choices=["model", "blocks"],
-                        help="torch.compile the whole model (default) or each transformer block")  # fmt: skip
+    parser.add_argument(
+        "--compile",
+        nargs="?",
+        const="model",
+        choices=["model", "blocks"],
+        help="torch.compile the whole model (default) or each transformer block",
+    )
     parser.add_argument("--precision", default="32", choices=["32", "bf16-mixed"])
     parser.add_argument("--loader", action="store_true", help="measure the data pipeline alone")
     parser.add_argument("--reference-mae", help="a checkout of facebookresearch/mae to measure side by side")
     parser.add_argument("--levers", action="store_true", help="sslvit with its speed levers added one by one")
     parser.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: known GPUs' bf16 peak)")
-    parser.add_argument("--profile", type=int, default=0, metavar="ROWS",
-                        help="print torch.profiler's ROWS most expensive operators of each variant")  # fmt: skip
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="ROWS",
+        help="print torch.profiler's ROWS most expensive operators of each variant",
+    )
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="extra `sslvit fit` settings, after --")
@@ -351,19 +382,33 @@ def report(args: argparse.Namespace, workers: list[Worker]) -> None:
         import torch
 
         peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in torch.cuda.get_device_name()), None)
-    result: dict[str, Any] = {"config": info["config"], "method": info["method"], "device": args.device,
-                              "batch_size": info["batch_size"], "image_size": info["image_size"],
-                              "precision": args.precision, "gflop_per_image": info["flops_per_image"] / 1e9,
-                              "rows": {}}  # fmt: skip
+    result: dict[str, Any] = {
+        "config": info["config"],
+        "method": info["method"],
+        "device": args.device,
+        "batch_size": info["batch_size"],
+        "image_size": info["image_size"],
+        "precision": args.precision,
+        "gflop_per_image": info["flops_per_image"] / 1e9,
+        "rows": {},
+    }
     baseline, width = workers[0].name, max(24, *(len(w.name) + 2 for w in workers))
-    print(f"{'variant':<{width}}{'images/s':>10}{'ms/step':>10}{'GFLOP/s':>10}{'images/s vs ' + baseline[:18]:>32}"
-          f"{'GFLOP/s vs first':>18}" + (f"{'MFU':>8}" if peak else ""))  # fmt: skip
+    print(
+        f"{'variant':<{width}}{'images/s':>10}{'ms/step':>10}{'GFLOP/s':>10}{'images/s vs ' + baseline[:18]:>32}"
+        f"{'GFLOP/s vs first':>18}" + (f"{'MFU':>8}" if peak else "")
+    )
     for worker in workers:
         median, batch = statistics.median(worker.times), worker.info["batch_size"]
         own_flops = worker.info["flops_per_image"]  # each variant's own count (sslvit embeds only kept patches)
-        row = {"config": worker.info["config"], "method": worker.info["method"], "batch_size": batch,
-               "images_per_s": batch / median, "ms_per_step": median * 1e3, "gflop_per_image": own_flops / 1e9,
-               "gflops": own_flops * batch / median / 1e9}  # fmt: skip
+        row = {
+            "config": worker.info["config"],
+            "method": worker.info["method"],
+            "batch_size": batch,
+            "images_per_s": batch / median,
+            "ms_per_step": median * 1e3,
+            "gflop_per_image": own_flops / 1e9,
+            "gflops": own_flops * batch / median / 1e9,
+        }
         first = result["rows"].get(baseline, row)
         row["speedup"] = row["images_per_s"] / first["images_per_s"]
         row["gflops_ratio"] = row["gflops"] / first["gflops"]
@@ -372,9 +417,10 @@ def report(args: argparse.Namespace, workers: list[Worker]) -> None:
         if peak:
             row["mfu"] = row["gflops"] / (peak * 1e3)
         result["rows"][worker.name] = row
-        print(f"{worker.name:<{width}}{row['images_per_s']:>10.1f}{row['ms_per_step']:>10.1f}{row['gflops']:>10.1f}"
-              f"{row['speedup']:>31.2f}x{row['gflops_ratio']:>17.2f}x"
-              + (f"{row['mfu']:>8.1%}" if peak else ""))  # fmt: skip
+        print(
+            f"{worker.name:<{width}}{row['images_per_s']:>10.1f}{row['ms_per_step']:>10.1f}{row['gflops']:>10.1f}"
+            f"{row['speedup']:>31.2f}x{row['gflops_ratio']:>17.2f}x" + (f"{row['mfu']:>8.1%}" if peak else "")
+        )
     if "loss_check" in workers[0].info:
         result["loss_check"] = workers[0].info["loss_check"]
         print(f"same weights and masks, loss: {result['loss_check']}")

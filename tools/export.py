@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sslvit.checkpoints import EXPORT_CONFIG, EXPORT_WEIGHTS, export_checkpoint, timm_from_export, timm_max_difference
 from sslvit.cli.parser import ToolParser
-from sslvit.cli.tool_args import add_overwrite_arg
+from sslvit.cli.tool_flags import add_overwrite_arg
 from sslvit.errors import one_line_errors
 
 
@@ -37,11 +37,13 @@ def main(argv: list[str] | None = None) -> None:
         backbone, info = export_checkpoint(
             args.checkpoint, args.output, args.image_size, args.pooling, overwrite=args.overwrite
         )
-    size, folder = info["export_image_size"], Path(args.output)
+    size, folder = info.image_size, Path(args.output)
     difference = timm_max_difference(backbone, timm_from_export(folder), size, args.pooling)
-    method = info.get("method") or "the checkpoint"
-    print(f"wrote {folder / EXPORT_WEIGHTS} and {folder / EXPORT_CONFIG}: the encoder of {method}, "
-          f"{size}x{size} px, {backbone.num_features} features")  # fmt: skip
+    method = info.method or "the checkpoint"
+    print(
+        f"wrote {folder / EXPORT_WEIGHTS} and {folder / EXPORT_CONFIG}: the encoder of {method}, "
+        f"{size}x{size} px, {backbone.num_features} features"
+    )
     print(f"timm check: largest |timm - sslvit| feature difference {difference:.2e}")
     print(f'load it with: timm.create_model("local-dir:{folder}", pretrained=True)')
 

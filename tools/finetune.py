@@ -18,8 +18,8 @@ from pathlib import Path
 
 from sslvit.cli.finetune import add_finetune_args, headline, run_finetune, table
 from sslvit.cli.parser import ToolParser
-from sslvit.cli.tool_args import write_json
 from sslvit.errors import one_line_errors
+from sslvit.outputs import write_json
 
 DEFAULT_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "finetune" / "quickstart.yaml")
 

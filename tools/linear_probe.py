@@ -15,24 +15,19 @@ as papers do. Low-shot: --train-fraction 0.01 or --shots N, --seeds 3 for mean a
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
+from sslvit.cli.evaluation import Evaluation
+from sslvit.cli.low_shot import describe_over_seeds, describe_subset, over_seeds, seed_record
 from sslvit.cli.parser import ToolParser
-from sslvit.cli.tool_args import (
-    Evaluation,
-    add_feature_args,
-    add_selection_args,
-    add_subset_args,
-    describe_subset,
-    over_seeds,
-    seed_record,
-    write_json,
-)
+from sslvit.cli.tool_flags import add_feature_args, add_selection_args, add_subset_args
 from sslvit.errors import ConfigError, one_line_errors
 from sslvit.eval.features import Features
-from sslvit.eval.linear import DEFAULT_BASE_LRS, check_probe_settings, linear_probe
+from sslvit.eval.linear import CACHED_SETTINGS, DEFAULT_BASE_LRS, PROTOCOL_SETTINGS, ProbeSettings, linear_probe
 from sslvit.eval.linear_protocol import linear_probe_protocol
 from sslvit.eval.selection import LinearProbeResult
 from sslvit.eval.subsets import held_out_split
+from sslvit.outputs import write_json
 
 
 def table(result: LinearProbeResult) -> str:
@@ -70,11 +65,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def probe_settings(args: argparse.Namespace, seed: int) -> ProbeSettings:
+    """The probe settings of the flags for one seed, on the defaults of the path (cached features or --protocol)."""
+    defaults = PROTOCOL_SETTINGS if args.protocol else CACHED_SETTINGS
+    return replace(
+        defaults,
+        base_lrs=args.lrs,
+        epochs=args.epochs or defaults.epochs,
+        batch_size=args.probe_batch_size or defaults.batch_size,
+        warmup_epochs=args.warmup_epochs,
+        optimizer=args.optimizer,
+        seed=seed,
+        selection="val" if args.select_on_val else "held_out",
+        held_out_fraction=args.held_out_fraction,
+    )
+
+
 def check(args: argparse.Namespace, evaluation: Evaluation) -> None:
     """Every setting against every seed's train subset, from the labels alone: before the first image is encoded."""
-    epochs = args.epochs or (90 if args.protocol else 100)
-    batch = args.probe_batch_size or (256 if args.protocol else 1024)
-    check_probe_settings(epochs, batch)
+    probe_settings(args, args.seed)  # epochs and batch size
     if args.warmup_epochs < 0:
         raise ConfigError(f"--warmup-epochs must be non-negative, got {args.warmup_epochs}")
     if args.lrs is not None and min(args.lrs) <= 0:
@@ -89,28 +98,30 @@ def check(args: argparse.Namespace, evaluation: Evaluation) -> None:
 
 def probe(args: argparse.Namespace, evaluation: Evaluation, train: Features | None, val: Features, seed: int) -> dict:
     """One probe for ``seed`` (subset draw, heads, shuffling, held-out part): print its table, return its record."""
-    common = dict(
-        base_lrs=args.lrs, warmup_epochs=args.warmup_epochs, optimizer=args.optimizer, seed=seed,
-        device=evaluation.device, selection="val" if args.select_on_val else "held_out",
-        held_out_fraction=args.held_out_fraction,
-    )  # fmt: skip
+    settings = probe_settings(args, seed)
     positions = evaluation.train_subsets()[seed]
     if positions is not None:
         print(f"train: {describe_subset(args, len(positions), seed)}")
     if not args.protocol:
         part = train if positions is None else train.subset(positions)
-        epochs, batch = args.epochs or 100, args.probe_batch_size or 1024
-        result = linear_probe(part, val, epochs=epochs, batch_size=batch, **common)
+        result = linear_probe(part, val, settings, evaluation.device)
     else:
 
         def progress(epoch: int, seconds: float) -> None:
             print(f"epoch {epoch + 1}: {seconds:.1f} s", flush=True)
 
         result = linear_probe_protocol(
-            evaluation.model, evaluation.datamodule, val, evaluation.pooling, epochs=args.epochs or 90,
-            batch_size=args.probe_batch_size or 256, crop_scale=args.crop_scale, progress=progress,
-            indices=positions, precision=evaluation.precision, **common,
-        )  # fmt: skip
+            evaluation.model,
+            evaluation.datamodule,
+            val,
+            evaluation.pooling,
+            settings,
+            crop_scale=args.crop_scale,
+            device=evaluation.device,
+            progress=progress,
+            indices=positions,
+            precision=evaluation.precision,
+        )
     s = result.settings
     what = "cached features" if s["path"] == "cached" else f"augmented images (crop scale {tuple(s['crop_scale'])})"
     print(
@@ -135,7 +146,10 @@ def main(argv: list[str] | None = None) -> dict:
     evaluation.seconds["probe"] = sum(r["seconds"] for r in records)
     record = {**records[0], **evaluation.describe(train, val), "seconds": evaluation.seconds}
     record["num_train"] = records[0]["num_train"]
-    record.update(over_seeds(records))
+    summary = over_seeds(records)
+    if summary:
+        print(describe_over_seeds(summary))
+    record.update(summary)
     if args.output:
         print(f"wrote {write_json(args.output, record)}")
     return record

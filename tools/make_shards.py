@@ -16,7 +16,7 @@ import argparse
 from tqdm import tqdm
 
 from sslvit.cli.parser import ToolParser, positive_int
-from sslvit.cli.tool_args import add_overwrite_arg
+from sslvit.cli.tool_flags import add_overwrite_arg
 from sslvit.data.shards import shard_image_folder
 from sslvit.errors import one_line_errors
 
@@ -46,8 +46,10 @@ def main(argv: list[str] | None = None) -> None:
         count = sum(shard["nsamples"] for shard in index["shardlist"])
         size = sum(shard["filesize"] for shard in index["shardlist"]) / 1e6
         labels = f"{len(index['sslvit']['classes'])} classes" if index["sslvit"]["labels"] else "unlabelled"
-        print(f"{split}: {count} samples ({labels}) in {len(index['shardlist'])} shards, {size:.1f} MB -> "
-              f"{args.output}/{split}/index.json")  # fmt: skip
+        print(
+            f"{split}: {count} samples ({labels}) in {len(index['shardlist'])} shards, {size:.1f} MB -> "
+            f"{args.output}/{split}/index.json"
+        )
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 
 from sslvit.cli.parser import ToolParser, positive_int
-from sslvit.cli.tool_args import add_checkpoint_args, add_data_args, backbone_from_args, datamodule_from_args
+from sslvit.cli.tool_flags import add_checkpoint_args, add_data_args
+from sslvit.cli.tool_inputs import backbone_from_args, datamodule_from_args
 from sslvit.errors import one_line_errors
 from sslvit.viz.features import features_figure
 from sslvit.viz.figure import evenly_spaced_images, save_png

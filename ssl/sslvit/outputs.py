@@ -5,16 +5,20 @@ an old one: a new shard set with fewer shards than the old would keep the old se
 to the new index, and a reader that lists the folder would take them. :func:`replace_folder` writes
 the new set into a temporary sibling and swaps it in only once it is complete, so the folder holds
 either the old set or the new one, never parts of both, whatever interrupts the command.
+
+A single file is simpler: :func:`write_json` writes the JSON record of an evaluation tool's ``--output``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from sslvit.errors import on_interrupt
 
@@ -93,3 +97,11 @@ def replace_folder(
         if created is not None:
             shutil.rmtree(created, ignore_errors=True)
         raise
+
+
+def write_json(path: str | Path, record: dict[str, Any]) -> Path:
+    """Write ``record`` as indented JSON to ``path`` (its folder created if needed)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return path

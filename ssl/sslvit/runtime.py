@@ -16,7 +16,7 @@ def tune_cpu_allocator() -> bool:
     glibc serves large blocks with mmap and returns them on free, so every training step page-faults
     its activations in again, and trims the heap top after each step. Raising both thresholds keeps
     the memory mapped: the resident size stays at the peak of a step, and a ViT-Tiny MAE step on 2
-    CPU cores runs about 13% faster (``python tools/benchmark.py --levers``). Set
+    CPU cores runs about 13% faster (``python benchmarks/train_step.py --levers``). Set
     ``SSLVIT_MALLOC_TUNING=0`` to keep glibc's defaults. Returns whether the settings were applied.
     """
     if os.environ.get("SSLVIT_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):

@@ -323,9 +323,10 @@ def test_ctrl_c_during_feature_extraction_keeps_only_whole_cache_entries(runs, t
         "--output",
         str(tmp_path / "k.json"),
     ]
-    line = interrupted_line("knn_eval.py", lambda: knn.main(args), capsys)  # fmt: skip
-    assert line.endswith(f"the feature cache {cache} holds only whole entries (a rerun reuses the splits encoded "
-                         "before)"), line  # fmt: skip
+    line = interrupted_line("knn_eval.py", lambda: knn.main(args), capsys)
+    assert line.endswith(
+        f"the feature cache {cache} holds only whole entries (a rerun reuses the splits encoded before)"
+    ), line
     assert [p.suffix for p in cache.iterdir()] == [".pt"], "the train entry, whole; nothing of val"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
 

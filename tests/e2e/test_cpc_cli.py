@@ -25,9 +25,9 @@ def test_fit_writes_a_checkpoint_whose_backbone_runs_on_whole_images(tmp_path):
         assert key in metrics, key
 
     backbone, info = load_backbone(last)
-    assert info["method"] == "sslvit.methods.CPC" and info["image_size"] == 16, "evaluate on whole 16 px images"
+    assert info.method == "sslvit.methods.CPC" and info.image_size == 16, "evaluate on whole 16 px images"
     assert backbone.config.img_size == 4, "the backbone was trained on 4 px patches"
-    images = torch.randn(3, 3, info["image_size"], info["image_size"])
+    images = torch.randn(3, 3, info.image_size, info.image_size)
     with torch.no_grad():
         tokens = backbone.forward_features(images)
         assert tokens.shape == (3, 1 + 8 * 8, 32), "an 8x8 token grid with regenerated positions"

@@ -21,8 +21,10 @@ def setup(tmp_path_factory):
     torch.manual_seed(0)
     model = MAE(
         backbone=dict(arch="vit_tiny", img_size=16, patch_size=4, embed_dim=32, depth=1, num_heads=2),
-        decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2,
-    )  # fmt: skip
+        decoder_embed_dim=16,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    )
     hparams = {**dict(model.hparams), "_class_path": "sslvit.methods.MAE"}
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": hparams, "global_step": 3}, root / "m.ckpt")
     write_image_folder(root / "images", classes=3, per_class=70)
@@ -59,10 +61,8 @@ def test_a_second_image_folder_is_never_served_the_first_ones_features(setup, tm
     args = ["--ks", "5", "--k", "5", "--cache-dir", str(tmp_path / "cache")]
     first = knn_eval.main(common(setup, tmp_path / "a.json", *args))
     second = knn_eval.main(common(setup, tmp_path / "b.json", *args, "--data-root", str(other)))
-    fresh = knn_eval.main(
-        common(setup, tmp_path / "c.json", "--ks", "5", "--k", "5", "--cache-dir", str(tmp_path / "empty"),
-               "--data-root", str(other))  # fmt: skip
-    )
+    fresh = knn_eval.main(common(setup, tmp_path / "c.json", "--ks", "5", "--k", "5",
+                                 "--cache-dir", str(tmp_path / "empty"), "--data-root", str(other)))  # fmt: skip
     assert first["num_train"] == 210 and second["num_train"] == fresh["num_train"] == 80
     assert second["features_from_cache"] == {"train": False, "val": False}
     assert second["per_k"] == fresh["per_k"]
@@ -80,8 +80,13 @@ def test_the_tools_classify_the_checkpoints_own_features(setup, tmp_path):
                              "--cache-dir", str(cache), *extra))  # fmt: skip
     stored = [torch.load(p, weights_only=True) for p in cache.rglob("*") if p.is_file()]
     val = [entry["features"] for entry in stored if len(entry["labels"]) == 105]  # the trained and the random
-    model = MAE(**{k: v for k, v in torch.load(setup / "m.ckpt", weights_only=True)["hyper_parameters"].items()
-                   if not k.startswith("_")})  # fmt: skip
+    model = MAE(
+        **{
+            k: v
+            for k, v in torch.load(setup / "m.ckpt", weights_only=True)["hyper_parameters"].items()
+            if not k.startswith("_")
+        }
+    )
     model.load_state_dict(torch.load(setup / "m.ckpt", weights_only=True)["state_dict"])
     data = SSLDataModule(dataset="imagefolder", root=str(setup / "images"), image_size=16, num_workers=0)
     images = torch.cat([x for x, _ in data.eval_dataloader("val", batch_size=105)])

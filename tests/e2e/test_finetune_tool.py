@@ -30,8 +30,15 @@ def checkpoint(tmp_path_factory):
     hparams = {**dict(mae.hparams), "_class_path": "sslvit.methods.MAE"}
     path = tmp_path_factory.mktemp("pretrained") / "mae.ckpt"
     data = {"image_size": 32, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
-    torch.save({"state_dict": mae.state_dict(), "hyper_parameters": hparams, "global_step": 7,
-                "datamodule_hyper_parameters": data}, path)  # fmt: skip
+    torch.save(
+        {
+            "state_dict": mae.state_dict(),
+            "hyper_parameters": hparams,
+            "global_step": 7,
+            "datamodule_hyper_parameters": data,
+        },
+        path,
+    )
     return path
 
 
@@ -60,7 +67,7 @@ def test_a_short_fine_tune_of_the_digits_is_far_above_chance(checkpoint, tmp_pat
     encoder, info = load_backbone(run / "checkpoints" / "last.ckpt")  # the fine-tuned encoder, e.g. for kNN
     tuned = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert all(torch.equal(v, tuned[f"backbone.{k}"]) for k, v in encoder.state_dict().items())
-    assert info["method"] == "sslvit.eval.FineTune"
+    assert info.method == "sslvit.eval.FineTune"
     out = capsys.readouterr().out
     assert "top-1   top-5" in out and f"final: top-1 {record['top1']:.2f}" in out
 

@@ -22,19 +22,27 @@ def test_wandb_and_mlflow_get_metrics_and_images_and_metrics_csv_stays(tmp_path,
     loggers = {
         "trainer": {
             "logger": [
-                {"class_path": "lightning.pytorch.loggers.WandbLogger",
-                 "init_args": {"project": "sslvit-test", "offline": True, "save_dir": str(tmp_path / "wandb")}},
-                {"class_path": "lightning.pytorch.loggers.MLFlowLogger",
-                 "init_args": {"experiment_name": "sslvit-test", "tracking_uri": store}},
+                {
+                    "class_path": "lightning.pytorch.loggers.WandbLogger",
+                    "init_args": {"project": "sslvit-test", "offline": True, "save_dir": str(tmp_path / "wandb")},
+                },
+                {
+                    "class_path": "lightning.pytorch.loggers.MLFlowLogger",
+                    "init_args": {"experiment_name": "sslvit-test", "tracking_uri": store},
+                },
             ],
             "callbacks": [{"class_path": "sslvit.viz.ReconstructionLogger", "init_args": {"num_images": 2}}],
         }
-    }  # fmt: skip
+    }
     (tmp_path / "loggers.yaml").write_text(yaml.safe_dump(loggers))
     run = tmp_path / "run"
     # W&B offline; MLflow 3 wants a database or a server, and accepts its local file store when asked explicitly
-    offline = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DIR": str(tmp_path / "wandb"),
-               "MLFLOW_ALLOW_FILE_STORE": "true"}  # fmt: skip
+    offline = {
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "WANDB_DIR": str(tmp_path / "wandb"),
+        "MLFLOW_ALLOW_FILE_STORE": "true",
+    }
     out = sslvit("fit", "--config", TINY_CONFIGS["mae"], "--config", str(tmp_path / "loggers.yaml"),
                  "--trainer.default_root_dir", str(run), "--data.train_subset", "32", "--trainer.max_steps", "4",
                  env=offline)  # fmt: skip

@@ -35,8 +35,7 @@ def data(root, *extra):
 
 def test_knn_and_probe_of_timm_weights(outside, capsys):
     record = knn_eval.main(
-        ["--checkpoint", str(outside / "vit.safetensors"), "--num-heads", "3", "--ks", "5", "--k", "5"]
-        + data(outside)
+        ["--checkpoint", str(outside / "vit.safetensors"), "--num-heads", "3", "--ks", "5", "--k", "5"] + data(outside)
     )
     assert record["source"] == "timm" and record["feature_dim"] == 48 and record["num_train"] == 60
     probe = linear_probe.main(["--checkpoint", str(outside / "hub"), "--epochs", "2", "--lrs", "1"] + data(outside))

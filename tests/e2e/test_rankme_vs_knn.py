@@ -43,7 +43,7 @@ def test_rankme_and_knn_of_each_checkpoint_and_their_correlation(runs, tmp_path)
     assert record["spearman_per_method"] == {"sslvit.methods.MAE": record["spearman"]}
     # The RankMe of the online callback on the same 20 train images of the same weights (MAE's native = CLS).
     model, info = load_method(checkpoints[-1])
-    data = SSLDataModule(dataset="digits", image_size=info["image_size"], num_workers=0)
+    data = SSLDataModule(dataset="digits", image_size=info.image_size, num_workers=0)
     online = OnlineRankMe(num_images=20, split="train", seed=0).evaluate(model, data)
     assert rows[-1]["rankme"] == pytest.approx(online["rank"], rel=1e-5)
     # The same weights as curve snapshots of the last run's method give the same numbers (features from the cache:

@@ -135,7 +135,7 @@ def test_export_of_real_beit_and_cpc_runs(method, pooling, tmp_path, capsys):
     ours, info = load_backbone(checkpoint)
     assert set(load_file(folder / "model.safetensors")) == set(ours.state_dict())
     model = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
-    size = info["image_size"]  # CPC: whole images, not the patches its encoder trained on
+    size = info.image_size  # CPC: whole images, not the patches its encoder trained on
     images = torch.randn(4, 3, size, size)
     with torch.no_grad():
         assert torch.equal(model(images), ours(images, pooling=pooling))

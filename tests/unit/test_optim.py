@@ -23,8 +23,16 @@ class Model(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        config = ViTConfig(arch="vit_tiny", img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2,
-                           pos_embed="learned", layer_scale_init=0.1)  # fmt: skip
+        config = ViTConfig(
+            arch="vit_tiny",
+            img_size=16,
+            patch_size=4,
+            embed_dim=32,
+            depth=2,
+            num_heads=2,
+            pos_embed="learned",
+            layer_scale_init=0.1,
+        )
         self.backbone = VisionTransformer(config)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, 32))
         self.head = nn.Linear(32, 3)
@@ -56,8 +64,8 @@ NO_DECAY = {
 }  # fmt: skip
 DECAY = {
     "backbone.patch_embed.proj.weight", "head.weight",
-    *(f"backbone.blocks.{i}.{name}.weight" for i in range(2) for name in ("attn.qkv", "attn.proj", "mlp.fc1",
-                                                                          "mlp.fc2")),
+    *(f"backbone.blocks.{i}.{name}.weight" for i in range(2)
+      for name in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")),
 }  # fmt: skip
 
 

@@ -14,12 +14,13 @@ loader; ``config.json`` says the same for ``local-dir:``.)
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
+from sslvit.checkpoints.info import CheckpointInfo
 from sslvit.checkpoints.loading import EXPORT_CONFIG, EXPORT_WEIGHTS, load_backbone
 from sslvit.constants import IMAGENET_MEAN, IMAGENET_STD
 from sslvit.errors import ConfigError
@@ -100,8 +101,9 @@ def export_checkpoint(
     image_size: int | None = None,
     pooling: Pooling = "cls",
     overwrite: bool = False,
-) -> tuple[VisionTransformer, dict[str, Any]]:
-    """Write the encoder of ``checkpoint`` to ``folder``; returns the exported backbone and its info.
+) -> tuple[VisionTransformer, CheckpointInfo]:
+    """Write the encoder of ``checkpoint`` to ``folder``; returns the exported backbone and its info (whose
+    ``image_size`` is the size exported for, as reading the export back gives it).
 
     The encoder is exported at the size it is evaluated at (``image_size`` default: the checkpoint's
     evaluation size, e.g. whole images for CPC, whose encoder trains on small crops), with positions
@@ -111,20 +113,20 @@ def export_checkpoint(
     """
     check_folder(folder, overwrite, "export", owned=is_export_file)
     backbone, info = load_backbone(checkpoint)
-    size = image_size or info["image_size"]
+    size = image_size or info.image_size
     if size % backbone.patch_size:
         raise ConfigError(f"--image-size {size} is not a multiple of the patch size {backbone.patch_size}")
     export_backbone(
         backbone,
         folder,
         img_size=size,
-        mean=tuple(info.get("mean", IMAGENET_MEAN)),
-        std=tuple(info.get("std", IMAGENET_STD)),
-        crop_pct=info.get("eval_crop_fraction", 1.0),
+        mean=info.mean,
+        std=info.std,
+        crop_pct=info.eval_crop_fraction,
         pooling=pooling,
         overwrite=overwrite,
     )
-    return backbone, {**info, "export_image_size": size, "pooling": pooling}
+    return backbone, replace(info, image_size=size)
 
 
 def timm_from_export(folder: str | Path) -> nn.Module:

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from sslvit.checkpoints.info import CheckpointInfo
 from sslvit.checkpoints.io import check_state_dict, safe_load
 from sslvit.checkpoints.official import BACKBONE_PREFIX
 from sslvit.checkpoints.outside import arch_sizes, read_outside_weights, read_timm_hub_folder
@@ -41,13 +42,18 @@ class LightningCheckpoint:
     def backbone_config(self) -> ViTConfig:
         return ViTConfig.from_dict(self.hparams["backbone"])
 
-    def data_info(self) -> dict[str, Any]:
-        """Evaluation defaults from the data the model was trained on: image size, mean, std, crop."""
-        config = self.backbone_config()
-        return {
-            "image_size": self.data.get("image_size", config.img_size),
-            **{k: self.data[k] for k in ("mean", "std", "eval_crop_fraction") if k in self.data},
-        }
+    def info(self) -> CheckpointInfo:
+        """The method, its step, and the evaluation defaults from the data it was trained on (image size, mean,
+        std, crop; what the data module did not record keeps :class:`CheckpointInfo`'s defaults)."""
+        recorded = {k: self.data[k] for k in ("mean", "std", "eval_crop_fraction") if k in self.data}
+        return CheckpointInfo(
+            source="lightning",
+            image_size=self.data.get("image_size", self.backbone_config().img_size),
+            method=self.class_path,
+            global_step=self.global_step,
+            hparams=self.hparams,
+            **recorded,
+        )
 
 
 def is_sslvit_checkpoint(ckpt: Any) -> bool:
@@ -79,21 +85,14 @@ def read_lightning_checkpoint(path: str | Path, ckpt: dict[str, Any] | None = No
     )
 
 
-def _lightning_backbone(path: Path, raw: dict[str, Any]) -> tuple[ViTConfig, dict[str, torch.Tensor], dict[str, Any]]:
+def _lightning_backbone(path: Path, raw: dict[str, Any]) -> tuple[ViTConfig, dict[str, torch.Tensor], CheckpointInfo]:
     ckpt = read_lightning_checkpoint(path, raw)
     prefix = len(BACKBONE_PREFIX)
     state = {k[prefix:]: v for k, v in ckpt.state_dict.items() if k.startswith(BACKBONE_PREFIX)}
-    info = {
-        "source": "lightning",
-        "method": ckpt.class_path,
-        "hparams": ckpt.hparams,
-        "global_step": ckpt.global_step,
-        **ckpt.data_info(),
-    }
-    return ckpt.backbone_config(), state, info
+    return ckpt.backbone_config(), state, ckpt.info()
 
 
-def _folder_backbone(folder: Path) -> tuple[ViTConfig, dict[str, torch.Tensor], dict[str, Any]]:
+def _folder_backbone(folder: Path) -> tuple[ViTConfig, dict[str, torch.Tensor], CheckpointInfo]:
     """An sslvit export, or any timm hub folder (``config.json`` + ``model.safetensors``)."""
     config_file, weights = folder / EXPORT_CONFIG, folder / EXPORT_WEIGHTS
     if not config_file.is_file():
@@ -110,10 +109,11 @@ def _folder_backbone(folder: Path) -> tuple[ViTConfig, dict[str, torch.Tensor], 
             f"format), or {EXPORT_WEIGHTS} is missing"
         )
     pre = config.get("pretrained_cfg", {})
-    info = {"source": "exported", "hparams": config, "image_size": pre.get("input_size", [backbone["img_size"]])[-1]}
-    info.update({k: pre[k] for k in ("mean", "std") if k in pre})
+    recorded = {k: pre[k] for k in ("mean", "std") if k in pre}
     if "crop_pct" in pre:
-        info["eval_crop_fraction"] = pre["crop_pct"]
+        recorded["eval_crop_fraction"] = pre["crop_pct"]
+    image_size = pre.get("input_size", [backbone["img_size"]])[-1]
+    info = CheckpointInfo(source="exported", image_size=image_size, hparams=config, **recorded)
     return ViTConfig.from_dict(backbone), safe_load(weights), info
 
 
@@ -131,8 +131,10 @@ def check_recorded_architecture(config: ViTConfig, path: Path, arch: str | None,
     if arch is not None:
         arch_dim, arch_depth, _, arch_patch = arch_sizes(arch, config.patch_size)
         if (arch_dim, arch_depth, arch_patch) != (dim, depth, config.patch_size):
-            problems.append(f"--arch {arch} is {arch_dim} wide, {arch_depth} deep with {arch_patch}px patches but it "
-                            f"is {dim} wide, {depth} deep with {config.patch_size}px patches")  # fmt: skip
+            problems.append(
+                f"--arch {arch} is {arch_dim} wide, {arch_depth} deep with {arch_patch}px patches but it "
+                f"is {dim} wide, {depth} deep with {config.patch_size}px patches"
+            )
     if problems:
         raise CheckpointError(
             f"{path} records its architecture, which the flags cannot change: {'; '.join(problems)}. Leave out "
@@ -142,7 +144,7 @@ def check_recorded_architecture(config: ViTConfig, path: Path, arch: str | None,
 
 def load_backbone(
     path: str | Path, arch: str | None = None, num_heads: int | None = None
-) -> tuple[VisionTransformer, dict[str, Any]]:
+) -> tuple[VisionTransformer, CheckpointInfo]:
     """The trained encoder of a checkpoint, whatever its format (recognised from its keys):
 
     - a Lightning ``.ckpt`` of any sslvit method, or a folder written by sslvit's export;
@@ -152,8 +154,9 @@ def load_backbone(
 
     ``arch`` (an sslvit preset or a timm model name) and ``num_heads`` are only read for the plain
     state dicts, whose shapes give every size but the number of attention heads (default: the ViT
-    preset of that width). Returns the backbone (in eval mode, on the CPU) and a dict describing
-    where it came from (``source``: lightning, exported, timm-hub, mae, beit or timm).
+    preset of that width). Returns the backbone (in eval mode, on the CPU) and a :class:`CheckpointInfo`
+    describing where it came from (``source``: lightning, exported, timm-hub, mae, beit or timm) and the
+    preprocessing it expects.
     """
     path = Path(path)
     if path.is_dir():
@@ -173,7 +176,7 @@ def load_backbone(
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if not state:
         raise CheckpointError(f"{path} holds no backbone weights ('{BACKBONE_PREFIX}*' keys)")
-    if info["source"] in RECORDED_ARCHITECTURE:
+    if info.source in RECORDED_ARCHITECTURE:
         check_recorded_architecture(config, path, arch, num_heads)
     model = VisionTransformer(config)
     check_state_dict(model.state_dict(), state, f"checkpoint {path}")

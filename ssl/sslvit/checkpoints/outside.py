@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sslvit.checkpoints.info import CheckpointInfo
 from sslvit.checkpoints.official import MAE_DECODER_KEYS
 from sslvit.constants import IMAGENET_MEAN, IMAGENET_STD
 from sslvit.errors import CheckpointError
@@ -209,27 +210,31 @@ def infer_config(
 
 def read_outside_weights(
     raw: Any, source: str, arch: str | None = None, num_heads: int | None = None
-) -> tuple[ViTConfig, dict[str, torch.Tensor], dict[str, Any]]:
+) -> tuple[ViTConfig, dict[str, torch.Tensor], CheckpointInfo]:
     """(architecture, encoder state dict in sslvit's names, info) of a loaded file of outside weights."""
     state, dropped = unwrap_state_dict(raw, source)
     kind, mapped, parts = to_sslvit_names(state, source)
     config = infer_config(mapped, source, arch, num_heads)
-    info = {
-        "source": kind,
-        "native_pooling": "mean" if kind == "beit" else "cls",  # BEiT probes and fine-tunes on mean patch tokens
-        "image_size": config.img_size,
-        "mean": IMAGENET_MEAN,
-        "std": IMAGENET_STD,
-        "dropped": {**dropped, **parts},
-        "has_decoder": "MAE decoder" in parts,
-    }
-    if arch is not None and arch not in PRESETS:
-        settings = timm_vit_settings(arch)
-        info.update(mean=settings["mean"], std=settings["std"], timm_arch=arch)
+    timm_arch = arch if arch is not None and arch not in PRESETS else None
+    preprocessing = {}  # ImageNet's, unless a timm model name says otherwise
+    if timm_arch is not None:
+        settings = timm_vit_settings(timm_arch)
+        preprocessing = {"mean": settings["mean"], "std": settings["std"]}
+    info = CheckpointInfo(
+        source=kind,
+        image_size=config.img_size,
+        native_pooling="mean" if kind == "beit" else "cls",  # BEiT probes and fine-tunes on mean patch tokens
+        dropped={**dropped, **parts},
+        has_decoder="MAE decoder" in parts,
+        timm_arch=timm_arch,
+        **preprocessing,
+    )
     return config, mapped, info
 
 
-def read_timm_hub_folder(folder: Path, config: dict[str, Any]) -> tuple[ViTConfig, dict[str, torch.Tensor], dict]:
+def read_timm_hub_folder(
+    folder: Path, config: dict[str, Any]
+) -> tuple[ViTConfig, dict[str, torch.Tensor], CheckpointInfo]:
     """A timm hub folder (``config.json`` naming ``architecture``, weights in ``model.safetensors``)."""
     from sslvit.checkpoints.io import safe_load
 
@@ -241,14 +246,14 @@ def read_timm_hub_folder(folder: Path, config: dict[str, Any]) -> tuple[ViTConfi
     _, mapped, dropped = to_sslvit_names(safe_load(weights), str(weights))
     vit = infer_config(mapped, str(weights), num_heads=model_args.get("num_heads", settings["num_heads"]))
     pre = config.get("pretrained_cfg", {})
-    info = {
-        "source": "timm-hub",
-        "native_pooling": "mean" if config.get("global_pool") == "avg" else "cls",
-        "timm_arch": name,
-        "image_size": pre.get("input_size", [vit.img_size])[-1],
-        "mean": tuple(pre.get("mean", settings["mean"])),
-        "std": tuple(pre.get("std", settings["std"])),
-        "eval_crop_fraction": pre.get("crop_pct", 1.0),
-        "dropped": dropped,
-    }
+    info = CheckpointInfo(
+        source="timm-hub",
+        image_size=pre.get("input_size", [vit.img_size])[-1],
+        mean=pre.get("mean", settings["mean"]),
+        std=pre.get("std", settings["std"]),
+        eval_crop_fraction=pre.get("crop_pct", 1.0),
+        native_pooling="mean" if config.get("global_pool") == "avg" else "cls",
+        dropped=dropped,
+        timm_arch=name,
+    )
     return vit, mapped, info

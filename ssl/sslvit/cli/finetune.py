@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sslvit.checkpoints.info import CheckpointInfo
 from sslvit.checkpoints.loading import load_backbone
 from sslvit.cli.app import run_cli
 from sslvit.cli.parser import positive_int
-from sslvit.cli.tool_args import add_checkpoint_args
-from sslvit.constants import IMAGENET_MEAN, IMAGENET_STD
+from sslvit.cli.tool_flags import add_checkpoint_args
 from sslvit.errors import ConfigError
 from sslvit.eval.features import dataset_targets
 
@@ -49,24 +49,29 @@ def add_finetune_args(parser: argparse.ArgumentParser, default_config: str) -> N
     parser.add_argument("fit_args", nargs="*", help="extra `sslvit fit` settings, after --")
 
 
-def fit_arguments(args: argparse.Namespace, info: dict[str, Any], backbone: dict[str, Any]) -> list[str]:
+def fit_arguments(args: argparse.Namespace, info: CheckpointInfo, backbone: dict[str, Any]) -> list[str]:
     """The ``sslvit fit`` command line of a fine-tuning run of ``args.checkpoint`` (architecture ``backbone``)."""
     weights = "null" if args.random_init else str(args.checkpoint)
+    # One line per group of flags, each next to its value, as a user types them.
     command = [
         "fit", "--config", args.config, "--seed_everything", str(args.seed),
         "--trainer.default_root_dir", args.run_dir,
         "--model.init_args.weights", weights, "--model.init_args.backbone", json.dumps(backbone),
         # the preprocessing the encoder was pretrained with
         "--data.image_size", str(backbone["img_size"]),
-        "--data.mean", json.dumps(list(info.get("mean", IMAGENET_MEAN))),
-        "--data.std", json.dumps(list(info.get("std", IMAGENET_STD))),
-        "--data.eval_crop_fraction", str(info.get("eval_crop_fraction", 1.0)),
+        "--data.mean", json.dumps(list(info.mean)),
+        "--data.std", json.dumps(list(info.std)),
+        "--data.eval_crop_fraction", str(info.eval_crop_fraction),
     ]  # fmt: skip
     dataset = args.dataset or ("imagefolder" if args.data_root else None)
     if dataset == "imagefolder" and not args.data_root:
         raise ConfigError("--dataset imagefolder needs --data-root DIR with train/ and val/ sub-folders")
-    for key, value in (("dataset", dataset), ("root", args.data_root), ("batch_size", args.batch_size),
-                       ("num_workers", args.num_workers)):  # fmt: skip
+    for key, value in (
+        ("dataset", dataset),
+        ("root", args.data_root),
+        ("batch_size", args.batch_size),
+        ("num_workers", args.num_workers),
+    ):
         if value is not None:
             command += [f"--data.{key}", str(value)]
     if args.epochs is not None:
@@ -96,7 +101,7 @@ def run_finetune(args: argparse.Namespace) -> dict[str, Any]:
     if args.run_dir is None:
         args.run_dir = time.strftime("runs/finetune-%Y%m%d-%H%M%S")
     encoder, info = load_backbone(args.checkpoint, arch=args.arch, num_heads=args.num_heads)
-    backbone = {**encoder.config.to_dict(), "img_size": info["image_size"]}  # CPC: whole images, not its patches
+    backbone = {**encoder.config.to_dict(), "img_size": info.image_size}  # CPC: whole images, not its patches
     command = fit_arguments(args, info, backbone)
     if args.train_fraction is not None or args.shots is not None:
         command += ["--data.train_subset", str(low_shot_size(args, command))]
@@ -110,17 +115,32 @@ def run_finetune(args: argparse.Namespace) -> dict[str, Any]:
     data = cli.datamodule
     root = str(Path(data.root).resolve()) if data.dataset_name != "digits" else None
     return {
-        "top1": final["top1"], "top5": final["top5"], "loss": final["loss"], "epoch": final["epoch"],
-        "step": final["step"], "best": best, "history": history,
-        "checkpoint": str(args.checkpoint), "random_init": bool(args.random_init), "method": info.get("method"),
-        "pretrain_global_step": info.get("global_step"), "config": args.config, "run_dir": args.run_dir,
-        "dataset": data.dataset_name, "data_root": root,
-        "image_size": data.image_size, "num_train": len(data._datasets[data.fit_split]),
-        "num_val": len(data._datasets["val"]), "epochs": args.epochs, "minutes": args.minutes,
-        "train_fraction": args.train_fraction, "shots": args.shots,
-        "seconds": seconds, "fit_arguments": command,
+        "top1": final["top1"],
+        "top5": final["top5"],
+        "loss": final["loss"],
+        "epoch": final["epoch"],
+        "step": final["step"],
+        "best": best,
+        "history": history,
+        "checkpoint": str(args.checkpoint),
+        "random_init": bool(args.random_init),
+        "method": info.method,
+        "pretrain_global_step": info.global_step,
+        "config": args.config,
+        "run_dir": args.run_dir,
+        "dataset": data.dataset_name,
+        "data_root": root,
+        "image_size": data.image_size,
+        "num_train": len(data._datasets[data.fit_split]),
+        "num_val": len(data._datasets["val"]),
+        "epochs": args.epochs,
+        "minutes": args.minutes,
+        "train_fraction": args.train_fraction,
+        "shots": args.shots,
+        "seconds": seconds,
+        "fit_arguments": command,
         "settings": json.loads(json.dumps(cli.config["fit"].as_dict(), default=str)),
-    }  # fmt: skip
+    }
 
 
 def table(record: dict[str, Any]) -> str:

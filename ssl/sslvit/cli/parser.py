@@ -140,8 +140,11 @@ class ReadTrackingArgs(argparse.Namespace):
 
     def unread(self) -> list[str]:
         """The options never read since parsing."""
-        return sorted(k for k in object.__getattribute__(self, "__dict__") if not k.startswith("_") and k not in
-                      object.__getattribute__(self, "_read"))  # fmt: skip
+        return sorted(
+            k
+            for k in object.__getattribute__(self, "__dict__")
+            if not k.startswith("_") and k not in object.__getattribute__(self, "_read")
+        )
 
 
 def positive_int(text: str) -> int:

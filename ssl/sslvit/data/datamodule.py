@@ -146,7 +146,7 @@ class SSLDataModule(L.LightningDataModule):
                 scale=tuple(h.crop_scale),
                 ratio=tuple(h.crop_ratio),
                 interpolation=T.InterpolationMode.BICUBIC,
-            )  # fmt: skip
+            )
         ]
         if h.hflip:
             steps.append(T.RandomHorizontalFlip())
@@ -285,8 +285,14 @@ class SSLDataModule(L.LightningDataModule):
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         resident = self.hparams.on_device and split == self.fit_split  # indices only: nothing random to seed
         dataset = KeyedDataset(self._datasets[split], skip_corrupt=self.hparams.skip_corrupt, random_items=not resident)
-        order = dict(num_replicas=world, rank=rank, shuffle=shuffle, seed=self.hparams.seed, drop_last=shuffle,
-                     keys_vary_by_epoch=shuffle)  # fmt: skip
+        order = dict(
+            num_replicas=world,
+            rank=rank,
+            shuffle=shuffle,
+            seed=self.hparams.seed,
+            drop_last=shuffle,
+            keys_vary_by_epoch=shuffle,
+        )
         if isinstance(dataset.dataset, ShardDataset | Subset) and self.dataset_name == "webdataset":
             # each rank reads its own run of shards (ShardSampler); elsewhere a global permutation
             sampler = ShardSampler(dataset, self.batch_size, groups=shard_groups(dataset.dataset), **order)
@@ -295,11 +301,15 @@ class SSLDataModule(L.LightningDataModule):
         # Its own generator, so creating the loader's iterator never draws from the global RNG.
         generator = torch.Generator().manual_seed(self.hparams.seed)
         return loader_class(
-            dataset, batch_size=self.batch_size, sampler=sampler, drop_last=shuffle, generator=generator,
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            drop_last=shuffle,
+            generator=generator,
             collate_fn=CollateKeyed(count_skipped=self.hparams.skip_corrupt),
             # device-resident images: the loader only hands out indices, worker processes would only cost
             **self._worker_settings(0 if self.hparams.on_device and split == "pretrain" else None),
-        )  # fmt: skip
+        )
 
     def _worker_settings(self, workers: int | None = None) -> dict[str, Any]:
         workers = self.num_workers if workers is None else workers
@@ -371,6 +381,12 @@ class SSLDataModule(L.LightningDataModule):
             self._resident = self._resident.to(indices.device)
         h = self.hparams
         return augment_batch(
-            self._resident[indices], keys, self.image_size, tuple(h.crop_scale), tuple(h.crop_ratio), h.hflip,
-            self.mean, self.std,
-        )  # fmt: skip
+            self._resident[indices],
+            keys,
+            self.image_size,
+            tuple(h.crop_scale),
+            tuple(h.crop_ratio),
+            h.hflip,
+            self.mean,
+            self.std,
+        )

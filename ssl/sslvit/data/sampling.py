@@ -86,9 +86,16 @@ class KeyedSampler(DistributedSampler):
     """
 
     def __init__(
-        self, dataset: Dataset, batch_size: int, num_replicas: int = 1, rank: int = 0, shuffle: bool = True,
-        seed: int = 0, drop_last: bool = True, keys_vary_by_epoch: bool = True,
-    ) -> None:  # fmt: skip
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        num_replicas: int = 1,
+        rank: int = 0,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = True,
+        keys_vary_by_epoch: bool = True,
+    ) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
         self.batch_size, self.keys_vary_by_epoch = batch_size, keys_vary_by_epoch
         self.batches_done, self._resume_epoch, self._resume_skip = 0, -1, 0

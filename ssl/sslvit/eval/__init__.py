@@ -13,7 +13,7 @@ from sslvit.eval.features import (
 )
 from sslvit.eval.finetune import FineTune
 from sslvit.eval.knn import DEFAULT_KS, KNNClassifier, KNNResult, weighted_vote
-from sslvit.eval.linear import DEFAULT_BASE_LRS, ParallelLinearHeads, linear_probe
+from sslvit.eval.linear import DEFAULT_BASE_LRS, ParallelLinearHeads, ProbeSettings, linear_probe
 from sslvit.eval.linear_protocol import linear_probe_protocol
 from sslvit.eval.online import OnlineEvaluation, OnlineKNN
 from sslvit.eval.online_linear import OnlineLinearProbe
@@ -35,6 +35,7 @@ __all__ = [
     "OnlineLinearProbe",
     "OnlineRankMe",
     "ParallelLinearHeads",
+    "ProbeSettings",
     "dataset_features",
     "effective_rank",
     "encode",

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm import tqdm
 
 from sslvit.data.identity import content_fingerprint
 from sslvit.distributed import all_true, gather_in_order, rank_and_world
@@ -212,7 +212,7 @@ def extract_features(
     from a private generator: extraction never advances the global RNG (training is unchanged by it).
     With ``cache``, a stored result for the same key is returned without running the backbone;
     ``cache_tag`` adds caller-known identity (dataset name, split) to the key. ``progress``: a
-    description for a progress bar (Lightning's, on rank 0: images, images/s, time left).
+    description for a progress bar (tqdm's, on rank 0: images, images/s, time left).
     ``precision``: ``auto`` (bf16 autocast on bf16 matrix units, else fp32), ``fp32`` or ``bf16``.
     """
     device = torch.device(device) if device is not None else next(backbone.parameters()).device
@@ -240,7 +240,7 @@ def extract_features(
         generator=torch.Generator().manual_seed(0),
     )
     chunks, labels = [torch.empty(0, dim, device=device)], [torch.empty(0, dtype=torch.long)]
-    bar = Tqdm(total=len(order), desc=progress, unit="img", disable=progress is None or rank != 0, dynamic_ncols=True)
+    bar = tqdm(total=len(order), desc=progress, unit="img", disable=progress is None or rank != 0, dynamic_ncols=True)
     with frozen(backbone), bar:
         for batch in shard_loader:  # (images, labels) or (images, labels, num_skipped)
             chunks.append(encode(backbone, batch[0].to(device, non_blocking=True), pooling, precision))

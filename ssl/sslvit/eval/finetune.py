@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from timm.data import Mixup
-from timm.layers import LayerNorm
+from timm.layers import LayerNorm, resample_abs_pos_embed
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch import nn
 
@@ -27,7 +27,7 @@ from sslvit.errors import CheckpointError, ConfigError
 from sslvit.eval.features import dataset_targets
 from sslvit.methods.base import SSLMethod
 from sslvit.nn.backbone import ViTConfig
-from sslvit.nn.pos_embed import interpolate_pos_embed, sincos_pos_embed_2d
+from sslvit.nn.pos_embed import sincos_pos_embed_2d
 from sslvit.optim import layer_decay_param_groups, vit_layer_id
 from sslvit.seeding import keyed_rng, splitmix64
 
@@ -103,7 +103,7 @@ class FineTune(SSLMethod):
                     "architecture to train from scratch)"
                 )
             pretrained, info = load_backbone(weights)  # the architecture comes with the weights
-            config = replace(pretrained.config, img_size=info.get("image_size", pretrained.config.img_size))
+            config = replace(pretrained.config, img_size=info.image_size)
         else:
             config = ViTConfig.from_dict(backbone)
         config = replace(config, drop_path_rate=drop_path_rate)
@@ -113,9 +113,14 @@ class FineTune(SSLMethod):
                 f"model.trainable_blocks must be in [0, {depth}] (the depth) or null, got {trainable_blocks}"
             )
         super().__init__(
-            backbone=config, base_lr=base_lr, weight_decay=weight_decay, betas=betas,
-            warmup_epochs=warmup_epochs, min_lr=min_lr, **kwargs,
-        )  # fmt: skip
+            backbone=config,
+            base_lr=base_lr,
+            weight_decay=weight_decay,
+            betas=betas,
+            warmup_epochs=warmup_epochs,
+            min_lr=min_lr,
+            **kwargs,
+        )
         dim = self.backbone.embed_dim
         # MAE fine-tunes the positions (timm's ViT holds them as a parameter), from the pretrained table.
         self.backbone.pos_embed = nn.Parameter(self.backbone.pos_embed.detach().clone())
@@ -128,9 +133,14 @@ class FineTune(SSLMethod):
         self.mixup = None
         if mixup > 0 or cutmix > 0:
             self.mixup = Mixup(
-                mixup_alpha=mixup, cutmix_alpha=cutmix, prob=mixup_prob, switch_prob=mixup_switch_prob,
-                mode="batch", label_smoothing=label_smoothing, num_classes=num_classes,
-            )  # fmt: skip
+                mixup_alpha=mixup,
+                cutmix_alpha=cutmix,
+                prob=mixup_prob,
+                switch_prob=mixup_switch_prob,
+                mode="batch",
+                label_smoothing=label_smoothing,
+                num_classes=num_classes,
+            )
             self.train_loss = SoftTargetCrossEntropy()  # smoothing is inside the mixed targets
         elif label_smoothing > 0:
             self.train_loss = LabelSmoothingCrossEntropy(label_smoothing)
@@ -194,10 +204,13 @@ class FineTune(SSLMethod):
                 f"model.weights={path}: positions are {table.shape[-1]} wide, the model's {own.shape[-1]}"
             )
         old_grid = int(round((table.shape[1] - 1) ** 0.5))
+        if old_grid * old_grid != table.shape[1] - 1:
+            raise CheckpointError(f"model.weights={path}: {table.shape[1] - 1} positions are not a square grid")
         fixed = sincos_pos_embed_2d(table.shape[-1], old_grid, cls_token=True).unsqueeze(0)
         if table.shape == fixed.shape and torch.allclose(table, fixed, atol=1e-6):
             return own  # fixed sin-cos: this model's table is already the exact one for its grid
-        return interpolate_pos_embed(table, self.backbone_config.grid_size)
+        grid = self.backbone_config.grid_size  # timm's resize, as the backbone's own (bicubic, antialiased)
+        return resample_abs_pos_embed(table, new_size=[grid, grid], old_size=[old_grid, old_grid])
 
     # ---- steps ----
     def batch_loss(self, batch: Any) -> dict[str, torch.Tensor]:

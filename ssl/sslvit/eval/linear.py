@@ -8,7 +8,7 @@ The learning rate is chosen on a held-out, class-balanced 10% of the train split
 retrained on the whole train split and val is evaluated once (:mod:`sslvit.eval.selection`).
 Choosing on val, as the sweeps of MAE and DINO report, is ``selection="val"``, labelled optimistic.
 
-Two ways to feed the heads:
+Two ways to feed the heads, both trained as :class:`ProbeSettings` say:
 - :func:`linear_probe`: cached features of the deterministic eval transform, no augmentation
   (seconds on a CPU once the features exist);
 - :func:`sslvit.eval.linear_protocol.linear_probe_protocol`: RandomResizedCrop + horizontal flip
@@ -18,9 +18,10 @@ Two ways to feed the heads:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +30,7 @@ from torch import nn
 from sslvit.errors import ConfigError
 from sslvit.eval.features import Features
 from sslvit.eval.knn import topk_accuracy
-from sslvit.eval.selection import LinearProbeResult, Selection, choose_and_report
+from sslvit.eval.selection import LinearProbeResult, Selection, TrainHeads, choose_and_report
 from sslvit.optim import WarmupCosine
 
 OptimizerName = Literal["lars", "sgd"]
@@ -178,53 +179,111 @@ def num_classes_of(*label_sets: torch.Tensor) -> int:
     return int(max(int(labels.max()) for labels in label_sets if len(labels))) + 1
 
 
-def linear_probe(
-    train: Features,
-    val: Features,
-    base_lrs: Sequence[float] | None = None,
-    epochs: int = 100,
-    batch_size: int = 1024,
-    warmup_epochs: float = 10,
-    optimizer: OptimizerName = "lars",
-    momentum: float = 0.9,
-    seed: int = 0,
-    device: torch.device | str = "cpu",
-    selection: Selection = "held_out",
-    held_out_fraction: float = 0.1,
-) -> LinearProbeResult:
-    """Fast path: train heads on cached features [N, D] (shuffled each epoch, no augmentation).
+@dataclass(frozen=True)
+class ProbeSettings:
+    """How a linear probe's heads train and how their learning rate is chosen; both paths take them
+    (:func:`linear_probe` on cached features, :func:`~sslvit.eval.linear_protocol.linear_probe_protocol`
+    on augmented images; their defaults: :data:`CACHED_SETTINGS`, :data:`PROTOCOL_SETTINGS`).
 
-    ``base_lrs`` default to ``DEFAULT_BASE_LRS[optimizer]``; each is scaled by ``batch_size / 256``.
-    ``selection``/``held_out_fraction``: how the learning rate is chosen (:func:`choose_and_report`).
+    ``base_lrs`` (per 256 images; None: ``DEFAULT_BASE_LRS[optimizer]``) are scaled by ``batch_size / 256``
+    and trained in parallel; ``selection``/``held_out_fraction`` choose among them
+    (:func:`~sslvit.eval.selection.choose_and_report`); ``seed`` draws the heads, the shuffling and the
+    held-out part.
     """
-    check_probe_settings(epochs, batch_size)
-    base_lrs = base_lrs or DEFAULT_BASE_LRS.get(optimizer, ())
+
+    base_lrs: tuple[float, ...] | None = None
+    epochs: int = 100
+    batch_size: int = 1024
+    warmup_epochs: float = 10
+    optimizer: OptimizerName = "lars"
+    momentum: float = 0.9
+    seed: int = 0
+    selection: Selection = "held_out"
+    held_out_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        check_probe_settings(self.epochs, self.batch_size)
+        if self.base_lrs is not None:  # a list from the command line or a config: hashable and immutable here
+            object.__setattr__(self, "base_lrs", tuple(self.base_lrs))
+
+    @property
+    def lrs(self) -> tuple[float, ...]:
+        """The base learning rates tried: ``base_lrs``, or the optimizer's defaults."""
+        return tuple(self.base_lrs or DEFAULT_BASE_LRS.get(self.optimizer, ()))
+
+    def trainer(
+        self, dim: int, num_classes: int, lrs: Sequence[float], steps_per_epoch: int, device: torch.device | str
+    ) -> ProbeTrainer:
+        """Heads for ``lrs`` on ``dim`` features, scheduled over ``epochs`` of ``steps_per_epoch`` steps."""
+        return ProbeTrainer(
+            dim,
+            num_classes,
+            lrs,
+            self.batch_size,
+            self.epochs * steps_per_epoch,
+            int(round(self.warmup_epochs * steps_per_epoch)),
+            self.optimizer,
+            self.momentum,
+            device,
+            self.seed,
+        )
+
+    def choose(
+        self,
+        train_heads: TrainHeads,
+        held_features: Callable[[Sequence[int]], Features],
+        train_labels: torch.Tensor,
+        val: Features,
+    ) -> LinearProbeResult:
+        """Train heads for every learning rate and report the chosen one (:func:`choose_and_report`)."""
+        return choose_and_report(
+            train_heads, held_features, train_labels, val, self.lrs, self.selection, self.held_out_fraction, self.seed
+        )
+
+    def record(self) -> dict[str, Any]:
+        """The settings a result's JSON record carries."""
+        return {
+            "optimizer": self.optimizer,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "warmup_epochs": self.warmup_epochs,
+            "momentum": self.momentum,
+            "base_lrs": list(self.lrs),
+        }
+
+
+# The defaults of each path: 100 epochs at batch 1024 on cached features; MAE's protocol, 90 epochs at batch 256.
+CACHED_SETTINGS = ProbeSettings()
+PROTOCOL_SETTINGS = ProbeSettings(epochs=90, batch_size=256)
+
+
+def linear_probe(
+    train: Features, val: Features, settings: ProbeSettings = CACHED_SETTINGS, device: torch.device | str = "cpu"
+) -> LinearProbeResult:
+    """Fast path: train heads on cached features [N, D] (shuffled each epoch, no augmentation)."""
     start = time.perf_counter()
     num_classes = num_classes_of(train.labels, val.labels)
 
     def train_heads(positions, test, lrs):
         data = train if positions is None else train.subset(positions)
-        steps_per_epoch = -(-len(data) // batch_size)
-        trainer = ProbeTrainer(
-            data.dim, num_classes, lrs, batch_size, epochs * steps_per_epoch,
-            int(round(warmup_epochs * steps_per_epoch)), optimizer, momentum, device, seed,
-        )  # fmt: skip
+        trainer = settings.trainer(data.dim, num_classes, lrs, -(-len(data) // settings.batch_size), device)
         features, labels = data.features.to(device), data.labels.to(device)
-        generator = torch.Generator().manual_seed(seed)
-        with _threads_for(device, batch_size * data.dim * len(lrs) * num_classes):
-            for _ in range(epochs):
+        generator = torch.Generator().manual_seed(settings.seed)
+        with _threads_for(device, settings.batch_size * data.dim * len(lrs) * num_classes):
+            for _ in range(settings.epochs):
                 order = torch.randperm(len(data), generator=generator).to(device)
-                for batch in order.split(batch_size):
+                for batch in order.split(settings.batch_size):
                     if len(batch) > 1:  # BatchNorm needs two samples
                         trainer.train_step(features[batch], labels[batch])
         return trainer.evaluate(test)
 
-    result = choose_and_report(
-        train_heads, train.subset, train.labels, val, base_lrs, selection, held_out_fraction, seed
-    )
-    result.settings = dict(
-        path="cached", optimizer=optimizer, epochs=epochs, batch_size=batch_size, warmup_epochs=warmup_epochs,
-        momentum=momentum, base_lrs=list(base_lrs), num_train=len(train), num_val=len(val), feature_dim=train.dim,
-    )  # fmt: skip
+    result = settings.choose(train_heads, train.subset, train.labels, val)
+    result.settings = {
+        "path": "cached",
+        **settings.record(),
+        "num_train": len(train),
+        "num_val": len(val),
+        "feature_dim": train.dim,
+    }
     result.seconds = time.perf_counter() - start
     return result

@@ -18,8 +18,8 @@ from torchvision import transforms as T
 
 from sslvit.eval.encode import Precision, encode, feature_dim
 from sslvit.eval.features import Features, dataset_features, dataset_targets
-from sslvit.eval.linear import DEFAULT_BASE_LRS, OptimizerName, ProbeTrainer, check_probe_settings, num_classes_of
-from sslvit.eval.selection import LinearProbeResult, Selection, choose_and_report
+from sslvit.eval.linear import PROTOCOL_SETTINGS, ProbeSettings, num_classes_of
+from sslvit.eval.selection import LinearProbeResult
 
 
 def probe_transform(image_size: int, mean: Sequence[float], std: Sequence[float], crop_scale=(0.08, 1.0)) -> Callable:
@@ -34,79 +34,107 @@ def probe_transform(image_size: int, mean: Sequence[float], std: Sequence[float]
     )
 
 
+class AugmentedHeads:
+    """Heads trained on augmented train images through the frozen encoder: the protocol's way to train heads
+    for :meth:`ProbeSettings.choose`, called once to choose on held-out images and once to retrain.
+
+    ``val`` counts the classes with the train labels; ``indices`` restricts training to those train images
+    (a low-shot subset); ``progress(epoch, seconds)`` is called after each epoch, counted over both calls.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        datamodule: Any,
+        val: Features,
+        pooling: str,
+        settings: ProbeSettings,
+        crop_scale: Sequence[float],
+        device: torch.device | str,
+        precision: Precision,
+        indices: Sequence[int] | None = None,
+        progress: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self.start = time.perf_counter()
+        self.backbone, self.datamodule, self.pooling, self.settings = backbone, datamodule, pooling, settings
+        self.device, self.precision, self.progress = device, precision, progress
+        transform = probe_transform(datamodule.image_size, datamodule.mean, datamodule.std, crop_scale)
+        self.dataset = datamodule.build_dataset("train", transform)
+        self.pool = list(range(len(self.dataset))) if indices is None else [int(i) for i in indices]
+        self.targets = torch.tensor(dataset_targets(self.dataset))[self.pool]  # [len(pool)]
+        self.num_classes = num_classes_of(val.labels, self.targets)
+        self.epochs_done = 0
+
+    def __call__(self, positions: Sequence[int] | None, test: Features, lrs: Sequence[float]) -> dict:
+        """Heads for ``lrs`` trained on the pool's ``positions`` (None: all of it), scored on ``test``."""
+        s, device = self.settings, self.device
+        chosen = self.pool if positions is None else [self.pool[p] for p in positions]
+        workers = self.datamodule.num_workers
+        loader = DataLoader(
+            Subset(self.dataset, chosen),
+            batch_size=s.batch_size,
+            shuffle=True,
+            num_workers=workers,
+            generator=torch.Generator().manual_seed(s.seed),
+            persistent_workers=workers > 0,
+            pin_memory=torch.device(device).type == "cuda",
+        )
+        trainer = s.trainer(feature_dim(self.backbone, self.pooling), self.num_classes, lrs, len(loader), device)
+        for _ in range(s.epochs):
+            for images, labels in loader:
+                if len(labels) > 1:  # BatchNorm needs two samples
+                    features = encode(self.backbone, images.to(device, non_blocking=True), self.pooling, self.precision)
+                    trainer.train_step(features, labels)
+            if self.progress is not None:
+                self.progress(self.epochs_done, time.perf_counter() - self.start)
+            self.epochs_done += 1
+        return trainer.evaluate(test)
+
+    def held_features(self, positions: Sequence[int]) -> Features:
+        """Features of the pool's held-out ``positions`` with the evaluation transform, as val's are."""
+        held = [self.pool[p] for p in positions]
+        return dataset_features(
+            self.backbone,
+            self.datamodule,
+            "train",
+            self.pooling,
+            self.settings.batch_size,
+            self.device,
+            indices=held,
+            precision=self.precision,
+        )
+
+
 def linear_probe_protocol(
     backbone: nn.Module,
     datamodule: Any,
     val: Features,
     pooling: str = "cls",
-    base_lrs: Sequence[float] | None = None,
-    epochs: int = 90,
-    batch_size: int = 256,
-    warmup_epochs: float = 10,
-    optimizer: OptimizerName = "lars",
-    momentum: float = 0.9,
+    settings: ProbeSettings = PROTOCOL_SETTINGS,
     crop_scale: Sequence[float] = (0.08, 1.0),
-    seed: int = 0,
     device: torch.device | str = "cpu",
     progress: Callable[[int, float], None] | None = None,
     indices: Sequence[int] | None = None,
-    selection: Selection = "held_out",
-    held_out_fraction: float = 0.1,
     precision: Precision = "auto",
 ) -> LinearProbeResult:
     """Protocol path: augmented images of the ``train`` split through the frozen backbone every epoch.
 
     ``val`` holds the val features (eval transform, e.g. from the cache); ``progress(epoch, seconds)``
     is called after each epoch; ``indices`` restricts training to those train images (a low-shot
-    subset). With ``selection="held_out"`` the held-out images are scored with features of the
-    evaluation transform, as val is. ``precision``: of the encoder (:func:`sslvit.eval.encode.encode`).
+    subset). With held-out selection the held-out images are scored with features of the evaluation
+    transform, as val is. ``precision``: of the encoder (:func:`sslvit.eval.encode.encode`).
     """
-    check_probe_settings(epochs, batch_size)
-    base_lrs = base_lrs or DEFAULT_BASE_LRS.get(optimizer, ())
-    start = time.perf_counter()
-    transform = probe_transform(datamodule.image_size, datamodule.mean, datamodule.std, crop_scale)
-    dataset = datamodule.build_dataset("train", transform)
-    pool = list(range(len(dataset))) if indices is None else [int(i) for i in indices]
-    targets = torch.tensor(dataset_targets(dataset))[pool]
-    num_classes = num_classes_of(val.labels, targets)
-    epochs_done = [0]
-
-    def train_heads(positions, test, lrs):
-        chosen = pool if positions is None else [pool[p] for p in positions]
-        loader = DataLoader(
-            Subset(dataset, chosen), batch_size=batch_size, shuffle=True, num_workers=datamodule.num_workers,
-            generator=torch.Generator().manual_seed(seed), persistent_workers=datamodule.num_workers > 0,
-            pin_memory=torch.device(device).type == "cuda",
-        )  # fmt: skip
-        trainer = ProbeTrainer(
-            feature_dim(backbone, pooling), num_classes, lrs, batch_size, epochs * len(loader),
-            int(round(warmup_epochs * len(loader))), optimizer, momentum, device, seed,
-        )  # fmt: skip
-        for _ in range(epochs):
-            for images, labels in loader:
-                if len(labels) > 1:
-                    trainer.train_step(
-                        encode(backbone, images.to(device, non_blocking=True), pooling, precision), labels
-                    )
-            if progress is not None:
-                progress(epochs_done[0], time.perf_counter() - start)
-            epochs_done[0] += 1
-        return trainer.evaluate(test)
-
-    def held_features(positions: Sequence[int]) -> Features:
-        held = [pool[p] for p in positions]
-        return dataset_features(
-            backbone, datamodule, "train", pooling, batch_size, device, indices=held, precision=precision
-        )
-
-    result = choose_and_report(
-        train_heads, held_features=held_features, train_labels=targets, val=val, base_lrs=base_lrs,
-        selection=selection, held_out_fraction=held_out_fraction, seed=seed,
-    )  # fmt: skip
-    result.settings = dict(
-        path="protocol", optimizer=optimizer, epochs=epochs, batch_size=batch_size, warmup_epochs=warmup_epochs,
-        momentum=momentum, base_lrs=list(base_lrs), crop_scale=list(crop_scale), num_train=len(pool),
-        num_val=len(val), feature_dim=val.dim,
-    )  # fmt: skip
-    result.seconds = time.perf_counter() - start
+    heads = AugmentedHeads(
+        backbone, datamodule, val, pooling, settings, crop_scale, device, precision, indices, progress
+    )
+    result = settings.choose(heads, heads.held_features, heads.targets, val)
+    result.settings = {
+        "path": "protocol",
+        **settings.record(),
+        "crop_scale": list(crop_scale),
+        "num_train": len(heads.pool),
+        "num_val": len(val),
+        "feature_dim": val.dim,
+    }
+    result.seconds = time.perf_counter() - heads.start
     return result

@@ -138,13 +138,24 @@ class OnlineRankMe(OnlineEvaluation):
         device = next(model.parameters()).device
         size = self.batch_size or datamodule.batch_size
         features = dataset_features(
-            model, datamodule, self.split, self.pooling, size, device, indices=self.images(datamodule),
+            model,
+            datamodule,
+            self.split,
+            self.pooling,
+            size,
+            device,
+            indices=self.images(datamodule),
             require_labels=False,
-        ).features  # fmt: skip
+        ).features
         rank = effective_rank(features, self.epsilon)
         n, dim = features.shape
-        return {"rank": rank, "normalized": rank / min(n, dim), "num_images": n, "dim": dim,
-                "seconds": time.perf_counter() - start}  # fmt: skip
+        return {
+            "rank": rank,
+            "normalized": rank / min(n, dim),
+            "num_images": n,
+            "dim": dim,
+            "seconds": time.perf_counter() - start,
+        }
 
     def describe(self) -> str:
         count = self.num_images if self._indices is not None else "all"

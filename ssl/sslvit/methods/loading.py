@@ -8,8 +8,8 @@ else is imported), its ``__init__`` arguments from ``hyper_parameters``, its wei
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
+from sslvit.checkpoints.info import CheckpointInfo
 from sslvit.checkpoints.io import check_state_dict
 from sslvit.checkpoints.loading import read_lightning_checkpoint
 from sslvit.errors import CheckpointError
@@ -34,8 +34,8 @@ def method_class(class_path: str | None, source: str) -> type[SSLMethod]:
     return METHODS[name]
 
 
-def load_method(path: str | Path, expected: type[SSLMethod] | None = None) -> tuple[SSLMethod, dict[str, Any]]:
-    """Rebuild the method saved in ``path`` (eval mode, CPU). Returns it and the data info of the checkpoint.
+def load_method(path: str | Path, expected: type[SSLMethod] | None = None) -> tuple[SSLMethod, CheckpointInfo]:
+    """Rebuild the method saved in ``path`` (eval mode, CPU). Returns it and the checkpoint's info.
 
     ``expected`` refuses a checkpoint of another method with an error naming both.
     """
@@ -50,5 +50,4 @@ def load_method(path: str | Path, expected: type[SSLMethod] | None = None) -> tu
     model = cls(**hparams)
     check_state_dict(model.state_dict(), ckpt.state_dict, f"checkpoint {path}")
     model.load_state_dict(ckpt.state_dict)
-    info = {**ckpt.data_info(), "method": ckpt.class_path, "global_step": ckpt.global_step, "hparams": ckpt.hparams}
-    return model.eval(), info
+    return model.eval(), ckpt.info()

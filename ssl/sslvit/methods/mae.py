@@ -6,13 +6,14 @@ D encoder width, Dd decoder width.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import torch
 from timm.layers import LayerNorm
 from torch import nn
 
+from sslvit.checkpoints.info import CheckpointInfo
 from sslvit.checkpoints.io import safe_load
 from sslvit.checkpoints.official import load_official_mae
 from sslvit.checkpoints.outside import read_outside_weights, unwrap_state_dict
@@ -87,20 +88,20 @@ class MAE(SSLMethod):
     @classmethod
     def from_official(
         cls, path: str | Path, decoder_num_heads: int | None = None, norm_pix_loss: bool = True
-    ) -> tuple[MAE, dict[str, Any]]:
+    ) -> tuple[MAE, CheckpointInfo]:
         """Encoder and decoder of an official facebookresearch/mae ``.pth`` with its decoder (eval mode, CPU).
 
         Every size comes from the weights' shapes except the decoder's heads, which no tensor records:
         ``decoder_num_heads`` defaults to one per 32 channels (the official 512-wide decoder has 16).
         ``norm_pix_loss``: whether the weights were trained on per-patch normalized pixels (the released
-        pretraining weights were; the demo's "visualize" weights were not). Returns the model and
-        ``{"image_size", "mean", "std", ...}`` for the data.
+        pretraining weights were; the demo's "visualize" weights were not). Returns the model and its
+        checkpoint's info (ImageNet's preprocessing, the weights' image size).
         """
         raw = safe_load(path)
         source = f"official MAE checkpoint {path}"
         config, _, info = read_outside_weights(raw, source)
         state, _ = unwrap_state_dict(raw, source)
-        if not info["has_decoder"]:
+        if not info.has_decoder:
             raise CheckpointError(
                 f"{path} holds the MAE encoder only: reconstructions need the decoder (decoder_embed, "
                 "decoder_blocks, decoder_pred); its features work with every evaluation tool"
@@ -114,7 +115,7 @@ class MAE(SSLMethod):
             norm_pix_loss=norm_pix_loss,
         )
         load_official_mae(model, path, state)
-        return model.eval(), {**info, "method": "official MAE", "global_step": None}
+        return model.eval(), replace(info, method="official MAE")
 
     def setup(self, stage: str) -> None:
         # Here rather than in __init__: runs before a resumed checkpoint is restored, so resuming

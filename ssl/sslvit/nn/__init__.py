@@ -14,7 +14,7 @@ from sslvit.nn.masking import (
     random_masking,
     unpatchify,
 )
-from sslvit.nn.pos_embed import interpolate_pos_embed, sincos_pos_embed_2d
+from sslvit.nn.pos_embed import sincos_pos_embed_2d
 
 __all__ = [
     "PRESETS",
@@ -26,7 +26,6 @@ __all__ = [
     "blockwise_masking",
     "gather_tokens",
     "info_nce",
-    "interpolate_pos_embed",
     "masked_cross_entropy",
     "masked_mse",
     "normalize_patches",

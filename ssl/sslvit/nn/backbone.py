@@ -185,7 +185,7 @@ class VisionTransformer(nn.Module):
                 qkv_bias=config.qkv_bias,
                 init_values=config.layer_scale_init,
                 drop_path=rate,
-            )  # fmt: skip
+            )
             for rate in rates
         )
         for block in self.blocks:  # stochastic depth from the rows' keys (sslvit.nn.drop_path), not the global RNG

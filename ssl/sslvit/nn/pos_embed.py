@@ -1,4 +1,5 @@
-"""Fixed 2-D sine-cosine position embeddings, and resizing of position tables.
+"""Fixed 2-D sine-cosine position embeddings. (Learned tables are resized by timm's ``resample_abs_pos_embed``,
+as :meth:`sslvit.nn.backbone.VisionTransformer.position_table` does.)
 
 Layout (the same as facebookresearch/mae, so its checkpoints keep their meaning): for a token in
 row ``r`` and column ``c`` of the patch grid and ``D = embed_dim``, with ``w_k = 10000 ** (-k / (D/4))``
@@ -12,7 +13,6 @@ and the CLS token, when present, gets an all-zero position.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 
 def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
@@ -40,26 +40,3 @@ def sincos_pos_embed_2d(embed_dim: int, grid_size: int | tuple[int, int], cls_to
     if cls_token:
         table = torch.cat([torch.zeros(1, embed_dim, dtype=table.dtype), table], dim=0)
     return table.float()
-
-
-def interpolate_pos_embed(
-    pos_embed: torch.Tensor, new_grid: int | tuple[int, int], num_prefix_tokens: int = 1
-) -> torch.Tensor:
-    """Resize a position table [1, P + H*W, D] to another grid by bicubic interpolation.
-
-    For tables that come from a checkpoint (learned, or fixed at another resolution); prefix
-    tokens (CLS) keep their position. A fixed sin-cos table is better regenerated for the new
-    grid with :func:`sincos_pos_embed_2d`, which is exact.
-    """
-    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
-    old = int(round(grid.shape[1] ** 0.5))
-    if old * old != grid.shape[1]:
-        raise ValueError(f"position table of {grid.shape[1]} patch tokens is not a square grid")
-    new_h, new_w = _pair(new_grid)
-    if (new_h, new_w) == (old, old):
-        return pos_embed
-    dim = grid.shape[-1]
-    grid = grid.reshape(1, old, old, dim).permute(0, 3, 1, 2).float()
-    grid = F.interpolate(grid, size=(new_h, new_w), mode="bicubic", align_corners=False)
-    grid = grid.permute(0, 2, 3, 1).reshape(1, new_h * new_w, dim).to(pos_embed.dtype)
-    return torch.cat([prefix, grid], dim=1)

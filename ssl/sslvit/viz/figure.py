@@ -90,8 +90,15 @@ def image_grid(
     title_pt = min(TITLE_PT, max(6.0, (panel_px + GAP_PX) / (0.6 * longest) * 72 / DPI))
     for c, (column, title) in enumerate(zip(columns, titles, strict=True)):
         left = GAP_PX + c * (panel_px + GAP_PX)
-        fig.text((left + panel_px / 2) / width, 1 - TITLE_PX / 2 / height, title, ha="center", va="center",
-                 fontsize=title_pt, linespacing=1.1)  # fmt: skip
+        fig.text(
+            (left + panel_px / 2) / width,
+            1 - TITLE_PX / 2 / height,
+            title,
+            ha="center",
+            va="center",
+            fontsize=title_pt,
+            linespacing=1.1,
+        )
         for r in range(rows):
             top = TITLE_PX + r * (panel_px + GAP_PX)
             ax = fig.add_axes((left / width, 1 - (top + panel_px) / height, panel_px / width, panel_px / height))

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import lightning as L
 import numpy as np
@@ -25,6 +25,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from matplotlib.figure import Figure
 
+from sslvit.checkpoints.info import CheckpointInfo
 from sslvit.checkpoints.io import safe_load
 from sslvit.checkpoints.loading import is_sslvit_checkpoint
 from sslvit.constants import IMAGENET_MEAN, IMAGENET_STD
@@ -49,13 +50,13 @@ STATS_NOTES = {
 
 def load_mae(
     path: str | Path, decoder_num_heads: int | None = None, norm_pix_loss: bool = True
-) -> tuple[MAE, dict[str, Any]]:
+) -> tuple[MAE, CheckpointInfo]:
     """A full MAE (encoder and decoder) in eval mode on the CPU, from an sslvit Lightning checkpoint or an
     official facebookresearch/mae ``.pth`` with its decoder (``decoder_num_heads`` and ``norm_pix_loss``
     describe the latter: see :meth:`sslvit.methods.MAE.from_official`).
 
-    Returns the model and ``{"image_size", "mean", "std", "eval_crop_fraction", ...}`` for the data;
-    the image size is the model's, since the decoder's positions are fixed to its grid.
+    Returns the model and its checkpoint's info, whose image size is the model's, since the decoder's
+    positions are fixed to its grid.
     """
     try:
         if Path(path).is_file() and not is_sslvit_checkpoint(safe_load(path)):
@@ -67,9 +68,7 @@ def load_mae(
             f"{err}: reconstructions need an MAE checkpoint with its decoder "
             "(feature maps work for every method: tools/visualize_features.py)"
         ) from None
-    info = {"eval_crop_fraction": 1.0, **info, "image_size": model.backbone_config.img_size}
-    info["mean"], info["std"] = tuple(info.get("mean", IMAGENET_MEAN)), tuple(info.get("std", IMAGENET_STD))
-    return model, info
+    return model, replace(info, image_size=model.backbone_config.img_size)
 
 
 def unnormalize_patches(

@@ -64,7 +64,7 @@ def test_backbone_from_method_checkpoint(tiny_vit, tmp_path):
     model = MAE(backbone=tiny_vit, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
     lightning_like_checkpoint(model, tmp_path / "m.ckpt")
     backbone, info = load_backbone(tmp_path / "m.ckpt")
-    assert not backbone.training and info["source"] == "lightning"
+    assert not backbone.training and info.source == "lightning"
     images = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         assert torch.equal(backbone(images), model.backbone.eval()(images))
@@ -105,4 +105,4 @@ def test_export_round_trips_into_timm_and_back(tiny_vit, tmp_path):
         assert torch.allclose(reference(images), backbone(images), atol=1e-5)
         assert config["num_features"] == 64 and reference.num_features == 64
         again, info = load_backbone(folder)
-        assert info["source"] == "exported" and torch.equal(again(images), backbone(images))
+        assert info.source == "exported" and torch.equal(again(images), backbone(images))

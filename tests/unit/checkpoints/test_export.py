@@ -28,8 +28,14 @@ def build(method: str, backbone: dict) -> tuple[SSLMethod, int]:
     if method == "BEiT":
         return BEiT(backbone=backbone, codebook={"vocab_size": 8}), backbone["img_size"]
     # CPC trains its encoder on 8 px patches of 16 px images and is evaluated on whole images
-    return CPC(backbone={**backbone, "img_size": 8}, image_size=16, context_dim=32, context_depth=1,
-               context_heads=2, prediction_steps=1), 16  # fmt: skip
+    return CPC(
+        backbone={**backbone, "img_size": 8},
+        image_size=16,
+        context_dim=32,
+        context_depth=1,
+        context_heads=2,
+        prediction_steps=1,
+    ), 16
 
 
 def save_checkpoint(path, model: SSLMethod, image_size: int, **data) -> None:
@@ -39,8 +45,9 @@ def save_checkpoint(path, model: SSLMethod, image_size: int, **data) -> None:
             p.add_(0.02 * torch.randn_like(p))  # not the initialisation: a copying mistake would show
     hparams = {**dict(model.hparams), "_class_path": f"sslvit.methods.{type(model).__name__}"}
     data = {"image_size": image_size, **data}
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": hparams, "datamodule_hyper_parameters": data},
-               path)  # fmt: skip
+    torch.save(
+        {"state_dict": model.state_dict(), "hyper_parameters": hparams, "datamodule_hyper_parameters": data}, path
+    )
 
 
 @pytest.mark.parametrize("method", ["MAE", "BEiT", "CPC"])
@@ -59,7 +66,7 @@ def test_export_keeps_only_the_encoder_and_timm_computes_the_same_features(tmp_p
     mean, std = [0.1, 0.2, 0.3], [0.4, 0.5, 0.6]
     save_checkpoint(tmp_path / "m.ckpt", model, image_size, mean=mean, std=std, eval_crop_fraction=0.875)
     backbone, info = export_checkpoint(tmp_path / "m.ckpt", tmp_path / "out", pooling=pooling)
-    assert info["export_image_size"] == image_size and info["method"] == f"sslvit.methods.{method}"
+    assert info.image_size == image_size and info.method == f"sslvit.methods.{method}"
     ours = model.backbone.eval()
     weights = load_file(tmp_path / "out" / "model.safetensors")
     assert set(weights) == set(ours.state_dict()), "decoders, heads, tokenizers and context networks stay behind"
@@ -78,7 +85,7 @@ def test_export_keeps_only_the_encoder_and_timm_computes_the_same_features(tmp_p
             assert torch.equal(theirs(images), ours(images, pooling=pooling))
     assert timm_max_difference(backbone, timm_from_export(tmp_path / "out"), image_size, pooling) == 0.0
     again, again_info = load_backbone(tmp_path / "out")  # and back into sslvit
-    assert again_info["image_size"] == image_size and again_info["eval_crop_fraction"] == 0.875
+    assert again_info.image_size == image_size and again_info.eval_crop_fraction == 0.875
     with torch.no_grad():
         assert torch.equal(again.forward_features(images), ours.forward_features(images))
 

@@ -42,7 +42,7 @@ def test_timm_state_dict_gives_timms_features(tmp_path, suffix):
     save_file(state, str(path)) if suffix == ".safetensors" else torch.save(state, path)
     backbone, info = load_backbone(path, num_heads=3)
     assert torch.equal(features(backbone), features(source))
-    assert info["source"] == "timm" and info["dropped"] == {"classifier head": 2}
+    assert info.source == "timm" and info.dropped == {"classifier head": 2}
     config = backbone.config
     assert (config.img_size, config.patch_size, config.dims, config.pos_embed) == (16, 4, (48, 2, 3), "learned")
     # Another image size: the learned table is resized as timm resizes it.
@@ -69,7 +69,7 @@ def test_a_timm_arch_gives_its_heads_and_preprocessing_and_cannot_be_another_siz
     source = timm_vit(img_size=32, patch_size=16, embed_dim=192, depth=12)
     torch.save(source.state_dict(), tmp_path / "tiny.pth")
     backbone, info = load_backbone(tmp_path / "tiny.pth", arch="vit_tiny_patch16_224")
-    assert backbone.config.dims == (192, 12, 3) and info["timm_arch"] == "vit_tiny_patch16_224"
+    assert backbone.config.dims == (192, 12, 3) and info.timm_arch == "vit_tiny_patch16_224"
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     assert torch.equal(features(backbone, images), features(source, images))
     with pytest.raises(CheckpointError, match="--arch vit_small_patch16_224 is 384 wide.* holds 192 wide"):
@@ -82,8 +82,8 @@ def test_timm_hub_folder(tmp_path):
     save_for_hf(source, str(tmp_path / "hub"), model_args=TIMM_SIZES, safe_serialization=True)
     backbone, info = load_backbone(tmp_path / "hub")
     assert torch.equal(features(backbone), features(source))
-    assert info["source"] == "timm-hub" and info["timm_arch"] == "vit_tiny_patch16_224"
-    assert info["image_size"] == 16 and len(info["mean"]) == 3
+    assert info.source == "timm-hub" and info.timm_arch == "vit_tiny_patch16_224"
+    assert info.image_size == 16 and len(info.mean) == 3
 
 
 def test_timm_models_sslvit_cannot_run_are_refused(tmp_path):
@@ -111,7 +111,7 @@ def test_official_mae_with_decoder_features_and_reconstructions(tmp_path):
     torch.save({"model": official_mae_state(source)}, tmp_path / "mae.pth")
     backbone, info = load_backbone(tmp_path / "mae.pth")
     assert torch.equal(features(backbone), features(source.backbone))
-    assert info["source"] == "mae" and info["has_decoder"] and backbone.config.pos_embed == "sincos"
+    assert info.source == "mae" and info.has_decoder and backbone.config.pos_embed == "sincos"
     model, _ = MAE.from_official(tmp_path / "mae.pth", decoder_num_heads=2)
     noise = torch.rand(3, 16, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
@@ -144,7 +144,7 @@ def test_beit_state_dict_maps_q_v_biases_and_layer_scales(tmp_path):
     torch.save({"model": state}, tmp_path / "beit.pth")
     backbone, info = load_backbone(tmp_path / "beit.pth", num_heads=3)
     assert torch.equal(features(backbone), features(source))
-    assert info["source"] == "beit" and info["dropped"] == {"mask token": 1, "BEiT token head": 1}
+    assert info.source == "beit" and info.dropped == {"mask token": 1, "BEiT token head": 1}
     torch.save({"model": beit(use_abs_pos_emb=False, use_rel_pos_bias=True).state_dict()}, tmp_path / "rel.pth")
     with pytest.raises(CheckpointError, match="uses relative position biases .*absolute positions only"):
         load_backbone(tmp_path / "rel.pth")
@@ -157,7 +157,7 @@ def test_dino_teacher_checkpoint(tmp_path):
     torch.save({"teacher": state, "epoch": 10}, tmp_path / "dino.pth")
     backbone, info = load_backbone(tmp_path / "dino.pth", num_heads=3)
     assert torch.equal(features(backbone), features(source))
-    assert info["dropped"] == {"outside 'backbone.'": 1}
+    assert info.dropped == {"outside 'backbone.'": 1}
 
 
 def test_files_of_no_format_and_mismatched_shapes_name_the_keys(tmp_path):

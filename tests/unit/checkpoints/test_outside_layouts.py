@@ -61,9 +61,14 @@ def encoder_part(state: dict[str, torch.Tensor], drop: tuple[str, ...]) -> dict[
 
 def architecture(config) -> tuple:
     return (
-        config.dims, config.patch_size, config.img_size, config.mlp_ratio, config.qkv_bias,
-        config.layer_scale_init, config.pos_embed,
-    )  # fmt: skip
+        config.dims,
+        config.patch_size,
+        config.img_size,
+        config.mlp_ratio,
+        config.qkv_bias,
+        config.layer_scale_init,
+        config.pos_embed,
+    )
 
 
 VIT_BASE_16 = ((768, 12, 12), 16, 224, 4.0, True, None)
@@ -77,8 +82,8 @@ def test_official_mae_vit_base_with_decoder(tmp_path):
     backbone, info = load_backbone(path)
     assert architecture(backbone.config) == (*VIT_BASE_16, "sincos")
     decoder_keys = [k for k in source if k.startswith("decoder_")]
-    assert (info["source"], info["has_decoder"], info["image_size"]) == ("mae", True, 224)
-    assert info["dropped"] == {"MAE decoder": len(decoder_keys), "mask token": 1}
+    assert (info.source, info.has_decoder, info.image_size) == ("mae", True, 224)
+    assert info.dropped == {"MAE decoder": len(decoder_keys), "mask token": 1}
     assert_every_tensor_in_place(backbone.state_dict(), encoder_part(source, MAE_DECODER))
 
     model, _ = MAE.from_official(path)
@@ -95,7 +100,7 @@ def test_official_mae_encoder_only_pretrained_weights(tmp_path):
     torch.save({"model": source}, tmp_path / "mae_pretrain_vit_base.pth")
     backbone, info = load_backbone(tmp_path / "mae_pretrain_vit_base.pth")
     assert architecture(backbone.config) == (*VIT_BASE_16, "sincos")
-    assert info["dropped"] == {} and not info["has_decoder"]
+    assert info.dropped == {} and not info.has_decoder
     assert_every_tensor_in_place(backbone.state_dict(), source)
 
 
@@ -130,7 +135,7 @@ def test_timm_vit_state_dict(timm_files, name, dims, with_arch):
     path, source = timm_files(name)
     backbone, info = load_backbone(path, arch=name if with_arch else None)
     assert architecture(backbone.config) == (dims, 16, 224, 4.0, True, None, "learned")
-    assert info["source"] == "timm" and info["dropped"] == {"classifier head": 2}
+    assert info.source == "timm" and info.dropped == {"classifier head": 2}
     assert_every_tensor_in_place(backbone.state_dict(), encoder_part(source, ("head.",)))
     if with_arch:  # the preprocessing of the named model's pretrained weights
-        assert [list(info["mean"]), list(info["std"])] == [PREPROCESSING[name]["mean"], PREPROCESSING[name]["std"]]
+        assert [list(info.mean), list(info.std)] == [PREPROCESSING[name]["mean"], PREPROCESSING[name]["std"]]

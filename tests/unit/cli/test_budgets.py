@@ -45,9 +45,16 @@ def fit(tmp_path, clock, budget, max_epochs=-1, ckpt_path=None, max_steps=-1):
     loader = DataLoader(TensorDataset(images, labels), batch_size=8)
     tick = Tick(clock)
     trainer = L.Trainer(
-        max_epochs=max_epochs, max_steps=max_steps, callbacks=[tick, budget], logger=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path, enable_checkpointing=False,
-    )  # fmt: skip
+        max_epochs=max_epochs,
+        max_steps=max_steps,
+        callbacks=[tick, budget],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+        enable_checkpointing=False,
+    )
     trainer.fit(model, loader, ckpt_path=ckpt_path)
     return trainer, tick
 
@@ -99,8 +106,15 @@ def test_bad_budgets_are_config_errors():
         FlopBudget(petaflops=-1)
 
 
-def vit_step_flops(batch: int, tokens: int = 17, patches: int = 16, dim: int = 32, depth: int = 1,
-                   patch_values: int = 3 * 4 * 4, classes: int = 2) -> int:
+def vit_step_flops(
+    batch: int,
+    tokens: int = 17,
+    patches: int = 16,
+    dim: int = 32,
+    depth: int = 1,
+    patch_values: int = 3 * 4 * 4,
+    classes: int = 2,
+) -> int:
     """FLOPs (2 per multiply-add) of one training step of the tiny FineTune ViT, written out by hand: every
     linear layer's product again twice in the backward pass (input and weight gradients), the patch
     projection once (its input, the images, needs no gradient), and attention's two products five times
@@ -108,7 +122,7 @@ def vit_step_flops(batch: int, tokens: int = 17, patches: int = 16, dim: int = 3
     linear = depth * tokens * 2 * (3 * dim * dim + dim * dim + 4 * dim * dim + 4 * dim * dim)  # qkv, proj, fc1, fc2
     attention = depth * 2 * 2 * tokens * tokens * dim  # q k^T and (attention) v
     head, patch = 2 * dim * classes, 2 * patches * patch_values * dim
-    return batch * (3 * (linear + head) + 2 * patch) + batch * attention * 7 // 2  # fmt: skip
+    return batch * (3 * (linear + head) + 2 * patch) + batch * attention * 7 // 2
 
 
 def test_a_flop_budget_trains_the_steps_it_buys_on_any_machine(tmp_path):

@@ -50,8 +50,9 @@ def test_crop_resize_flip_is_exact_on_identity_boxes():
 
 
 def test_data_module_on_device_batches(image_folder):
-    dm = SSLDataModule(dataset="imagefolder", root=str(image_folder), image_size=16, batch_size=8, num_workers=0,
-                       on_device=True)  # fmt: skip
+    dm = SSLDataModule(
+        dataset="imagefolder", root=str(image_folder), image_size=16, batch_size=8, num_workers=0, on_device=True
+    )
     dm.setup("fit")
     assert dm._resident.dtype == torch.uint8 and dm._resident.shape == (24, 3, 16, 16)
     batch = next(iter(dm.train_dataloader()))

@@ -93,8 +93,9 @@ def test_hidden_folders_and_files_are_not_data(tmp_path):
     dm = datamodule(root)
     train = dm.build_dataset("train", None)
     assert train.classes == ["class0", "class1", "class2"]
-    assert len(train) == 12 and not any("." in Path(p).parent.name or Path(p).name.startswith(".")
-                                        for p, _ in train.samples)  # fmt: skip
+    assert len(train) == 12 and not any(
+        "." in Path(p).parent.name or Path(p).name.startswith(".") for p, _ in train.samples
+    )
 
 
 # ---- image modes ----------------------------------------------------------------------------------
@@ -144,7 +145,14 @@ def test_a_16_bit_folder_trains_on_its_pixels_not_on_white(tmp_path):
             folder = tmp_path / split / f"class{c}"
             folder.mkdir(parents=True)
             save(folder / "0.png", np.full((8, 8), 257 * (60 + 100 * c), np.uint16))
-    dm = SSLDataModule(dataset="imagefolder", root=str(tmp_path), image_size=8, batch_size=2, num_workers=0,
-                       mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))  # fmt: skip
+    dm = SSLDataModule(
+        dataset="imagefolder",
+        root=str(tmp_path),
+        image_size=8,
+        batch_size=2,
+        num_workers=0,
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
+    )
     images, labels = next(iter(dm.eval_dataloader("val")))
     assert torch.allclose(images[:, 0, 0, 0], torch.tensor([60.0, 160.0]) / 255, atol=1e-6), images[:, 0, 0, 0]

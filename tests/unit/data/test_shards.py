@@ -66,8 +66,9 @@ def test_each_rank_reads_its_own_run_of_shards_and_an_epoch_covers_every_sample_
 def test_subset_and_padding_keep_the_shard_order(shards):
     dataset = torch.utils.data.Subset(ShardDataset(shards / "train"), [0, 1, 8, 20, 29])
     assert shard_groups(dataset) == [[0, 1], [2], [3], [4]]
-    padded = ShardSampler(dataset, 2, groups=shard_groups(dataset), num_replicas=2, rank=1, shuffle=False,
-                          drop_last=False)  # fmt: skip
+    padded = ShardSampler(
+        dataset, 2, groups=shard_groups(dataset), num_replicas=2, rank=1, shuffle=False, drop_last=False
+    )
     assert [index for index, _ in padded] == [3, 4, 0]  # wraps around like DistributedSampler
 
 
@@ -91,14 +92,23 @@ def test_truncated_shard_and_corrupt_jpeg_are_named_or_skipped(tmp_path):
     broken.write_bytes(broken.read_bytes()[:200])
     shard_image_folder(root, tmp_path / "shards", samples_per_shard=5, seed=None)  # folder order: broken.jpg first
     train = ShardDataset(tmp_path / "shards" / "train")
-    broken_index = next(i for i in range(len(train)) if train._shard(train.locate(i)[0])[train.locate(i)[1]]
-                        [".src"].read().decode().endswith("broken.jpg"))  # fmt: skip
+    broken_index = next(
+        i
+        for i in range(len(train))
+        if train._shard(train.locate(i)[0])[train.locate(i)[1]][".src"].read().decode().endswith("broken.jpg")
+    )
     key = f"{broken_index:09d}"
     with pytest.raises(CorruptImageError, match=rf"cannot read image {key}\.jpg in shard .*shard-00000\d\.tar"):
         train[broken_index]
 
-    dm = SSLDataModule(dataset="webdataset", root=str(tmp_path / "shards"), image_size=16, batch_size=13,
-                       num_workers=0, skip_corrupt=True)  # fmt: skip
+    dm = SSLDataModule(
+        dataset="webdataset",
+        root=str(tmp_path / "shards"),
+        image_size=16,
+        batch_size=13,
+        num_workers=0,
+        skip_corrupt=True,
+    )
     with pytest.warns(UserWarning, match=key):
         batch = next(iter(dm.train_dataloader()))
     assert batch["images"].shape[0] == 12 and batch["skipped"].item() == 1
@@ -120,8 +130,7 @@ def test_missing_index_and_unlabelled_shards_say_what_to_do(tmp_path):
         Image.new("RGB", (16, 16), (i * 40, 0, 0)).save(folder / f"{i}.jpg")
     written = shard_image_folder(folder, tmp_path / "shards")
     assert list(written) == ["train"] and written["train"]["sslvit"]["labels"] is None
-    dm = SSLDataModule(dataset="webdataset", root=str(tmp_path / "shards"), image_size=16, batch_size=4,
-                       num_workers=0)  # fmt: skip
+    dm = SSLDataModule(dataset="webdataset", root=str(tmp_path / "shards"), image_size=16, batch_size=4, num_workers=0)
     assert dm.build_dataset("pretrain", None)[2][1] == -1
     assert next(iter(dm.train_dataloader()))["labels"].tolist() == [-1] * 4
     assert dm.val_dataloader() == [], "no val/ shards: pretraining runs without validation"

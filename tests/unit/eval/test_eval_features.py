@@ -110,8 +110,13 @@ def test_two_image_folders_never_share_a_cache_entry(tiny_vit, tmp_path):
     assert (len(first), len(second)) == (12, 18) and not second.from_cache
     assert torch.equal(second.features, uncached.features) and torch.equal(second.labels, uncached.labels)
     # The tag is kept apart: it cannot replace what identifies the content.
-    key = feature_key(backbone, modules[1].eval_dataloader("train").dataset, "cls", torch.device("cpu"),
-                      tag={"dataset": "imagefolder", "weights": "x", "pooling": "mean"})  # fmt: skip
+    key = feature_key(
+        backbone,
+        modules[1].eval_dataloader("train").dataset,
+        "cls",
+        torch.device("cpu"),
+        tag={"dataset": "imagefolder", "weights": "x", "pooling": "mean"},
+    )
     assert key["dataset"]["size"] == 18 and key["pooling"] == "cls" and key["weights"] != "x"
     assert key["tag"] == {"dataset": "imagefolder", "weights": "x", "pooling": "mean"}
     # What cannot be identified (tensors in memory: no root, no listing) is never cached.
@@ -138,8 +143,13 @@ def test_the_cache_is_keyed_by_content_not_by_file_names(tiny_vit, tmp_path, kin
     if kind == "webdataset":
         shard_image_folder(root, tmp_path / "shards")
         data_root = tmp_path / "shards"
-    data = SSLDataModule(dataset="webdataset" if kind == "webdataset" else "imagefolder", root=str(data_root),
-                         image_size=16, batch_size=8, num_workers=0)  # fmt: skip
+    data = SSLDataModule(
+        dataset="webdataset" if kind == "webdataset" else "imagefolder",
+        root=str(data_root),
+        image_size=16,
+        batch_size=8,
+        num_workers=0,
+    )
     indices = [0, 2, 5] if kind == "imagefolder-subset" else None
     first = dataset_features(backbone, data, "train", cache=cache, indices=indices)
     assert dataset_features(backbone, data, "train", cache=cache, indices=indices).from_cache
@@ -229,8 +239,10 @@ def _cached_extraction_on_rank(rank: int, world: int, init_file: str, folder: st
         dist.barrier()
         lopsided = extract_features(backbone, loader, cache=own, precision="fp32")
         results = {"subset": subset, "first": first, "second": second, "lopsided": lopsided}
-        torch.save({name: (f.features, f.labels, f.from_cache) for name, f in results.items()},
-                   os.path.join(out_dir, f"rank{rank}.pt"))  # fmt: skip
+        torch.save(
+            {name: (f.features, f.labels, f.from_cache) for name, f in results.items()},
+            os.path.join(out_dir, f"rank{rank}.pt"),
+        )
     finally:
         dist.destroy_process_group()
 
@@ -240,8 +252,9 @@ def test_two_processes_agree_on_cache_hits_and_subsets(tmp_path):
     hits on both ranks, on one rank only (both must encode, or one would wait for the other forever), or
     on neither (only rank 0 writes)."""
     folder = write_image_folder(tmp_path / "images", classes=3, per_class=4)
-    mp.spawn(_cached_extraction_on_rank, args=(2, str(tmp_path / "init"), str(folder), str(tmp_path)), nprocs=2,
-             join=True)  # fmt: skip
+    mp.spawn(
+        _cached_extraction_on_rank, args=(2, str(tmp_path / "init"), str(folder), str(tmp_path)), nprocs=2, join=True
+    )
     torch.manual_seed(0)
     backbone = VisionTransformer(TINY).eval()
     data = SSLDataModule(dataset="imagefolder", root=str(folder), image_size=16, batch_size=4, num_workers=0)
@@ -302,8 +315,9 @@ def test_precision_auto_follows_the_hardware_and_keys_the_cache(tiny_vit, image_
     assert dataset_features(backbone, data, "val", cache=cache, precision="auto").from_cache, "auto is bf16 here"
 
 
-def test_an_interrupted_cache_write_leaves_nothing_and_a_damaged_entry_is_a_miss(tiny_vit, image_folder, tmp_path,
-                                                                                 monkeypatch):  # fmt: skip
+def test_an_interrupted_cache_write_leaves_nothing_and_a_damaged_entry_is_a_miss(
+    tiny_vit, image_folder, tmp_path, monkeypatch
+):
     backbone = VisionTransformer(tiny_vit).eval()
     data = SSLDataModule(dataset="imagefolder", root=str(image_folder), image_size=16, batch_size=8, num_workers=0)
     cache = FeatureCache(tmp_path / "cache")

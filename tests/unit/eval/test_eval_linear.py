@@ -1,6 +1,7 @@
 """Linear probe: accuracy on separable and on random labels, parallel heads, LARS, the protocol path."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ import torch
 from sslvit.data import SSLDataModule
 from sslvit.errors import ConfigError
 from sslvit.eval.features import Features, dataset_features
-from sslvit.eval.linear import HeadwiseSGD, ProbeTrainer, linear_probe
+from sslvit.eval.linear import HeadwiseSGD, ProbeSettings, ProbeTrainer, linear_probe
 from sslvit.eval.linear_protocol import linear_probe_protocol
 from sslvit.nn.backbone import VisionTransformer
 
@@ -26,7 +27,7 @@ def gaussian_classes(n, classes=10, dim=32, seed=0, random_labels=False):
 @pytest.mark.parametrize("optimizer", ["lars", "sgd"])
 def test_separable_features_are_learned(optimizer):
     train, val = gaussian_classes(2000), gaussian_classes(500, seed=1)
-    result = linear_probe(train, val, epochs=20, batch_size=256, warmup_epochs=2, optimizer=optimizer)
+    result = linear_probe(train, val, ProbeSettings(epochs=20, batch_size=256, warmup_epochs=2, optimizer=optimizer))
     assert result.top1 > 95 and result.top5 >= result.top1
     assert len(result.per_lr) == 6 and result.lr in result.per_lr and result.selection == "held_out"
     held = sum(math.ceil(0.1 * int(n)) for n in train.labels.bincount())  # a tenth of each class, rounded up
@@ -36,15 +37,15 @@ def test_separable_features_are_learned(optimizer):
 def test_the_learning_rate_is_chosen_without_looking_at_val():
     train, val = gaussian_classes(1000, seed=4), gaussian_classes(300, seed=5)
     noise = Features(val.features, torch.randint(0, 10, (300,), generator=torch.Generator().manual_seed(6)))
-    settings = dict(epochs=5, batch_size=128, warmup_epochs=1, base_lrs=[0.01, 0.3, 10.0, 1000.0])
-    honest, on_noise = linear_probe(train, val, **settings), linear_probe(train, noise, **settings)
+    settings = ProbeSettings(epochs=5, batch_size=128, warmup_epochs=1, base_lrs=(0.01, 0.3, 10.0, 1000.0))
+    honest, on_noise = linear_probe(train, val, settings), linear_probe(train, noise, settings)
     assert honest.lr == on_noise.lr and honest.per_lr == on_noise.per_lr, "val labels must not change the choice"
     assert honest.top1 > 90 > on_noise.top1
     # What is reported: the chosen learning rate retrained on the whole train split, val evaluated once.
-    alone = linear_probe(train, val, **{**settings, "base_lrs": [honest.lr]})
+    alone = linear_probe(train, val, replace(settings, base_lrs=(honest.lr,)))
     assert alone.selection == "single" and (alone.top1, alone.top5) == (honest.top1, honest.top5)
     # The old rule, kept for comparisons with papers: the best head on val, said to be optimistic.
-    optimistic = linear_probe(train, val, **settings, selection="val")
+    optimistic = linear_probe(train, val, replace(settings, selection="val"))
     assert optimistic.top1 == max(r["top1"] for r in optimistic.per_lr.values())
     assert optimistic.to_dict()["per_lr_on"] == "val" and "optimistic" in optimistic.note
 
@@ -52,7 +53,7 @@ def test_the_learning_rate_is_chosen_without_looking_at_val():
 def test_random_labels_stay_near_chance():
     train = gaussian_classes(2000, random_labels=True)
     val = gaussian_classes(1000, seed=1, random_labels=True)
-    result = linear_probe(train, val, epochs=20, batch_size=256, warmup_epochs=2)
+    result = linear_probe(train, val, ProbeSettings(epochs=20, batch_size=256, warmup_epochs=2))
     assert result.top1 < 16, result.per_lr  # chance is 10%; the best of six heads on 1000 samples
 
 
@@ -93,11 +94,11 @@ def test_lars_step_scales_weights_by_trust_ratio_and_leaves_biases():
 def test_bad_probe_settings():
     train = gaussian_classes(100)
     with pytest.raises(ConfigError, match="optimizer='adam' is unknown"):
-        linear_probe(train, train, optimizer="adam")
+        linear_probe(train, train, ProbeSettings(optimizer="adam"))
     with pytest.raises(ConfigError, match="learning rates must be positive"):
-        linear_probe(train, train, base_lrs=[0.1, -1.0])
+        linear_probe(train, train, ProbeSettings(base_lrs=(0.1, -1.0)))
     with pytest.raises(ConfigError, match="epochs"):
-        linear_probe(train, train, epochs=0)
+        ProbeSettings(epochs=0)
 
 
 def test_protocol_path_trains_through_the_frozen_backbone(tiny_vit, image_folder):
@@ -106,10 +107,8 @@ def test_protocol_path_trains_through_the_frozen_backbone(tiny_vit, image_folder
     data = SSLDataModule(dataset="imagefolder", root=str(image_folder), image_size=16, batch_size=8, num_workers=0)
     val = dataset_features(backbone, data, "val")
     epochs = []
-    result = linear_probe_protocol(
-        backbone, data, val, epochs=3, batch_size=8, warmup_epochs=1, base_lrs=[1.0, 10.0],
-        progress=lambda epoch, seconds: epochs.append(epoch),
-    )  # fmt: skip
+    settings = ProbeSettings(epochs=3, batch_size=8, warmup_epochs=1, base_lrs=(1.0, 10.0))
+    result = linear_probe_protocol(backbone, data, val, settings=settings, progress=lambda e, s: epochs.append(e))
     assert epochs == [0, 1, 2, 3, 4, 5], "3 epochs for the choice on held-out images, 3 to retrain the chosen one"
     assert result.settings["path"] == "protocol" and result.settings["num_train"] == 24
     assert result.held_out["num_images"] == 3, "one of each class's 8 images"
@@ -124,10 +123,11 @@ def test_protocol_path_trains_through_the_frozen_backbone(tiny_vit, image_folder
 def test_the_same_seed_gives_the_same_probe():
     train, val = gaussian_classes(300, seed=2), gaussian_classes(100, seed=3)
     torch.manual_seed(1)
-    first = linear_probe(train, val, epochs=3, batch_size=64)
+    settings = ProbeSettings(epochs=3, batch_size=64)
+    first = linear_probe(train, val, settings)
     torch.manual_seed(2)  # the global RNG does not matter
-    assert linear_probe(train, val, epochs=3, batch_size=64).per_lr == first.per_lr
-    assert linear_probe(train, val, epochs=3, batch_size=64, seed=1).per_lr != first.per_lr
+    assert linear_probe(train, val, settings).per_lr == first.per_lr
+    assert linear_probe(train, val, replace(settings, seed=1)).per_lr != first.per_lr
 
 
 @pytest.mark.parametrize("batch_size", [64, 512])

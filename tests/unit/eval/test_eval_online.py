@@ -26,11 +26,18 @@ def fit(tiny_vit, root, callbacks, image_folder, epochs=3, train_batches=2, vali
     model = tiny_mae(tiny_vit)
     data = SSLDataModule(dataset="imagefolder", root=str(image_folder), image_size=16, batch_size=8, num_workers=0)
     trainer = L.Trainer(
-        accelerator="cpu", max_epochs=epochs, limit_train_batches=train_batches, callbacks=callbacks,
-        limit_val_batches=None if validate else 0, num_sanity_val_steps=0,
-        logger=CSVLogger(root, name="", version=""), enable_checkpointing=False, enable_model_summary=False,
-        enable_progress_bar=False, log_every_n_steps=1,
-    )  # fmt: skip
+        accelerator="cpu",
+        max_epochs=epochs,
+        limit_train_batches=train_batches,
+        callbacks=callbacks,
+        limit_val_batches=None if validate else 0,
+        num_sanity_val_steps=0,
+        logger=CSVLogger(root, name="", version=""),
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+        log_every_n_steps=1,
+    )
     trainer.fit(model, datamodule=data)
     return trainer, model
 

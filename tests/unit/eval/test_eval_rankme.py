@@ -117,10 +117,17 @@ def fit(tiny_vit, root, callbacks, folder, epochs=3):
     L.seed_everything(0)
     model = MAE(backbone=tiny_vit, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2, warmup_steps=1)
     trainer = L.Trainer(
-        accelerator="cpu", max_epochs=epochs, limit_train_batches=2, callbacks=callbacks, num_sanity_val_steps=0,
-        logger=CSVLogger(root, name="", version=""), enable_checkpointing=False, enable_model_summary=False,
-        enable_progress_bar=False, log_every_n_steps=1,
-    )  # fmt: skip
+        accelerator="cpu",
+        max_epochs=epochs,
+        limit_train_batches=2,
+        callbacks=callbacks,
+        num_sanity_val_steps=0,
+        logger=CSVLogger(root, name="", version=""),
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+        log_every_n_steps=1,
+    )
     trainer.fit(model, datamodule=unlabelled_data(folder))
     return trainer, model
 

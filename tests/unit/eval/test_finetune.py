@@ -59,7 +59,7 @@ TABLE = {
             "mlp.fc1.bias",
             "mlp.fc2.weight",
             "mlp.fc2.bias",
-        ]  # fmt: skip
+        ]
     },
     "backbone.norm.weight": (3, False, False),  # unused with mean pooling: frozen
     "backbone.norm.bias": (3, False, False),
@@ -112,8 +112,9 @@ def test_recipe_defaults_are_maes():
 def test_trainable_blocks_freeze_exactly_the_rest(blocks, pooling):
     model = FineTune(backbone=TINY, num_classes=3, trainable_blocks=blocks, pooling=pooling, mixup=0, cutmix=0)
     model.train()
-    loss = model.batch_loss({"images": torch.randn(4, 3, 16, 16), "labels": torch.tensor([0, 1, 2, 0]),
-                             "keys": torch.arange(4)})["loss"]  # fmt: skip
+    loss = model.batch_loss(
+        {"images": torch.randn(4, 3, 16, 16), "labels": torch.tensor([0, 1, 2, 0]), "keys": torch.arange(4)}
+    )["loss"]
     loss.backward()
     first_trained = 2 - blocks if blocks is not None else 0
     for name, param in model.named_parameters():
@@ -157,8 +158,13 @@ def test_a_beit_and_a_cpc_checkpoint_load(tmp_path):
     assert model.backbone_config.layer_scale_init == 0.1
 
     # CPC encodes 4 px patches; fine-tuning runs on whole 16 px images: positions for the 4x4 grid
-    cpc = CPC(backbone={**TINY, "img_size": 4, "patch_size": 2}, image_size=16, context_dim=32, context_depth=1,
-              context_heads=2)  # fmt: skip
+    cpc = CPC(
+        backbone={**TINY, "img_size": 4, "patch_size": 2},
+        image_size=16,
+        context_dim=32,
+        context_depth=1,
+        context_heads=2,
+    )
     model = FineTune(weights=str(save(cpc, tmp_path / "cpc.ckpt")), num_classes=3)
     model.setup("fit")
     assert model.backbone_config.img_size == 16 and model.backbone.pos_embed.shape == (1, 1 + 64, 32)

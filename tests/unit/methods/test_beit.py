@@ -144,8 +144,12 @@ def test_recipe_defaults_are_the_papers():
     h = model.hparams
     assert h.base_lr * 2048 / 256 == pytest.approx(1.5e-3)
     assert (h.weight_decay, tuple(h.betas), h.warmup_epochs, h.clip_grad, h.mask_ratio) == (
-        0.05, (0.9, 0.999), 10.0, 3.0, 0.4,
-    )  # fmt: skip
+        0.05,
+        (0.9, 0.999),
+        10.0,
+        3.0,
+        0.4,
+    )
     assert h.codebook["vocab_size"] == 1024 and model.code_head.out_features == 1024
     default = BEiT.__init__.__defaults__  # backbone None: ViT-B/16 with drop-path 0.1 and layer scale 0.1
     assert default[0] is None

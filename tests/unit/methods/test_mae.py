@@ -154,8 +154,15 @@ def test_gradients_are_clipped_with_the_fused_optimizer_in_every_precision(tiny_
 
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording)
     model = tiny_mae(tiny_vit, clip_grad=1e-3, warmup_steps=1)
-    trainer = L.Trainer(accelerator="cpu", precision=precision, max_steps=2, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer = L.Trainer(
+        accelerator="cpu",
+        precision=precision,
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(model, DataLoader(TensorDataset(torch.randn(8, 3, 16, 16)), batch_size=4))
     assert len(norms) == 2, "clipped at every step"
     for before, after, max_norm in norms:

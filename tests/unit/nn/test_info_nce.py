@@ -1,4 +1,4 @@
-"""InfoNCE (sslvit.losses.info_nce) against hand-written references."""
+"""InfoNCE (sslvit.nn.losses.info_nce) against hand-written references."""
 
 import math
 

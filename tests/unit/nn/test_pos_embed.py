@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from sslvit.nn.pos_embed import interpolate_pos_embed, sincos_pos_embed_2d
+from sslvit.nn.pos_embed import sincos_pos_embed_2d
 
 
 def direct_formula(dim: int, rows: int, cols: int) -> torch.Tensor:
@@ -45,19 +45,3 @@ def test_positions_are_distinct():
 def test_bad_dimension():
     with pytest.raises(ValueError, match="divisible by 4"):
         sincos_pos_embed_2d(30, 4)
-
-
-def test_interpolation_keeps_cls_and_identity_at_same_size():
-    table = sincos_pos_embed_2d(32, 4, cls_token=True).unsqueeze(0)
-    assert interpolate_pos_embed(table, 4) is table
-    bigger = interpolate_pos_embed(table, 8)
-    assert bigger.shape == (1, 65, 32)
-    assert torch.equal(bigger[:, 0], table[:, 0])
-    # Bicubic weights sum to one: a table that is constant over the grid stays that constant.
-    constant = torch.cat([table[:, :1], torch.arange(32.0).expand(1, 16, 32)], dim=1)
-    assert torch.allclose(interpolate_pos_embed(constant, (6, 10))[0, 1:], torch.arange(32.0).expand(60, 32), atol=1e-4)
-
-
-def test_interpolation_rejects_non_square_source():
-    with pytest.raises(ValueError, match="square"):
-        interpolate_pos_embed(torch.zeros(1, 1 + 12, 8), 4)

@@ -118,11 +118,13 @@ def test_load_mae_rebuilds_encoder_and_decoder(tiny_vit, tmp_path):
     model = tiny_mae(tiny_vit, mask_ratio=0.6)
     hparams = {"_class_path": "sslvit.methods.MAE", **model.hparams}
     data = {"mean": list(MEAN), "std": list(STD), "image_size": 16}
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": hparams, "datamodule_hyper_parameters": data},
-               tmp_path / "mae.ckpt")  # fmt: skip
+    torch.save(
+        {"state_dict": model.state_dict(), "hyper_parameters": hparams, "datamodule_hyper_parameters": data},
+        tmp_path / "mae.ckpt",
+    )
     loaded, info = load_mae(tmp_path / "mae.ckpt")
     assert not loaded.training and loaded.mask_ratio == 0.6
-    assert info["mean"] == MEAN and info["std"] == STD and info["image_size"] == 16
+    assert info.mean == MEAN and info.std == STD and info.image_size == 16
     images, noise = torch.randn(2, 3, 16, 16), torch.rand(2, 16)
     with torch.no_grad():
         assert torch.equal(loaded(images, noise=noise)[1], model(images, noise=noise)[1])
@@ -137,10 +139,16 @@ def test_callback_with_plain_dataloaders_and_its_errors(tiny_vit, tmp_path):
     """Without an sslvit data module the grid shows the first validation images (ImageNet mean/std)."""
     data = TensorDataset(torch.randn(8, 3, 16, 16), torch.zeros(8, dtype=torch.long))
     trainer = L.Trainer(
-        max_epochs=2, limit_train_batches=1, limit_val_batches=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+        max_epochs=2,
+        limit_train_batches=1,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
         callbacks=[ReconstructionLogger(every_n_epochs=2, num_images=2, panel_px=32, folder="grids")],
-    )  # fmt: skip
+    )
     # lr set: base_lr scaling needs the batch size, which SSLMethod only finds through a data module
     model = MAE(backbone=tiny_vit, decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2, lr=1e-3, warmup_steps=1)
     trainer.fit(model, DataLoader(data, batch_size=4), DataLoader(data, batch_size=4))

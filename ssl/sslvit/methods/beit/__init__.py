@@ -1,4 +1,5 @@
-"""BEiT and what only it uses: the k-means visual tokenizer (interface, codes, files) and its fitting."""
+"""BEiT and what only it uses: the k-means visual tokenizer (interface, codes, files), its fitting, and where a
+run's codebook comes from (fitted, loaded or restored, and checked: `tokenizer_lifecycle`)."""
 
 from sslvit.methods.beit.method import BEiT
 from sslvit.methods.beit.tokenizer import KMeansTokenizer, VisualTokenizer, load_tokenizer

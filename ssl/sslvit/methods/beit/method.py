@@ -2,24 +2,24 @@
 
 Shapes: images [N, C, H, W]; L patches on the backbone's grid; M masked patches in the batch;
 D encoder width; V codes. The tokenizer is a k-means codebook (:mod:`sslvit.methods.beit.tokenizer`) held in
-buffers, so checkpoints carry it and resuming or evaluating never needs its directory again.
+buffers, so checkpoints carry it and resuming or evaluating never needs its directory again; where it comes
+from and the checks on a restored one are :mod:`sslvit.methods.beit.tokenizer_lifecycle`.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from sslvit.errors import ConfigError
 from sslvit.methods.base import SSLMethod
-from sslvit.methods.beit.tokenizer import KMeansTokenizer, load_tokenizer
-from sslvit.methods.beit.tokenizer_fit import CodebookConfig, describe, fit_tokenizer_on_data
+from sslvit.methods.beit.tokenizer import KMeansTokenizer
+from sslvit.methods.beit.tokenizer_fit import CodebookConfig
+from sslvit.methods.beit.tokenizer_lifecycle import TokenizerLifecycle
 from sslvit.nn.backbone import ViTConfig
 from sslvit.nn.masking import blockwise_masking, default_min_block, num_kept
 from sslvit.seeding import splitmix64
@@ -75,9 +75,14 @@ class BEiT(SSLMethod):
         codebook = (codebook or CodebookConfig()).resolved(config.img_size)
         check_masking(config, mask_ratio, min_block, max_block, min_aspect)
         super().__init__(
-            backbone=config, base_lr=base_lr, weight_decay=weight_decay, betas=betas,
-            warmup_epochs=warmup_epochs, clip_grad=clip_grad, **kwargs,
-        )  # fmt: skip
+            backbone=config,
+            base_lr=base_lr,
+            weight_decay=weight_decay,
+            betas=betas,
+            warmup_epochs=warmup_epochs,
+            clip_grad=clip_grad,
+            **kwargs,
+        )
         self.hparams["codebook"] = asdict(codebook)  # a plain dict, so checkpoints load with weights_only
         dim = self.backbone.embed_dim
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
@@ -86,107 +91,38 @@ class BEiT(SSLMethod):
             codebook.vocab_size, config.patch_size, config.img_size, config.in_chans, codebook.color_weight
         )
         self.codebook_config = codebook
-        self.tokenizer_info: dict[str, Any] = {}  # where the codebook came from; saved in checkpoints
+        # A plain object, not a module: the codebook's buffers are registered once, under tokenizer.*
+        self.tokenizer_lifecycle = TokenizerLifecycle(self.tokenizer, config, codebook, tokenizer)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
         nn.init.trunc_normal_(self.code_head.weight, std=0.02)
         nn.init.zeros_(self.code_head.bias)
 
-    # ---- the tokenizer ----
+    # ---- the tokenizer: filled and checked by TokenizerLifecycle ----
+    @property
+    def tokenizer_info(self) -> dict[str, Any]:
+        """Where the codebook came from (``source``, settings, fitting statistics); saved in checkpoints."""
+        return self.tokenizer_lifecycle.info
+
     def set_tokenizer(self, tokenizer: KMeansTokenizer, source: str) -> None:
         """Copy a fitted tokenizer's codebook into this model after checking it fits the backbone and head."""
-        tokenizer.check_matches(self.backbone_config, f"tokenizer {source}")
-        if tokenizer.vocab_size != self.tokenizer.vocab_size:
-            raise ConfigError(
-                f"tokenizer {source} has {tokenizer.vocab_size} codes but model.codebook.vocab_size="
-                f"{self.tokenizer.vocab_size} sizes the prediction head: set model.codebook.vocab_size "
-                f"{tokenizer.vocab_size} or use a tokenizer fitted with this config"
-            )
-        self.tokenizer.load_state_dict(tokenizer.state_dict())
-        self.tokenizer_info = {"source": source, **tokenizer.settings(), **tokenizer.info}
-
-    def fit_tokenizer(self, datamodule: Any) -> KMeansTokenizer:
-        """Fit this model's k-means tokenizer (``codebook`` settings) on a data module's data and print its coverage."""
-        tokenizer, stats = fit_tokenizer_on_data(datamodule, self.backbone_config, self.codebook_config)
-        rank_zero_info(describe(tokenizer, stats))
-        return tokenizer
-
-    def _check_normalization(self, datamodule: Any, source: str) -> None:
-        """The codes depend on the pixel normalization: the data must use the one the tokenizer was fitted with."""
-        fitted = torch.stack([self.tokenizer.pixel_mean, self.tokenizer.pixel_std]).cpu()
-        given = torch.tensor([datamodule.mean, datamodule.std], dtype=torch.float)
-        if not torch.allclose(fitted, given, atol=1e-6):
-            raise ConfigError(
-                f"tokenizer {source} was fitted on images normalized with mean={fitted[0].tolist()}, "
-                f"std={fitted[1].tolist()} but data.mean={list(datamodule.mean)}, data.std={list(datamodule.std)}: "
-                "use the same normalization or refit the tokenizer"
-            )
-
-    def _check_restored_codebook(self) -> None:
-        """A codebook restored from a checkpoint must agree with the settings given now: refuse, never ignore.
-
-        The tokenizer directory named by ``model.tokenizer`` must hold this very codebook, ``codebook.color_weight``
-        must be the one it was fitted with, and the data must be normalized as its images were.
-        """
-        source = self.tokenizer_info.get("source", "restored from the checkpoint")
-        path = self.hparams.tokenizer
-        if path is not None and str(path) != str(source):
-            given = load_tokenizer(path)
-            if given.centroids.shape != self.tokenizer.centroids.shape or not torch.equal(
-                given.centroids, self.tokenizer.centroids.cpu()
-            ):
-                raise ConfigError(
-                    f"model.tokenizer={path} is not the codebook this run was trained with (the checkpoint holds the "
-                    f"one from {source}): drop model.tokenizer to keep the run's codebook, or start a new run to use it"
-                )
-        stored, asked = round(float(self.tokenizer.color_weight), 6), round(self.codebook_config.color_weight, 6)
-        if stored != asked:
-            raise ConfigError(
-                f"model.codebook.color_weight={asked} but the checkpoint's codebook was fitted with {stored}: the "
-                "codes would not change; keep the run's setting or start a new run to fit a new codebook"
-            )
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is not None:
-            self._check_normalization(datamodule, source)
+        self.tokenizer_lifecycle.set(tokenizer, source)
 
     def on_validation_start(self) -> None:
         # `sslvit validate` of a checkpoint (fit checks once, in on_fit_start)
-        if bool(self.tokenizer.fitted) and self.trainer.state.fn == "validate":
-            self._check_restored_codebook()
+        if self.tokenizer_lifecycle.fitted and self.trainer.state.fn == "validate":
+            self.tokenizer_lifecycle.check_restored(getattr(self.trainer, "datamodule", None))
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
-        # After a resumed checkpoint is restored (so resuming never refits), before the sanity check.
-        if bool(self.tokenizer.fitted):
-            self._check_restored_codebook()
-            return
-        trainer, path = self.trainer, self.hparams.tokenizer
-        datamodule = getattr(trainer, "datamodule", None)
-        if path is None:
-            if datamodule is None:
-                raise ConfigError("model.tokenizer is not set and there is no data module to fit one on: set it")
-            # Rank 0 fits and saves; every rank gets the codebook by broadcast (no shared file system needed).
-            path, payload = str(Path(trainer.default_root_dir) / "tokenizer"), None
-            if trainer.is_global_zero:
-                fitted = self.fit_tokenizer(datamodule)
-                fitted.save(path)
-                rank_zero_info(f"BEiT: tokenizer saved to {path} (every checkpoint stores it too)")
-                payload = (fitted.centroids, fitted.patch_centroids, fitted.settings(), fitted.info)
-            centroids, patch_centroids, settings, info = trainer.strategy.broadcast(payload, src=0)
-            tokenizer = KMeansTokenizer.from_codebook(centroids, patch_centroids, settings)
-            tokenizer.info = info
-        else:
-            tokenizer = load_tokenizer(path)
-        self.set_tokenizer(tokenizer, path)
-        if datamodule is not None:
-            self._check_normalization(datamodule, path)
+        self.tokenizer_lifecycle.on_fit_start(self.trainer)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        checkpoint["tokenizer_info"] = self.tokenizer_info
+        checkpoint["tokenizer_info"] = self.tokenizer_lifecycle.info
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
-        self.tokenizer_info = checkpoint.get("tokenizer_info", {})
+        self.tokenizer_lifecycle.info = checkpoint.get("tokenizer_info", {})
 
     # ---- the model ----
     def sample_mask(
@@ -208,13 +144,7 @@ class BEiT(SSLMethod):
         ``keys`` [N] (or the global RNG). Logits are computed at masked positions only (row-major over
         (sample, patch)), as the loss needs no others.
         """
-        if not bool(self.tokenizer.fitted):
-            if not self.hparams.tokenizer:
-                raise ConfigError(
-                    "BEiT has no codebook yet: set model.tokenizer to a tokenizer directory, restore a BEiT "
-                    "checkpoint (--ckpt_path), or train with `sslvit fit`, which fits one when model.tokenizer is unset"
-                )
-            self.set_tokenizer(load_tokenizer(self.hparams.tokenizer), self.hparams.tokenizer)
+        self.tokenizer_lifecycle.load_if_needed()
         codes = self.tokenizer(images)  # [N, L], no gradients
         if mask is None:
             mask = self.sample_mask(images.shape[0], self.backbone.grid_of(images), images.device, keys)

@@ -149,9 +149,12 @@ def sample_patches(
     chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:num_images].tolist()
     items = [(index, sample_key(seed, 0, index)) for index in chosen]
     loader = DataLoader(
-        KeyedDataset(dataset), batch_size=batch_size, sampler=items, num_workers=num_workers,
+        KeyedDataset(dataset),
+        batch_size=batch_size,
+        sampler=items,
+        num_workers=num_workers,
         collate_fn=CollateKeyed(count_skipped=False),
-    )  # fmt: skip
+    )
     sample = []
     for batch in loader:
         patches = patchify(batch["images"], patch_size)  # [B, L, P]
@@ -182,9 +185,14 @@ def fit_kmeans_tokenizer(
     tokenizer = KMeansTokenizer(vocab_size, patch_size, image_size, in_chans, color_weight, mean, std)
     features = np.ascontiguousarray(tokenizer.features(patches).numpy())
     kmeans = faiss.Kmeans(
-        features.shape[1], vocab_size, niter=iterations, seed=seed, verbose=False,
-        max_points_per_centroid=len(features), min_points_per_centroid=1,  # use the whole sample, no warning
-    )  # fmt: skip
+        features.shape[1],
+        vocab_size,
+        niter=iterations,
+        seed=seed,
+        verbose=False,
+        max_points_per_centroid=len(features),
+        min_points_per_centroid=1,  # use the whole sample, no warning
+    )
     kmeans.train(features)
     tokenizer.centroids.copy_(torch.from_numpy(kmeans.centroids))
     tokenizer.fitted.fill_(True)
@@ -210,15 +218,25 @@ def fit_tokenizer_on_data(
     start = time.perf_counter()
     transform = datamodule.train_transform()
     common = dict(
-        patch_size=backbone.patch_size, grid_size=backbone.grid_size, seed=codebook.seed,
+        patch_size=backbone.patch_size,
+        grid_size=backbone.grid_size,
+        seed=codebook.seed,
         num_workers=datamodule.num_workers,
-    )  # fmt: skip
+    )
     train = datamodule.build_dataset("pretrain", transform)
     patches = sample_patches(train, vocab * codebook.patches_per_code, codebook.patches_per_image, **common)
     tokenizer = fit_kmeans_tokenizer(
-        patches, vocab, backbone.patch_size, backbone.img_size, backbone.in_chans, codebook.color_weight,
-        codebook.iterations, codebook.seed, datamodule.mean, datamodule.std,
-    )  # fmt: skip
+        patches,
+        vocab,
+        backbone.patch_size,
+        backbone.img_size,
+        backbone.in_chans,
+        codebook.color_weight,
+        codebook.iterations,
+        codebook.seed,
+        datamodule.mean,
+        datamodule.std,
+    )
     held_out = sample_patches(
         datamodule.build_dataset("val", transform), max(1, len(patches) // 4), codebook.patches_per_image, **common
     )
