@@ -1,12 +1,16 @@
-"""sslvit's MAE against facebookresearch/mae's training code at equal steps: kNN of both, over seeds and variants.
+"""sslvit's MAE against facebookresearch/mae's training code at equal budgets: kNN of both, over seeds and variants.
 
     python benchmarks/mae_vs_official.py --mae-repo /path/to/mae --data-root ../shared/data/cifar10 \\
         --steps 500 --seeds 0 1 --variants official sslvit sslvit-pil-loader --output mae-vs-official.json
+    python benchmarks/mae_vs_official.py ... --petaflops 0.05 ...   # or --minutes 10: the same budget for each
 
-Every variant pretrains the CIFAR-10 config's architecture (``--config``) on the same class-balanced
-``--train-images`` subset for ``--steps`` steps of the config's batch (warmup ``--warmup-steps``, then
-cosine), then its encoder's CLS features are evaluated by kNN (k = 20, T = 0.07) with that subset as
-the bank and the val split as queries. Variants switch one difference at a time:
+Every variant pretrains the CIFAR-10 config's architecture (``--config``) with each seed on the class-balanced
+``--train-images`` subset drawn with that seed (the same images for every variant but ``reference``) for the
+budget: ``--steps`` steps of the config's batch (warmup ``--warmup-steps``, then cosine; the default),
+``--petaflops`` (each counts the FLOPs of its own step) or ``--minutes``, with the harness
+(``benchmarks/harness.py``). Then its encoder's CLS features, with the checkpoint's preprocessing, are
+evaluated by kNN (k = 20, T = 0.07) with a class-balanced ``--train-images`` of train (seed 0) as the
+bank and the val split as queries. Variants switch one difference at a time:
 
 - ``official``: ``benchmarks/official_mae.py`` (their model, initialisation, schedule, PIL loader,
   weight-decay groups);
@@ -20,7 +24,8 @@ the bank and the val split as queries. Variants switch one difference at a time:
 - any other name ``sslvit:<key>=<value>,...``: ``sslvit fit`` with those overrides (e.g.
   ``sslvit:data.num_workers=0``).
 
-Prints a table (mean and std over seeds) and writes every run's record as JSON.
+Prints a table (mean and std over seeds, and each variant's difference to the first, paired by seed) and
+writes every run's record as JSON. A variant's run directory that is done is read, not retrained.
 """
 
 from __future__ import annotations
@@ -32,18 +37,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from sslvit.checkpoints import load_backbone, safe_load
+from harness import REPO, EvalSplit, RunBudget, add_budget_args, evaluate_encoder, fit, fit_official
 from sslvit.cli.parser import ToolParser
-from sslvit.data import SSLDataModule, class_balanced_subset
-from sslvit.errors import one_line_errors
-from sslvit.eval import KNNClassifier, dataset_features
-from sslvit.eval.features import dataset_targets
+from sslvit.errors import ConfigError, one_line_errors
 from sslvit.eval.seeds import paired_difference, spread
-from sslvit.nn.backbone import VisionTransformer, ViTConfig
 
-REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {
     "sslvit": [],
     # torchvision's RandomResizedCrop on PIL images in loader workers (the reference's transform, keyed RNG)
@@ -51,6 +49,7 @@ VARIANTS = {
     # sslvit's fast file path: JPEG decoded by torchvision.io, cropped and resized as uint8 tensors in workers
     "sslvit-decode-crop": ["--data.on_device", "false"],
 }
+DEFAULT_BUDGET = RunBudget(steps=500)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", default="configs/mae/cifar10_vit_tiny.yaml")
     parser.add_argument("--data-root", required=True, help="an ImageFolder root with train/ and val/")
     parser.add_argument("--train-images", type=int, default=10000)
-    parser.add_argument("--steps", type=int, default=500)
-    parser.add_argument("--warmup-steps", type=int, default=100)
+    add_budget_args(parser, "pretraining (default --steps 500)")
+    parser.add_argument("--warmup-steps", type=int, default=100, help="with --steps")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--variants", nargs="+", default=["official", "sslvit", "sslvit-pil-loader"])
     parser.add_argument("--run-dir", default="runs/mae-vs-official")
@@ -79,48 +78,35 @@ def sslvit_overrides(variant: str) -> list[str]:
     if variant.startswith("sslvit:"):
         pairs = [p.split("=", 1) for p in variant.removeprefix("sslvit:").split(",")]
         return [arg for key, value in pairs for arg in (f"--{key}", value)]
-    raise SystemExit(
+    raise ConfigError(
         f"unknown variant {variant!r}: official, reference, {', '.join(VARIANTS)} or sslvit:<key>=<value>,..."
     )
 
 
-def pretrain(args: argparse.Namespace, variant: str, seed: int, run: Path) -> Path:
-    """Train one variant; returns its checkpoint."""
-    if variant == "reference":
+def pretrain(args: argparse.Namespace, variant: str, seed: int, run: Path) -> str:
+    """Train one variant (unless its run is done); returns its checkpoint."""
+    budget = RunBudget.from_args(args, DEFAULT_BUDGET)
+    if variant == "official":
+        official = fit_official(
+            args.mae_repo, args.config, run, budget, seed, args.train_images, args.data_root, args.warmup_steps
+        )
+        return official.checkpoint
+    if variant == "reference":  # written independently of the harness: its own loop, schedule and subset
         checkpoint = run / "mae.pth"
+        if budget.kind != "steps":
+            raise ConfigError("the reference variant trains for --steps only")
         command = [sys.executable, args.reference_script, args.data_root, "--mae-repo", args.mae_repo,
-                   "--train-images", str(args.train_images), "--steps", str(args.steps), "--warmup",
+                   "--train-images", str(args.train_images), "--steps", str(budget.steps), "--warmup",
                    str(args.warmup_steps), "--seed", str(seed), "--save", str(checkpoint),
                    "--output", str(run / "reference.json")]  # fmt: skip
         run.mkdir(parents=True, exist_ok=True)
-    elif variant == "official":
-        checkpoint = run / "mae.pth"
-        command = [sys.executable, str(REPO / "benchmarks" / "official_mae.py"), "--mae-repo", args.mae_repo,
-                   "--config", args.config, "--data-root", args.data_root, "--train-images", str(args.train_images),
-                   "--steps", str(args.steps), "--warmup-steps", str(args.warmup_steps), "--seed", str(seed),
-                   "--output", str(checkpoint)]  # fmt: skip
-    else:
-        checkpoint = run / "checkpoints" / "last.ckpt"
-        command = [sys.executable, "-m", "sslvit.cli", "fit", "--config", args.config, "--data.dataset", "imagefolder",
-                   "--data.root", args.data_root, "--data.train_subset", str(args.train_images),
-                   "--trainer.max_steps", str(args.steps), "--trainer.max_epochs", "-1",
-                   "--model.init_args.warmup_steps", str(args.warmup_steps), "--seed_everything", str(seed),
-                   "--trainer.callbacks", "[]", "--trainer.check_val_every_n_epoch", "1000",
-                   "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(run),
-                   *sslvit_overrides(variant)]  # fmt: skip
-    if not checkpoint.is_file():
-        subprocess.run(command, check=True, cwd=REPO)
-    return checkpoint
-
-
-def encoder(checkpoint: Path, reference: VisionTransformer) -> VisionTransformer:
-    if checkpoint.suffix == ".ckpt":
-        return load_backbone(checkpoint)[0]
-    state = safe_load(checkpoint)["model"]  # the official names of the encoder are the backbone's
-    own = reference.state_dict()
-    model = VisionTransformer(reference.config)
-    model.load_state_dict({k: v for k, v in state.items() if k in own})
-    return model.eval()
+        if not checkpoint.is_file():
+            subprocess.run(command, check=True, cwd=REPO)
+        return str(checkpoint)
+    overrides = sslvit_overrides(variant) + ["--trainer.enable_progress_bar", "false"]
+    if budget.kind == "steps":
+        overrides = ["--model.init_args.warmup_steps", str(args.warmup_steps), *overrides]
+    return fit(args.config, run, budget, seed, overrides, args.train_images, data_root=args.data_root).checkpoint
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -130,21 +116,16 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
 
 def compare(args: argparse.Namespace) -> list[dict[str, Any]]:
-    config = yaml.safe_load((REPO / args.config).read_text())
-    reference = VisionTransformer(ViTConfig.from_dict(config["model"]["init_args"]["backbone"]))
-    data = SSLDataModule(
-        dataset="imagefolder", root=args.data_root, image_size=reference.config.img_size, batch_size=256, num_workers=2
-    )
-    bank = class_balanced_subset(dataset_targets(data.build_dataset("train", None)), args.train_images, seed=0)
-    knn = KNNClassifier(ks=(20,), k=20, temperature=0.07)
+    for variant in args.variants:  # a misspelt variant fails before hours of training, not after
+        if variant not in ("official", "reference"):
+            sslvit_overrides(variant)
+    bank = EvalSplit("val", train_images=args.train_images, seed=0)
     records = []
     for seed in args.seeds:
         for variant in args.variants:
             run = Path(args.run_dir) / f"{variant.replace(':', '_').replace('=', '-')}-seed{seed}"
-            model = encoder(pretrain(args, variant, seed, run), reference)
-            train = dataset_features(model, data, "train", indices=bank)
-            val = dataset_features(model, data, "val")
-            top1 = knn.fit(train.features, train.labels).evaluate(val.features, val.labels).top1
+            checkpoint = pretrain(args, variant, seed, run)
+            top1 = evaluate_encoder(checkpoint, args.data_root, bank, features="cls", linear=False)["knn_top1"]
             records.append({"variant": variant, "seed": seed, "knn_top1": top1, "run": str(run)})
             print(f"{variant:<28} seed {seed}: kNN top-1 {top1:.2f}%", flush=True)
     summary = summarize(records, args.variants)

@@ -1,7 +1,8 @@
-"""facebookresearch/mae's model trained the way its ``main_pretrain.py`` trains it, for a step or time budget.
+"""facebookresearch/mae's model trained the way its ``main_pretrain.py`` trains it, for a FLOP, time or step budget.
 
     python benchmarks/official_mae.py --mae-repo /path/to/mae --config configs/mae/cifar10_vit_tiny.yaml \\
-        --data-root ../shared/data/cifar10 --train-images 10000 --minutes 30 --output runs/official-mae/mae.pth
+        --data-root ../shared/data/cifar10 --train-images 10000 --petaflops 0.1 --output runs/official-mae/mae.pth
+    python benchmarks/official_mae.py ... --minutes 30 ...   # or --steps 500 --warmup-steps 100
 
 The reference row of the results table (``benchmarks/results.py``) and of the comparison with sslvit's
 own MAE. From a local checkout of facebookresearch/mae (not part of sslvit, never copied into it):
@@ -13,18 +14,21 @@ biases and 1-d parameters; the tokens are decayed, as in the official code), ``A
 0.95))``, ``lr = blr * batch / 256``. Its ``engine_pretrain.train_one_epoch`` itself cannot run
 on a CPU (it calls ``torch.cuda.synchronize()``), so its loop body is run here: the same calls, in
 the same order. Sizes, mask ratio, norm-pix loss and batch size come from an sslvit config, so both
-train the same architecture. With ``--minutes`` the schedule follows the clock (its position is the
-elapsed fraction of the budget, as ``sslvit.cli.TimeBudget`` makes sslvit's runs do), with ``--steps``
-the step count.
+train the same architecture. The schedule's position is the spent fraction of the budget, as
+``sslvit.cli.FlopBudget`` and ``TimeBudget`` make sslvit's runs do: with ``--petaflops`` the FLOPs of the
+steps so far (the first step counted by torch, ``sslvit.flops``: the run trains ``ceil(budget / step
+FLOPs)`` steps on any machine), with ``--minutes`` the clock, with ``--steps`` the step count. With
+``--train-images`` it trains on the class-balanced subset sslvit's run of the same ``--seed`` trains on
+(``data.train_subset``, drawn with the run's seed).
 
 Writes ``{"model": state_dict, "sslvit": {...}}`` (tensors and plain values: loadable with
-``weights_only=True``) and, with ``--json``, the run's record.
+``weights_only=True``); ``sslvit`` is the run's record: steps, images seen, FLOPs, seconds of training.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import math
 import sys
 import time
@@ -38,10 +42,12 @@ import yaml
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
+from harness import RunBudget, add_budget_args
 from sslvit.cli.parser import ToolParser
 from sslvit.constants import IMAGENET_MEAN, IMAGENET_STD
 from sslvit.data import class_balanced_subset
 from sslvit.errors import ConfigError, one_line_errors
+from sslvit.flops import flop_counter
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,17 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", required=True, help="an sslvit MAE config: sizes, mask ratio, batch, lr")
     parser.add_argument("--data-root", required=True, help="an ImageFolder root with train/")
     parser.add_argument("--train-images", type=int, help="class-balanced subset of train/ (default: all)")
-    budget = parser.add_mutually_exclusive_group(required=True)
-    budget.add_argument("--minutes", type=float, help="wall-clock budget; the schedule follows the clock")
-    budget.add_argument("--steps", type=int, help="optimizer steps")
+    add_budget_args(parser)
     parser.add_argument("--warmup-steps", type=int, default=100, help="with --steps")
-    parser.add_argument("--warmup-fraction", type=float, default=0.05, help="with --minutes: part of the budget")
     parser.add_argument("--blr", type=float, help="base lr per 256 images (default: the config's base_lr)")
     parser.add_argument("--weight-decay", type=float, default=0.05)
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", required=True, help="where to write the checkpoint (.pth)")
-    parser.add_argument("--json", help="write the run's record here")
+    parser.add_argument("--output", required=True, help="where to write the checkpoint (.pth), the record inside")
     return parser
 
 
@@ -121,6 +123,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def train(args: argparse.Namespace) -> dict[str, Any]:
     from timm.optim import param_groups_weight_decay
 
+    budget = RunBudget.from_args(args)
     torch.manual_seed(args.seed)
     models_mae, lr_sched = official_modules(Path(args.mae_repo))
     s = config_settings(args.config)
@@ -147,8 +150,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         ]
     )
     dataset = datasets.ImageFolder(str(Path(args.data_root) / "train"), transform=transform)
-    if args.train_images:  # the same class-balanced subset sslvit's budget runs pretrain on
-        dataset = Subset(dataset, class_balanced_subset(dataset.targets, args.train_images, seed=0))
+    if args.train_images:  # the class-balanced subset sslvit's run of this seed pretrains on (data.seed = its seed)
+        dataset = Subset(dataset, class_balanced_subset(dataset.targets, args.train_images, seed=args.seed))
     batch = s["batch_size"]
     loader = DataLoader(
         dataset,
@@ -162,29 +165,39 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     lr = blr * batch / 256
     optimizer = torch.optim.AdamW(param_groups_weight_decay(model, args.weight_decay), lr=lr, betas=(0.9, 0.95))
     steps_per_epoch = len(loader)
-    # Their schedule is in (fractional) epochs of this loader: linear warmup, then a half-cycle cosine
-    # to the end of the budget. With --steps the position is the step; with --minutes it is the elapsed
-    # fraction of the budget (warmup over --warmup-fraction of it), as sslvit.cli.TimeBudget does for
-    # sslvit's runs, so both spend the same time on the same schedule shape.
-    if args.steps:
-        length, warmup = args.steps / steps_per_epoch, args.warmup_steps / steps_per_epoch
+    # Their schedule is in (fractional) epochs of this loader: linear warmup, then a half-cycle cosine to
+    # the end of the budget. With --steps the position is the step (warmup --warmup-steps); otherwise it is
+    # the spent fraction of the budget (warmup --warmup-fraction of it), FLOPs or seconds, as sslvit's
+    # FlopBudget and TimeBudget do for sslvit's runs: both spend the same budget on the same schedule shape.
+    if budget.kind == "steps":
+        length, warmup = budget.steps / steps_per_epoch, args.warmup_steps / steps_per_epoch
     else:
-        length, warmup = 1.0, args.warmup_fraction
+        length, warmup = 1.0, budget.warmup_fraction
     schedule = SimpleNamespace(lr=lr, min_lr=0.0, warmup_epochs=warmup, epochs=length)
-    budget_s = args.minutes * 60 if args.minutes else None
+    flops_per_step: float | None = None  # counted on the first step
+
+    def position(step: int, elapsed: float) -> float:
+        if budget.kind == "steps":
+            return step / steps_per_epoch
+        if budget.kind == "minutes":
+            return elapsed / (budget.minutes * 60)
+        return step * (flops_per_step or 0.0) / (budget.petaflops * 1e15)
+
     model.train()
     start, step, losses = time.perf_counter(), 0, []
     while True:
         for samples, _ in loader:
-            elapsed = time.perf_counter() - start
-            position = step / steps_per_epoch if budget_s is None else elapsed / budget_s
-            if position >= length:
+            now = position(step, time.perf_counter() - start)
+            if now >= length:
                 break
-            lr_sched.adjust_learning_rate(optimizer, position, schedule)
-            loss, _, _ = model(samples, mask_ratio=s["mask_ratio"])
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"official MAE: loss is {loss.item()} at step {step}")
-            loss.backward()
+            lr_sched.adjust_learning_rate(optimizer, now, schedule)
+            with flop_counter() if flops_per_step is None else contextlib.nullcontext() as counter:
+                loss, _, _ = model(samples, mask_ratio=s["mask_ratio"])
+                if not math.isfinite(loss.item()):
+                    raise FloatingPointError(f"official MAE: loss is {loss.item()} at step {step}")
+                loss.backward()
+            if counter is not None:
+                flops_per_step = float(counter.get_total_flops())
             optimizer.step()
             optimizer.zero_grad()
             losses.append(loss.item())
@@ -199,6 +212,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "images_seen": step * batch,
         "seconds": seconds,
         "images_per_s": step * batch / seconds,
+        "flops_per_step": flops_per_step,
+        "petaflops": step * (flops_per_step or 0.0) / 1e15,
+        "budget": str(budget),
         "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])),
         "lr": lr,
         "batch_size": batch,
@@ -214,8 +230,6 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         f"official MAE: {step} steps ({step * batch} images) in {seconds / 60:.1f} minutes, "
         f"{record['images_per_s']:.1f} images/s, final loss {record['final_loss']:.4f}; wrote {output}"
     )
-    if args.json:
-        Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
     return record
 
 

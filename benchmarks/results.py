@@ -1,53 +1,74 @@
-"""The results table: every method pretrained for the same wall-clock budget on CIFAR-10, then evaluated.
+"""The results table: every method pretrained for the same budget of FLOPs on CIFAR-10, over seeds, then evaluated.
 
-    python benchmarks/results.py --data-root ../shared/data/cifar10 --minutes 30 --mae-repo /path/to/mae
-    python benchmarks/results.py --data-root ../shared/data/cifar10 --minutes 30 --methods beit   # one row
+    python benchmarks/results.py --data-root ../shared/data/cifar10 --petaflops 0.05 --train-images 10000 \\
+        --seeds 0 1 2 --finetune-petaflops 0.05 --mae-repo /path/to/mae
+    python benchmarks/results.py --data-root ../shared/data/cifar10 --minutes 10 --methods beit   # one row, 1 seed
+    python benchmarks/results.py --data-root ../shared/data/cifar10 --minutes 10 --methods mae --quick
     python benchmarks/results.py --table                                                          # from the JSONs
 
-For each method (``mae``, ``beit``, ``cpc``: their ``configs/<method>/cifar10_vit_tiny.yaml``; and
-``official-mae``: facebookresearch/mae's model and training loop from a local checkout, with the
-MAE config's sizes, ``benchmarks/official_mae.py``) on the whole train split (45,000 images):
+A **row** is a method: ``mae``, ``beit``, ``cpc`` (``configs/<method>/cifar10_vit_tiny.yaml`` with the
+short-budget settings of ``BUDGET_SETTINGS``) and ``official-mae`` (facebookresearch/mae's model and
+training loop from a local checkout, with the MAE config's sizes: ``benchmarks/official_mae.py``). A
+**record** is one (row, seed), written to ``<output>/<method>-seed<seed>.json`` as soon as it is done;
+a rerun skips the records that exist, and the parts of an unfinished one that are done (a pretraining
+run that was stopped resumes from its checkpoint). For each, with the harness (``benchmarks/harness.py``):
 
-1. pretrain for ``--minutes`` of wall clock, the schedule following the clock (``sslvit.cli.TimeBudget``;
-   the official loop does the same), no validation during training, with the short-budget settings of
-   ``BUDGET_SETTINGS`` (recorded in each JSON's ``pretrain_command``); the encoder is saved at every
-   fifth of the budget for the learning curve;
-2. kNN (``tools/knn_eval.py``: k = 20, T = 0.07, bank = all train images, queries = val) and the
-   linear probe (``tools/linear_probe.py``: learning rate chosen on 10% of train held out, val reported
-   once) of the method's native features, and the same two for a random initialisation of the same
-   architecture (the ``random`` row is that of MAE's, the others are kept in each record);
-3. fine-tuning (``tools/finetune.py --minutes --finetune-minutes``, configs/finetune/cifar10_vit_tiny.yaml)
-   of the pretrained encoder and of the random initialisation;
-4. the learning curve: kNN of each saved encoder (a 5,000-image bank, 1,000 val queries).
+1. pretraining with ``--seed`` (``seed_everything``: initialisation, data order, every sample's crops and
+   masks, the draw of ``--train-images``) for the budget, the same for every row: ``--petaflops`` (the
+   default, ``sslvit.cli.FlopBudget``: steps = ceil(budget / FLOPs of one step), so a row means the same on
+   any machine and runs may share one), or ``--minutes`` of wall clock, or ``--steps``; the schedule
+   follows what is spent, no validation during training. The record holds the steps, images seen, FLOPs
+   spent and seconds of training (training alone);
+2. kNN (k = 20, T = 0.07) and the linear probe (learning rate chosen on 10% of train held out, val
+   reported once) on val with all of train as the bank, the method's native feature and the checkpoint's
+   preprocessing, of the encoder and of its random twin (the same architecture initialised with the
+   seed): the numbers ``tools/knn_eval.py`` and ``tools/linear_probe.py`` print (their commands are
+   in the record);
+3. fine-tuning (``tools/finetune.py``, ``configs/finetune/cifar10_vit_tiny.yaml``, the same recipe and
+   budget for every row: ``--finetune-petaflops`` or ``--finetune-minutes``; 0: none) of the encoder and
+   of the random twin (run once for rows whose twins are the same);
+4. with ``--curve``, kNN of the encoder saved at every fifth of the budget (a 5,000-image bank, 1,000
+   val queries).
 
-Each run writes ``<out>/<method>.json`` (small; kept in the repository) with at least ``method``,
-``minutes``, ``images_seen``, ``knn_top1``, ``linear_top1``, ``finetune_top1``, ``machine`` and
-``command``; ``--table`` turns them into ``<out>/results.md`` and ``<run-dir>/curves.png``.
+``--quick`` is a single quick run: kNN of the encoder and its twin only (no linear probe, fine-tuning or
+curve). ``--table`` writes ``<output>/results.md`` from the records, without training: per row the mean
+± sample std over seeds and every seed's numbers, the difference to the random twin and to official-mae
+as a mean paired by seed with its 95% t-interval (``sslvit.eval.seeds``), FLOPs, images seen and
+training time, and the commands, machines and dates of the records; and ``<run-dir>/curves.png``.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import shlex
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import lightning as L
-import torch
+from harness import (
+    REPO,
+    EvalSplit,
+    RunBudget,
+    add_budget_args,
+    evaluate_encoder,
+    fit,
+    fit_official,
+    load_tool,
+    machine,
+    short_hash,
+    stored,
+    today,
+)
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {m: f"configs/{m}/cifar10_vit_tiny.yaml" for m in ("mae", "beit", "cpc")}
 FINETUNE_CONFIG = "configs/finetune/cifar10_vit_tiny.yaml"
-ROWS = ("mae", "beit", "cpc", "random", "official-mae")
+ROWS = ("mae", "beit", "cpc", "official-mae")
+REFERENCE_ROW = "official-mae"
+DEFAULT_BUDGET = RunBudget(petaflops=0.05)  # ~56,000 images of MAE's config (0.89 GFLOP each)
 CURVE_POINTS = 5
-CURVE_BANK, CURVE_QUERIES = 5000, 1000  # the curve's kNN: bank train images, val queries
+CURVE_SPLIT = EvalSplit("val", train_images=5000, val_images=1000)  # the curve's kNN: a 5,000 bank, 1,000 queries
+METRICS = (("knn_top1", "kNN"), ("linear_top1", "linear"), ("finetune_top1", "fine-tune"))
 # Settings of each row on top of its config, for a budget of minutes instead of the configs' hundreds of
 # epochs; chosen for cost and regularisation, or on held-out train images with benchmarks/screen_settings.py,
 # never on val: no drop path and no colour jitter (regularisers of long runs) and crops on the device (CIFAR
@@ -69,284 +90,289 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = ToolParser(__file__, description=__doc__)
     parser.add_argument("--data-root", default="../shared/data/cifar10", help="an ImageFolder root with train/, val/")
-    parser.add_argument("--minutes", type=float, default=30.0, help="pretraining budget of every method")
-    parser.add_argument("--finetune-minutes", type=float, default=10.0, help="fine-tuning budget (0: skip)")
-    parser.add_argument(
-        "--methods",
-        nargs="+",
-        default=["mae", "beit", "cpc", "official-mae"],
-        choices=["mae", "beit", "cpc", "official-mae"],
-    )
+    add_budget_args(parser, f"pretraining (the same for every row; default --petaflops {DEFAULT_BUDGET.petaflops:g})")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="a record per method and seed")
+    parser.add_argument("--train-images", type=int, help="pretrain on a class-balanced subset (default: all train)")
+    add_budget_args(parser, "fine-tuning (0: none)", prefix="finetune-")
+    parser.add_argument("--finetune-config", default=FINETUNE_CONFIG, help="the fine-tuning recipe of every row")
+    parser.add_argument("--methods", nargs="+", default=list(ROWS), choices=ROWS)
     parser.add_argument("--mae-repo", help="a checkout of facebookresearch/mae (for official-mae)")
+    parser.add_argument("--quick", action="store_true", help="kNN of the encoder and its twin only")
+    parser.add_argument("--curve", action="store_true", help="kNN of the encoder at every fifth of the budget")
     parser.add_argument("--run-dir", default="runs/results", help="run directories and checkpoints (not committed)")
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="the JSONs and results.md")
+    parser.add_argument("--output", default=str(REPO / "benchmarks" / "results"), help="the JSONs and results.md")
     parser.add_argument("--table", action="store_true", help="only build the table and plot from the JSONs")
     parser.add_argument("fit_args", nargs="*", help="extra `sslvit fit` settings for every sslvit row, after --")
     return parser
 
 
-def machine() -> str:
-    model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
+def finetune_budget(args: argparse.Namespace) -> RunBudget | None:
+    """The fine-tuning budget, or None: none asked for (0, or --quick)."""
+    amount = args.finetune_petaflops if args.finetune_petaflops is not None else args.finetune_minutes
+    if args.quick or not amount:
+        return None
+    return RunBudget.from_args(args, prefix="finetune_")
+
+
+def command_line(args: argparse.Namespace, methods: list[str], seeds: list[int]) -> str:
+    """The results.py command that makes these records."""
+    budget = RunBudget.from_args(args, DEFAULT_BUDGET)
+    tune = finetune_budget(args)
+    command = ["python", "benchmarks/results.py", "--data-root", args.data_root, *budget.flags(),
+               "--seeds", *map(str, seeds), "--methods", *methods]  # fmt: skip
+    command += ["--train-images", str(args.train_images)] if args.train_images else []
+    command += [f"--finetune-{tune.kind}", f"{tune.amount:g}"] if tune else []
+    command += ["--finetune-config", args.finetune_config] if tune and args.finetune_config != FINETUNE_CONFIG else []
+    command += ["--mae-repo", args.mae_repo] if REFERENCE_ROW in methods else []
+    command += ["--quick"] * args.quick + ["--curve"] * args.curve
+    command += ["--", *args.fit_args] if args.fit_args else []
+    return shlex.join(command)
+
+
+def pretrain(method: str, seed: int, args: argparse.Namespace, run: Path) -> Any:
+    budget = RunBudget.from_args(args, DEFAULT_BUDGET)
+    if method == REFERENCE_ROW:
+        return fit_official(args.mae_repo, CONFIGS["mae"], run, budget, seed, args.train_images, args.data_root)
+    overrides = [*BUDGET_SETTINGS[method], *args.fit_args]
+    points = CURVE_POINTS if args.curve else 0
+    return fit(CONFIGS[method], run, budget, seed, overrides, args.train_images, points, args.data_root)
+
+
+def finetune(checkpoint: str, seed: int, args: argparse.Namespace, run: Path, random_init: bool) -> dict[str, Any]:
+    """``tools/finetune.py`` of the encoder (or of its random twin), resumed when it was stopped."""
+    budget = finetune_budget(args)
+    flags = ["--checkpoint", checkpoint, "--data-root", args.data_root, "--config", args.finetune_config,
+             *budget.flags(), "--seed", str(seed), "--run-dir", str(run)]  # fmt: skip
+    flags += ["--random-init"] if random_init else []
+    resume = ["--", "--ckpt_path", "last"] if (run / "checkpoints" / "last.ckpt").is_file() else []
+
+    def tune() -> dict[str, Any]:
+        result = load_tool("finetune").main([*flags, *resume])
+        command = shlex.join(["python", "tools/finetune.py", *flags])
+        return {"finetune_top1": result["top1"], "finetune_command": command}
+
+    return stored(run.with_suffix(".json"), tune)
+
+
+def frozen(checkpoint: str, seed: int, args: argparse.Namespace, run: Path, random_init: bool) -> dict[str, Any]:
+    """kNN and linear probe (kNN alone with --quick) on val of the encoder, or of its random twin."""
+    name = "eval-random.json" if random_init else "eval-trained.json"
+    return stored(
+        run / name,
+        lambda: evaluate_encoder(checkpoint, args.data_root, seed=seed, random_init=random_init, linear=not args.quick),
     )
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    return f"{len(os.sched_getaffinity(0))} cores of {model}, {gpu}; torch {torch.__version__}"
 
 
-class Snapshots(L.Callback):
-    """Saves the model's weights at every fifth of the TimeBudget's clock, with the time and images seen."""
+def twin_key(checkpoint: str, args: argparse.Namespace) -> str:
+    """What makes a random twin's fine-tuning: its architecture and preprocessing (rows that share them share it)."""
+    from sslvit.cli.tool_inputs import load_encoder
 
-    def __init__(self, folder: Path) -> None:
-        self.folder, self.next = folder, 1
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        from sslvit.cli import TimeBudget
-
-        budget = next(c for c in trainer.callbacks if isinstance(c, TimeBudget))
-        if budget.progress * CURVE_POINTS >= self.next or trainer.should_stop:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
-            step = trainer.global_step
-            images = step * trainer.datamodule.batch_size  # the run's batch, whatever setting made it
-            info = {"minutes": budget.elapsed / 60, "step": step, "images_seen": images}
-            torch.save({"state_dict": state, **info}, self.folder / f"{self.next:02d}.pt")
-            self.next = int(budget.progress * CURVE_POINTS) + 1
+    backbone, info = load_encoder(checkpoint)
+    identity = [backbone.config.to_dict(), info.image_size, info.mean, info.std, info.eval_crop_fraction]
+    return short_hash([identity, str(finetune_budget(args)), args.finetune_config])
 
 
-def pretrain(method: str, args: argparse.Namespace, run: Path) -> dict[str, Any]:
-    """Train one method for the budget; returns what the record needs about training."""
-    if method == "official-mae":
-        command = [sys.executable, str(REPO / "benchmarks" / "official_mae.py"), "--mae-repo", args.mae_repo,
-                   "--config", CONFIGS["mae"], "--data-root", args.data_root, "--minutes", str(args.minutes),
-                   "--output", str(run / "mae.pth"), "--json", str(run / "official.json")]  # fmt: skip
-        if not (run / "official.json").is_file():
-            subprocess.run(command, check=True, cwd=REPO)
-        done = json.loads((run / "official.json").read_text())
-        return {
-            "checkpoint": str(run / "mae.pth"),
-            "images_seen": done["images_seen"],
-            "images_per_s": done["images_per_s"],
-            "train_seconds": done["seconds"],
-            "command": command,
-        }
-    from sslvit.cli import TimeBudget, run_cli
-
-    budget = json.dumps([{"class_path": "sslvit.cli.TimeBudget", "init_args": {"minutes": args.minutes}}])
-    command = ["sslvit", "fit", "--config", CONFIGS[method], "--data.dataset", "imagefolder",
-               "--data.root", args.data_root, "--trainer.default_root_dir", str(run),
-               "--trainer.max_epochs", "-1", "--trainer.max_steps", "-1", "--trainer.limit_val_batches", "0",
-               "--trainer.callbacks", budget, *BUDGET_SETTINGS[method], *args.fit_args]  # fmt: skip
-    last = run / "checkpoints" / "last.ckpt"
-    if not last.is_file():
-        cli = run_cli(command[1:], callbacks=[Snapshots(run / "snapshots")])
-        batch = cli.datamodule.batch_size
-        timer = next(c for c in cli.trainer.callbacks if isinstance(c, TimeBudget))
-        steps, seconds = cli.trainer.global_step, timer.elapsed
-        (run / "trained.json").write_text(json.dumps({"steps": steps, "seconds": seconds, "batch": batch}) + "\n")
-    trained = json.loads((run / "trained.json").read_text())
-    images = trained["steps"] * trained["batch"]
-    return {
-        "checkpoint": str(last),
-        "images_seen": images,
-        "images_per_s": images / trained["seconds"],
-        "train_seconds": trained["seconds"],
-        "command": command,
-    }
-
-
-def tool(name: str, arguments: list[str], output: Path) -> dict[str, Any]:
-    """Run ``tools/<name>.py`` (as a user would) unless its JSON exists; returns the JSON."""
-    if not output.is_file():
-        command = [sys.executable, str(REPO / "tools" / f"{name}.py"), *arguments, "--output", str(output)]
-        subprocess.run(command, check=True, cwd=REPO)
-    return json.loads(output.read_text())
-
-
-def evaluate(checkpoint: str, args: argparse.Namespace, run: Path, extra: list[str], tag: str) -> dict[str, Any]:
-    """kNN, linear probe and fine-tuning of one encoder (``extra``: e.g. ``--random-init``)."""
-    common = ["--checkpoint", checkpoint, "--data-root", args.data_root, *extra]
-    knn = tool("knn_eval", common, run / f"knn{tag}.json")
-    linear = tool("linear_probe", common, run / f"linear{tag}.json")
-    result = {
-        "knn_top1": knn["top1"],
-        "linear_top1": linear["top1"],
-        "features": knn.get("features"),
-        "linear_base_lr": linear.get("base_lr"),
-        "finetune_top1": None,
-    }
-    if args.finetune_minutes > 0:
-        ft = tool("finetune", [*common, "--config", FINETUNE_CONFIG, "--minutes", str(args.finetune_minutes),
-                               "--run-dir", str(run / f"finetune{tag}")], run / f"finetune{tag}.json")  # fmt: skip
-        result["finetune_top1"] = ft["top1"]
-    return result
-
-
-def curve(method: str, run: Path, args: argparse.Namespace) -> list[dict[str, float]]:
-    """kNN of the encoder saved at every fifth of the budget: (minutes, images seen, top-1 on val)."""
-    from sslvit.eval import KNNClassifier, dataset_features
-    from sslvit.eval.features import dataset_targets
-    from sslvit.methods import load_method
-
-    model, info = load_method(run / "checkpoints" / "last.ckpt")
-    data = info.eval_datamodule("imagefolder", args.data_root)
-    bank, queries = (
-        curve_subset(dataset_targets(data.build_dataset(split, None)), size)
-        for split, size in (("train", CURVE_BANK), ("val", CURVE_QUERIES))
-    )
-    points = []
-    for snapshot in sorted((run / "snapshots").glob("*.pt")):
-        saved = torch.load(snapshot, map_location="cpu", weights_only=True)
-        model.load_state_dict(saved["state_dict"])
-        train = dataset_features(model, data, "train", "native", indices=bank)
-        val = dataset_features(model, data, "val", "native", indices=queries)
-        top1 = KNNClassifier(ks=(20,), k=20).fit(train.features, train.labels).evaluate(val.features, val.labels).top1
-        points.append({"minutes": saved["minutes"], "images_seen": saved["images_seen"], "knn_top1": top1})
-    return points
-
-
-def curve_subset(targets: list[int], size: int) -> list[int] | None:
-    """A class-balanced ``size`` of a split for the curve, or all of it (None) when it is not larger."""
-    from sslvit.data import class_balanced_subset
-
-    return class_balanced_subset(targets, size, seed=0) if len(targets) > size else None
-
-
-def random_baseline(method: str, checkpoint: str, args: argparse.Namespace, run: Path) -> dict[str, Any]:
-    """The evaluations of a random init of the row's architecture and feature. The official MAE row has MAE's
-    (the same ViT and CLS feature): taken from ``mae.json`` when that row exists, not evaluated twice."""
-    mae = Path(args.out) / "mae.json"
-    if method == "official-mae" and mae.is_file():
-        return {**json.loads(mae.read_text())["random_init"], "from": "mae.json"}
-    return evaluate(checkpoint, args, run, ["--random-init"], "-random")
-
-
-def run_method(method: str, args: argparse.Namespace) -> dict[str, Any]:
-    run = Path(args.run_dir) / method
-    trained = pretrain(method, args, run)
-    command = ["python", "benchmarks/results.py", "--data-root", args.data_root, "--minutes", str(args.minutes),
-               "--finetune-minutes", str(args.finetune_minutes), "--methods", method]  # fmt: skip
+def run_record(method: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Pretrain, evaluate and fine-tune one (row, seed); its record, also written to ``<output>``."""
+    run = Path(args.run_dir) / f"{method}-seed{seed}"
+    trained = pretrain(method, seed, args, run)
+    trained_eval = frozen(trained.checkpoint, seed, args, run, random_init=False)
+    random_eval = frozen(trained.checkpoint, seed, args, run, random_init=True)
+    if finetune_budget(args):
+        trained_eval.update(finetune(trained.checkpoint, seed, args, run / "finetune", random_init=False))
+        shared = Path(args.run_dir) / "finetune-random" / f"{twin_key(trained.checkpoint, args)}-seed{seed}"
+        random_eval.update(finetune(trained.checkpoint, seed, args, shared, random_init=True))
     record = {
         "method": method,
-        "minutes": args.minutes,
-        "images_seen": trained["images_seen"],
-        "images_per_s": trained["images_per_s"],
-        "train_seconds": trained["train_seconds"],
-        **evaluate(trained["checkpoint"], args, run, [], ""),
-        "random_init": random_baseline(method, trained["checkpoint"], args, run),
-        "curve": curve(method, run, args) if method != "official-mae" else [],
+        "seed": seed,
+        **{key: value for key, value in trained.to_dict().items() if key != "command"},
+        "pretrain_command": trained.to_dict()["command"],
+        "train_images": args.train_images,
+        **{key: None for key, _ in METRICS},
+        **trained_eval,
+        "random_init": {**{key: None for key, _ in METRICS}, **random_eval},
+        "curve": curve(trained, args) if args.curve and method != REFERENCE_ROW else [],
+        "finetune_budget": str(finetune_budget(args)) if finetune_budget(args) else None,
+        "finetune_config": args.finetune_config if finetune_budget(args) else None,
         "machine": machine(),
-        "date": datetime.date.today().isoformat(),
-        "command": shlex.join(command),
-        "pretrain_command": shlex.join(map(str, trained["command"])),
-        "finetune_minutes": args.finetune_minutes,
-        "data": "CIFAR-10 ImageFolder: 45,000 train / 5,000 val; accuracies on val",
+        "date": today(),
+        "command": command_line(args, [method], [seed]),
+        "invocation": command_line(args, args.methods, args.seeds),
+        "data": "ImageFolder at --data-root; accuracies on val, the bank all of train",
     }
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / f"{method}.json").write_text(json.dumps(record, indent=2) + "\n")
+    Path(args.output).mkdir(parents=True, exist_ok=True)
+    (Path(args.output) / f"{method}-seed{seed}.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
 
 
-def table(out: Path) -> str:
-    """results.md from the JSONs: one row per method, plus random init of MAE's architecture."""
-    records = {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("*.json"))}
-    if "mae" in records:
-        records["random"] = {
-            **records["mae"]["random_init"],
-            "method": "random",
-            "images_seen": 0,
-            "images_per_s": None,
-            "minutes": records["mae"]["minutes"],
-        }
-    header = [
-        "method",
-        "images seen",
-        "kNN top-1",
-        "linear top-1",
-        "fine-tune top-1",
-        "wall time",
-        "images/s",
-        "vs random init (kNN / linear)",
+def curve(trained: Any, args: argparse.Namespace) -> list[dict[str, float]]:
+    """kNN of the encoder saved at every fifth of the budget: (step, images seen, PFLOPs, seconds, top-1 on val)."""
+    import torch
+
+    points = []
+    for snapshot in sorted(Path(trained.checkpoint).parents[1].joinpath("snapshots").glob("*.pt")):
+        saved = torch.load(snapshot, map_location="cpu", weights_only=True)
+        knn = evaluate_encoder(trained.checkpoint, args.data_root, CURVE_SPLIT, linear=False, snapshot=snapshot)
+        flops = trained.flops_per_step or 0.0
+        points.append({"step": saved["step"], "images_seen": saved["images_seen"], "seconds": saved["seconds"],
+                       "petaflops": saved["step"] * flops / 1e15, "knn_top1": knn["knn_top1"]})  # fmt: skip
+    return points
+
+
+# ---- the table, from the records ------------------------------------------------------------------
+def read_records(output: Path) -> dict[str, dict[int, dict[str, Any]]]:
+    """``{row: {seed: record}}`` of the ``<method>-seed<seed>.json`` files in ``output``."""
+    rows: dict[str, dict[int, dict[str, Any]]] = {}
+    for path in sorted(output.glob("*-seed*.json")):
+        record = json.loads(path.read_text())
+        if "seed" in record and record.get("method") in ROWS:
+            rows.setdefault(record["method"], {})[record["seed"]] = record
+    return {row: dict(sorted(rows[row].items())) for row in ROWS if row in rows}
+
+
+def metric(records: dict[int, dict[str, Any]], key: str, twin: bool = False) -> dict[int, float]:
+    """``{seed: value}`` of a metric (of the random twin with ``twin``), for the seeds that have it."""
+    values = {seed: (r["random_init"] if twin else r).get(key) for seed, r in records.items()}
+    return {seed: v for seed, v in values.items() if v is not None}
+
+
+def mean_std(values: dict[int, float]) -> str:
+    from sslvit.eval.seeds import spread
+
+    if not values:
+        return "–"
+    s = spread(list(values.values()))
+    return f"{s.mean:.2f} ± {s.std:.2f}" if s.n > 1 else f"{s.mean:.2f}"
+
+
+def paired(a: dict[int, float], b: dict[int, float]) -> str:
+    """``+1.23 [0.45, 2.01]``: the mean of a - b over the seeds both have, with its 95% interval."""
+    from sslvit.eval.seeds import paired_difference
+
+    if not set(a) & set(b):
+        return "–"
+    d = paired_difference(a, b)
+    return f"{d.mean:+.2f} [{d.low:+.2f}, {d.high:+.2f}]" if d.n > 1 else f"{d.mean:+.2f} (1 seed)"
+
+
+def average(records: dict[int, dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in records.values() if r.get(key) is not None]
+    return sum(values) / len(values) if values else None
+
+
+def table(output: Path) -> str:
+    """results.md from the records: spread over seeds, paired differences, every seed, and where they came from."""
+    rows = read_records(output)
+    reference = rows.get(REFERENCE_ROW, {})
+
+    def fmt(value: float | None, spec: str) -> str:
+        return "–" if value is None else format(value, spec)
+
+    lines = [
+        "## Mean ± sample std over seeds (accuracy on val, %)",
+        "",
+        "| row | seeds | PFLOP | images seen | training time | kNN top-1 | linear top-1 | fine-tune top-1 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    lines = ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
-
-    def pct(value: float | None) -> str:
-        return "–" if value is None else f"{value:.2f}%"
-
-    for name in ROWS:
-        r = records.get(name)
-        if r is None:
-            continue
-        base = r.get("random_init")
-        delta = (
-            f"{r['knn_top1'] - base['knn_top1']:+.2f} / {r['linear_top1'] - base['linear_top1']:+.2f}" if base else ""
-        )
-        speed = "–" if not r.get("images_per_s") else f"{r['images_per_s']:.0f}"
-        wall = "–" if name == "random" else f"{r['minutes']:g} min"
+    for name, records in rows.items():
+        seconds = average(records, "train_seconds")
+        time_ = "–" if seconds is None else f"{seconds / 60:.1f} min"
         lines.append(
-            f"| {name} | {r['images_seen']:,} | {pct(r['knn_top1'])} | {pct(r['linear_top1'])} | "
-            f"{pct(r.get('finetune_top1'))} | {wall} | {speed} | {delta} |"
+            f"| {name} | {len(records)} | {fmt(average(records, 'petaflops'), '.3f')} | "
+            f"{fmt(average(records, 'images_seen'), ',.0f')} | {time_} | "
+            + " | ".join(mean_std(metric(records, key)) for key, _ in METRICS)
+            + " |"
         )
-    any_record = next(iter(records.values()), {})
-    footer = (
-        f"\nMachine: {any_record.get('machine')}; {any_record.get('date')}. Command per row: see each JSON's `command`."
-    )
-    tuned = sorted(
-        {r["finetune_minutes"] for r in records.values() if r.get("finetune_top1") and r.get("finetune_minutes")}
-    )
-    if tuned:
-        minutes = ", ".join(f"{m:g}" for m in tuned)
-        footer += (
-            f" Fine-tuning: {minutes} minutes of `{FINETUNE_CONFIG}` for the rows that have it (the random "
-            "row: the same budget from a random initialisation)."
+        lines.append(
+            f"| random twin of {name} | {len(records)} | 0 | 0 | – | "
+            + " | ".join(mean_std(metric(records, key, twin=True)) for key, _ in METRICS)
+            + " |"
         )
-    text = "\n".join(lines) + "\n" + footer + "\n"
-    (out / "results.md").write_text(text)
+    lines += [
+        "",
+        "## Differences paired by seed: mean [95% interval] (t, n - 1 degrees of freedom), points",
+        "",
+        "| row | " + " | ".join(f"{label} − random twin" for _, label in METRICS) + " | "
+        + " | ".join(f"{label} − {REFERENCE_ROW}" for _, label in METRICS) + " |",
+        "| --- |" + " ---: |" * (2 * len(METRICS)),
+    ]  # fmt: skip
+    for name, records in rows.items():
+        twin = [paired(metric(records, key), metric(records, key, twin=True)) for key, _ in METRICS]
+        versus = [
+            paired(metric(records, key), metric(reference, key)) if name != REFERENCE_ROW else "–" for key, _ in METRICS
+        ]
+        lines.append(f"| {name} | " + " | ".join(twin + versus) + " |")
+    lines += [
+        "",
+        "## Every seed",
+        "",
+        "| row | seed | steps | images seen | PFLOP | training s | images/s | kNN | linear | fine-tune | "
+        "twin kNN | twin linear | twin fine-tune |",
+        "| --- |" + " ---: |" * 12,
+    ]
+    for name, records in rows.items():
+        for seed, r in records.items():
+            twin = r["random_init"]
+            accuracies = [fmt(r.get(k), ".2f") for k, _ in METRICS] + [fmt(twin.get(k), ".2f") for k, _ in METRICS]
+            lines.append(
+                f"| {name} | {seed} | {r['steps']} | {r['images_seen']:,} | {fmt(r.get('petaflops'), '.4f')} | "
+                f"{fmt(r.get('train_seconds'), '.0f')} | {fmt(r.get('images_per_s'), '.1f')} | "
+                + " | ".join(accuracies)
+                + " |"
+            )
+    every = [r for records in rows.values() for r in records.values()]
+    lines += ["", "Made by:"] + [f"- `{c}`" for c in sorted({r["invocation"] for r in every})]
+    lines.append("Machines: " + "; ".join(sorted({r["machine"] for r in every})) + ".")
+    lines.append("Dates: " + ", ".join(sorted({r["date"] for r in every})) + ".")
+    recipes = sorted({f"{r['finetune_budget']} of `{r['finetune_config']}`" for r in every if r.get("finetune_budget")})
+    if recipes:
+        lines.append(f"Fine-tuning: {', '.join(recipes)}; the random twin with the same.")
+    text = "\n".join(lines) + "\n"
+    (output / "results.md").write_text(text)
     return text
 
 
-def plot(out: Path, figure: Path) -> None:
+def plot(output: Path, figure: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6, 4), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    for path in sorted(out.glob("*.json")):
-        record = json.loads(path.read_text())
-        if record.get("curve"):
-            ax.plot(
-                [p["minutes"] for p in record["curve"]],
-                [p["knn_top1"] for p in record["curve"]],
-                "o-",
-                label=record["method"],
-            )
-    ax.set_xlabel("pretraining time (minutes)")
+    for name, records in read_records(output).items():
+        for seed, record in records.items():
+            if record.get("curve"):
+                points = record["curve"]
+                ax.plot([p["petaflops"] for p in points], [p["knn_top1"] for p in points], "o-",
+                        label=f"{name} seed {seed}")  # fmt: skip
+    ax.set_xlabel("pretraining compute (PFLOP)")
     ax.set_ylabel("kNN top-1 on val (%), 5k bank")
-    ax.legend()
+    if ax.lines:
+        ax.legend()
     ax.grid(alpha=0.3)
     figure.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(figure)
 
 
 def main(argv: list[str] | None = None) -> None:
-    from sslvit.errors import one_line_errors
+    from sslvit.errors import ConfigError, one_line_errors
 
     args = build_parser().parse_args(argv)
+    output = Path(args.output)
     with one_line_errors("results.py"):
         if not args.table:
-            if "official-mae" in args.methods and not args.mae_repo:
-                raise FileNotFoundError("official-mae needs --mae-repo: a checkout of facebookresearch/mae")
-            for method in args.methods:
-                start = time.perf_counter()
-                run_method(method, args)
-                print(f"{method}: done in {(time.perf_counter() - start) / 60:.1f} minutes", flush=True)
-        print(table(Path(args.out)))
-        plot(Path(args.out), Path(args.run_dir) / "curves.png")
+            if REFERENCE_ROW in args.methods and not args.mae_repo:
+                raise ConfigError("official-mae needs --mae-repo: a checkout of facebookresearch/mae")
+            for seed in args.seeds:
+                for method in args.methods:
+                    if (output / f"{method}-seed{seed}.json").is_file():
+                        print(f"{method} seed {seed}: recorded in {output}, skipped", flush=True)
+                        continue
+                    start = time.perf_counter()
+                    run_record(method, seed, args)
+                    print(f"{method} seed {seed}: done in {(time.perf_counter() - start) / 60:.1f} minutes", flush=True)
+        print(table(output))
+        plot(output, Path(args.run_dir) / "curves.png")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
         --data-root ../shared/data/cifar10 --output ft.json
     python tools/finetune.py --checkpoint runs/.../last.ckpt --random-init ...   # from scratch, same recipe
     python tools/finetune.py --checkpoint runs/.../last.ckpt --minutes 20 ...    # for a wall-clock budget
+    python tools/finetune.py --checkpoint runs/.../last.ckpt --petaflops 0.05 ... # for a budget of FLOPs
 
 The run is `sslvit fit` of sslvit.eval.FineTune with the given recipe (a config of configs/finetune/), the
 checkpoint's encoder and preprocessing, in its own run directory (resume it with `sslvit fit --config

@@ -3,6 +3,6 @@
 (``device_and_features``) and one evaluation of an encoder (``evaluation``)."""
 
 from sslvit.cli.app import SSLCLI, main, run_cli
-from sslvit.cli.budgets import FlopBudget, TimeBudget
+from sslvit.cli.budgets import FlopBudget, StepFlops, TimeBudget
 
-__all__ = ["SSLCLI", "FlopBudget", "TimeBudget", "main", "run_cli"]
+__all__ = ["SSLCLI", "FlopBudget", "StepFlops", "TimeBudget", "main", "run_cli"]

@@ -78,6 +78,8 @@ class Budget(Callback):
             groups = scheduler.optimizer.param_groups
             for group, base, factor in zip(groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
                 group["lr"] = base * factor(scheduler.last_epoch)
+        if self.progress_at(trainer.global_step) >= 1.0:  # resumed from the end of the budget: no step more
+            trainer.should_stop = True
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if self.progress_at(trainer.global_step) >= 1.0:
@@ -122,12 +124,43 @@ class TimeBudget(Budget):
         self.elapsed_before = float(state["elapsed"])
 
 
+class StepFlops(Callback):
+    """Counts the FLOPs of one optimizer step: the run's first (forward and backward, up to its optimizer
+    step: every accumulated batch; x the number of processes), with torch's ``FlopCounterMode`` (matrix
+    products, convolutions and attention, from their shapes: :mod:`sslvit.flops`). The count is a property
+    of the model and the batch, so it is the same on any machine; it is kept in checkpoints.
+
+    :class:`FlopBudget` plans its steps with one; a run on another budget adds one to report what it spent.
+    """
+
+    def __init__(self) -> None:
+        self.flops_per_step: float | None = None
+        self._counter: Any = None
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if self.flops_per_step is None and self._counter is None:
+            self._counter = flop_counter()
+            self._counter.__enter__()
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if self._counter is not None:  # the first step's forward and backward passes: counted, before the schedule
+            self._counter.__exit__(None, None, None)
+            self.flops_per_step = float(self._counter.get_total_flops()) * trainer.world_size
+            self._counter = None
+            if self.flops_per_step <= 0:
+                raise ConfigError("the training step counts no FLOPs (no matrix products?)")
+
+    def state_dict(self) -> dict[str, float | None]:
+        return {"flops_per_step": self.flops_per_step}
+
+    def load_state_dict(self, state: dict[str, float | None]) -> None:
+        self.flops_per_step = state["flops_per_step"]
+
+
 class FlopBudget(Budget):
     """A budget of ``petaflops`` (10^15 floating-point operations) of training steps, forward and backward.
 
-    The FLOPs of one optimizer step are counted on the run's first (forward and backward, up to its
-    optimizer step: every accumulated batch; x the number of processes) with torch's ``FlopCounterMode``
-    (matrix products, convolutions and attention, from their shapes), so the run trains
+    The FLOPs of one optimizer step are counted on the run's first (:class:`StepFlops`), so the run trains
     ``ceil(budget / step FLOPs)`` steps whatever the machine; progress after step s is
     ``s x step FLOPs / budget``. Logged: ``budget/petaflops`` (spent so far). The count is kept in
     checkpoints: a resumed run continues the same schedule.
@@ -143,9 +176,12 @@ class FlopBudget(Budget):
             raise ConfigError(f"FlopBudget.petaflops must be positive, got {petaflops}")
         super().__init__(warmup_fraction)
         self.budget = petaflops * 1e15
-        self.flops_per_step: float | None = None
+        self.step_flops = StepFlops()
         self.steps = 0  # optimizer steps trained, this run and the ones it resumed
-        self._counter: Any = None
+
+    @property
+    def flops_per_step(self) -> float | None:
+        return self.step_flops.flops_per_step
 
     @property
     def spent(self) -> float:
@@ -164,17 +200,10 @@ class FlopBudget(Budget):
         super().on_train_start(trainer, pl_module)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        if self.flops_per_step is None and self._counter is None:
-            self._counter = flop_counter()
-            self._counter.__enter__()
+        self.step_flops.on_train_batch_start(trainer, pl_module, *args)
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        if self._counter is not None:  # the first step's forward and backward passes: counted, before the schedule
-            self._counter.__exit__(None, None, None)
-            self.flops_per_step = float(self._counter.get_total_flops()) * trainer.world_size
-            self._counter = None
-            if self.flops_per_step <= 0:
-                raise ConfigError("FlopBudget: the training step counts no FLOPs (no matrix products?)")
+        self.step_flops.on_before_optimizer_step(trainer, pl_module, *args)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         self.steps = trainer.global_step
@@ -182,10 +211,10 @@ class FlopBudget(Budget):
         super().on_train_batch_end(trainer, pl_module, *args)
 
     def state_dict(self) -> dict[str, float | None]:
-        return {"flops_per_step": self.flops_per_step, "steps": self.steps, "budget": self.budget}
+        return {**self.step_flops.state_dict(), "steps": self.steps, "budget": self.budget}
 
     def load_state_dict(self, state: dict[str, float | None]) -> None:
-        self.flops_per_step = state["flops_per_step"]
+        self.step_flops.load_state_dict(state)
 
 
 def progress_schedule(budget: Budget, min_ratio: float) -> Callable[[int], float]:

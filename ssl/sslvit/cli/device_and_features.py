@@ -3,7 +3,7 @@ to the model and pooling that compute the features."""
 
 from __future__ import annotations
 
-import argparse
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -29,21 +29,22 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_features(
-    args: argparse.Namespace, backbone: VisionTransformer, info: CheckpointInfo
+    features: str, checkpoint: str | Path, backbone: VisionTransformer, info: CheckpointInfo
 ) -> tuple[nn.Module, str, str]:
-    """What ``--features`` encodes with: (the backbone or the method, the pooling to extract, its name).
+    """What ``--features`` encodes with: (the backbone or the method, the pooling to extract, its name), for the
+    encoder ``backbone`` of ``checkpoint`` (its own weights, or fresh ones of its architecture).
 
     ``native`` is the method's :attr:`~sslvit.methods.base.SSLMethod.native_pooling`: a backbone pooling
     (MAE: cls, BEiT: mean), or a feature only the method computes (CPC: patch_grid), for which the
     whole method is loaded around ``backbone``. Outside weights: their source's own (BEiT mean, else cls).
     """
-    if args.features != "native":
-        return backbone, args.features, args.features
+    if features != "native":
+        return backbone, features, features
     if info.source != "lightning":
         return backbone, info.native_pooling, info.native_pooling
-    native = method_class(info.method, str(args.checkpoint)).native_pooling
+    native = method_class(info.method, str(checkpoint)).native_pooling
     if native in BACKBONE_POOLINGS:
         return backbone, native, native
-    method, _ = load_method(args.checkpoint)
+    method, _ = load_method(checkpoint)
     method.backbone = backbone  # the checkpoint's encoder, or the fresh one of --random-init
     return method.eval(), "native", native

@@ -62,7 +62,7 @@ class Evaluation:
         torch.manual_seed(args.seed)  # --random-init weights are the same every run (and hit the cache)
         backbone, info = backbone_from_args(args)
         datamodule = datamodule_from_args(args, info)
-        model, pooling, name = resolve_features(args, backbone, info)
+        model, pooling, name = resolve_features(args.features, args.checkpoint, backbone, info)
         feature_dim(model, pooling)  # a bad --features fails before any image is read
         device = resolve_device(args.device)
         cache = cache_from_args(args)

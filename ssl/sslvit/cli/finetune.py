@@ -38,6 +38,11 @@ def add_finetune_args(parser: argparse.ArgumentParser, default_config: str) -> N
     length.add_argument(
         "--minutes", type=float, help="train for this wall-clock budget, the schedule following the clock"
     )
+    length.add_argument(
+        "--petaflops",
+        type=float,
+        help="train for this many PFLOPs of training steps (sslvit.cli.FlopBudget: the same steps on any machine)",
+    )
     low_shot = parser.add_mutually_exclusive_group()
     low_shot.add_argument("--train-fraction", type=float, help="fine-tune on this fraction of the train split")
     low_shot.add_argument("--shots", type=int, help="fine-tune on N images of every class")
@@ -76,11 +81,20 @@ def fit_arguments(args: argparse.Namespace, info: CheckpointInfo, backbone: dict
             command += [f"--data.{key}", str(value)]
     if args.epochs is not None:
         command += ["--trainer.max_epochs", str(args.epochs), "--trainer.max_steps", "-1"]
-    if args.minutes is not None:
-        budget = {"class_path": "sslvit.cli.TimeBudget", "init_args": {"minutes": args.minutes}}
+    budget = budget_callback(args)
+    if budget is not None:
         command += ["--trainer.max_epochs", "-1", "--trainer.max_steps", "-1"]
         command += ["--trainer.callbacks+", json.dumps(budget)]
     return [*command, *args.fit_args]
+
+
+def budget_callback(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The ``--minutes`` or ``--petaflops`` budget as a callback of the run's config, or None (epochs)."""
+    if args.petaflops is not None:
+        return {"class_path": "sslvit.cli.FlopBudget", "init_args": {"petaflops": args.petaflops}}
+    if args.minutes is not None:
+        return {"class_path": "sslvit.cli.TimeBudget", "init_args": {"minutes": args.minutes}}
+    return None
 
 
 def low_shot_size(args: argparse.Namespace, command: list[str]) -> int:
@@ -135,6 +149,7 @@ def run_finetune(args: argparse.Namespace) -> dict[str, Any]:
         "num_val": len(data._datasets["val"]),
         "epochs": args.epochs,
         "minutes": args.minutes,
+        "petaflops": args.petaflops,
         "train_fraction": args.train_fraction,
         "shots": args.shots,
         "seconds": seconds,
@@ -159,7 +174,12 @@ def table(record: dict[str, Any]) -> str:
 
 def headline(record: dict[str, Any]) -> str:
     what = "random init of " if record["random_init"] else ""
-    length = f"{record['minutes']:g} minutes" if record["minutes"] else f"{record['history'][-1]['epoch']:g} epochs"
+    if record.get("petaflops"):
+        length = f"{record['petaflops']:g} PFLOP"
+    elif record["minutes"]:
+        length = f"{record['minutes']:g} minutes"
+    else:
+        length = f"{record['history'][-1]['epoch']:g} epochs"
     return (
         f"checkpoint: {what}{record['checkpoint']}"
         + (f" (step {record['pretrain_global_step']})" if record["pretrain_global_step"] is not None else "")

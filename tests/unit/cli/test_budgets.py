@@ -145,6 +145,10 @@ def test_a_flop_budget_trains_the_steps_it_buys_on_any_machine(tmp_path):
     trainer, resumed = fit(tmp_path, FakeClock(), again, ckpt_path=str(tmp_path / "three.ckpt"))
     assert trainer.global_step == 8 and again.flops_per_step == per_step
     assert sum(resumed.lrs, []) == pytest.approx(sum(tick.lrs[3:], []), rel=1e-6)
+    # Resumed from its end (a rerun of a finished run): the budget is spent, no step more.
+    trainer.save_checkpoint(tmp_path / "end.ckpt")
+    done = FlopBudget(petaflops=7.5 * per_step / 1e15, warmup_fraction=0.2)
+    assert fit(tmp_path, FakeClock(), done, ckpt_path=str(tmp_path / "end.ckpt"))[0].global_step == 8
 
 
 def test_a_flop_budget_from_the_command_line_resumes_from_a_weights_only_checkpoint(tmp_path):
