@@ -6,7 +6,8 @@
 #    torch.compile, side by side with the official code when its checkout is given;
 # 3. tiny: MAE ViT-Tiny/4 on CIFAR-10: the training step (fp32, bf16, compiled) against the loader alone
 #    (GPU-resident uint8 images with crops on the device, and the worker-process loader);
-# 4. budget: one-minute budget runs of the CIFAR config (real `sslvit fit`, loader included), eager and compiled.
+# 4. budget: one-minute budget runs of the CIFAR config (real `sslvit fit`, loader included, kNN of the result and
+#    of its random twin: benchmarks/results.py --quick), eager and compiled.
 # STAGES="matmul vitb tiny budget" (the default: all) picks parts, e.g. for a per-command time limit.
 set -euo pipefail
 DATA=${1:?ImageFolder root with train/ and val/}
@@ -39,28 +40,29 @@ EOF
 VITB=(--config configs/mae/imagenet_vit_base.yaml --device cuda --precision bf16-mixed --batch-size 256 --steps 15)
 SINGLE=(-- --trainer.devices=1 --trainer.strategy=auto --trainer.precision=bf16-mixed)
 if has vitb; then
-  "$PY" benchmarks/train_step.py "${VITB[@]}" --json "$OUT_DIR/vitb-eager.json" "${SINGLE[@]}"
+  "$PY" benchmarks/train_step.py "${VITB[@]}" --output "$OUT_DIR/vitb-eager.json" "${SINGLE[@]}"
   "$PY" benchmarks/train_step.py "${VITB[@]}" --compile model ${REFERENCE:+--reference-mae "$REFERENCE"} \
-    --json "$OUT_DIR/vitb-compiled.json" "${SINGLE[@]}"
+    --output "$OUT_DIR/vitb-compiled.json" "${SINGLE[@]}"
 fi
 
 CIFAR=(--data.dataset imagefolder --data.root "$DATA" --data.train_subset 10000)
 TINY=(--config configs/mae/cifar10_vit_tiny.yaml --device cuda --steps 50 --warmup 10)
 if has tiny; then
-  "$PY" benchmarks/train_step.py "${TINY[@]}" --json "$OUT_DIR/tiny-step-fp32.json" -- "${CIFAR[@]}"
-  "$PY" benchmarks/train_step.py "${TINY[@]}" --precision bf16-mixed --json "$OUT_DIR/tiny-step-bf16.json" -- "${CIFAR[@]}"
+  "$PY" benchmarks/train_step.py "${TINY[@]}" --output "$OUT_DIR/tiny-step-fp32.json" -- "${CIFAR[@]}"
+  "$PY" benchmarks/train_step.py "${TINY[@]}" --precision bf16-mixed --output "$OUT_DIR/tiny-step-bf16.json" -- "${CIFAR[@]}"
   "$PY" benchmarks/train_step.py "${TINY[@]}" --precision bf16-mixed --compile model \
-    --json "$OUT_DIR/tiny-step-bf16-compiled.json" -- "${CIFAR[@]}"
-  "$PY" benchmarks/train_step.py "${TINY[@]}" --loader --json "$OUT_DIR/tiny-loader-on-device.json" -- "${CIFAR[@]}"
-  "$PY" benchmarks/train_step.py "${TINY[@]}" --loader --json "$OUT_DIR/tiny-loader-workers.json" -- "${CIFAR[@]}" \
+    --output "$OUT_DIR/tiny-step-bf16-compiled.json" -- "${CIFAR[@]}"
+  "$PY" benchmarks/train_step.py "${TINY[@]}" --loader --output "$OUT_DIR/tiny-loader-on-device.json" -- "${CIFAR[@]}"
+  "$PY" benchmarks/train_step.py "${TINY[@]}" --loader --output "$OUT_DIR/tiny-loader-workers.json" -- "${CIFAR[@]}" \
     --data.on_device=false --data.num_workers=8
 fi
 
 if has budget; then
   for compile in false model; do
-    "$PY" benchmarks/budget_run.py --config configs/mae/cifar10_vit_tiny.yaml --data-root "$DATA" --minutes 1 \
-      --train-images 10000 --run-dir "${TMPDIR:-/tmp}/sslvit-budget-$compile" --output "$OUT_DIR/budget-$compile.json" \
+    "$PY" benchmarks/results.py --methods mae --quick --data-root "$DATA" --minutes 1 --train-images 10000 \
+      --run-dir "${TMPDIR:-/tmp}/sslvit-budget-$compile" --output "$OUT_DIR/budget-$compile" \
       -- --trainer.precision=bf16-mixed --model.init_args.compile=$compile
+    cp "$OUT_DIR/budget-$compile/mae-seed0.json" "$OUT_DIR/budget-$compile.json"
   done
 fi
 

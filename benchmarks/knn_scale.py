@@ -1,6 +1,6 @@
 """Peak memory and time of the kNN evaluator on a large synthetic feature bank (ImageNet-scale load test).
 
-    python benchmarks/knn_scale.py --bank 1000000 --dim 768 --queries 10000 --json knn_scale.json
+    python benchmarks/knn_scale.py --bank 1000000 --dim 768 --queries 10000 --output knn_scale.json
 
 Features are drawn from a seeded generator in chunks (Gaussian class centres plus noise, so the
 accuracy is known to be high), written into one preallocated ``[N, D]`` float32 tensor as the feature
@@ -42,7 +42,7 @@ def build_parser() -> ToolParser:
     parser.add_argument("--dim", type=int, default=768, help="their dimension (ViT-B: 768)")
     parser.add_argument("--queries", type=int, default=10_000, help="vectors classified against the bank")
     parser.add_argument("--classes", type=int, default=1000)
-    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--output", "--json", dest="output", help="write the results as JSON here")
     return parser
 
 
@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> dict:
         f"(+{after_knn - after_bank:.2f} GiB = {(after_knn - after_bank) / bank_gib:.2f}x the bank)"
     )
     print(f"seconds: index {fitted:.1f}, search + vote {searched:.1f}; top-1 {result.top1:.2f}%")
-    if args.json:
-        with open(args.json, "w") as f:
+    if args.output:
+        with open(args.output, "w") as f:
             json.dump(record, f, indent=2)
     return record
 

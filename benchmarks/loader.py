@@ -1,6 +1,6 @@
 """The 224 px training loader alone, in images/s per CPU core, beside the official MAE loader.
 
-    python benchmarks/loader.py --data-root runs/imagenet-like --shards runs/imagenet-like-shards --json loader.json
+    python benchmarks/loader.py --data-root runs/imagenet-like --shards runs/imagenet-like-shards --output loader.json
 
 DATA_ROOT is an ImageFolder of ImageNet-like JPEGs (benchmarks/make_jpegs.py makes one from any images);
 --shards the same images written by tools/make_shards.py (optional). Every variant is a DataLoader in
@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=4455.0,
         help="images/s one GPU trains, for the cores-per-GPU column (ViT-B MAE, H100, compiled: docs/speed.md)",
     )
-    parser.add_argument("--json", help="write the results to this file")
+    parser.add_argument("--output", "--json", dest="output", help="write the results as JSON here")
     return parser
 
 
@@ -165,8 +165,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "gpu_images_per_s": args.gpu_images_per_s,
         "rows": result,
     }
-    if args.json:
-        Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
+    if args.output:
+        Path(args.output).write_text(json.dumps(record, indent=2) + "\n")
     return record
 
 

@@ -3,12 +3,12 @@ Spearman rank correlation between them.
 
     python benchmarks/rankme_vs_knn.py --checkpoints runs/a/checkpoints/last.ckpt runs/b/checkpoints/last.ckpt \\
         runs/c/checkpoints/last.ckpt --data-root ../shared/data/cifar10 --output rankme_vs_knn.json
-    python benchmarks/rankme_vs_knn.py --snapshots-of runs/results/mae/checkpoints/last.ckpt \\
-        --checkpoints runs/results/mae/snapshots/*.pt --data-root ../shared/data/cifar10 --output mae_curve.json
+    python benchmarks/rankme_vs_knn.py --snapshots-of runs/results/mae-seed0/checkpoints/last.ckpt \\
+        --checkpoints runs/results/mae-seed0/snapshots/*.pt --data-root ../shared/data/cifar10 --output mae_curve.json
 
 Each checkpoint is an sslvit Lightning checkpoint (any method), or with ``--snapshots-of LAST`` a file
-``{"state_dict": ...}`` of the method saved in LAST (the curve snapshots of ``benchmarks/results.py``; their
-``step``, ``minutes`` and ``images_seen`` are copied into the record). For each one, the train and val
+``{"state_dict": ...}`` of the method saved in LAST (the curve snapshots of ``benchmarks/results.py --curve``;
+their ``step``, ``images_seen`` and ``seconds`` are copied into the record). For each one, the train and val
 features (``--features``, default the method's own; cached as the tools cache them) give
 
 - kNN top-1 on val with all of train as the bank (k = 20, T = 0.07: ``tools/knn_eval.py``'s protocol), and
@@ -82,7 +82,7 @@ def load(
     if not isinstance(saved, dict) or "state_dict" not in saved:
         raise ConfigError(f"{path} is not a snapshot ({{'state_dict': ...}}) of the method in {snapshots_of}")
     model.load_state_dict(saved["state_dict"])
-    extra = {key: saved[key] for key in ("step", "minutes", "images_seen") if key in saved}
+    extra = {key: saved[key] for key in ("step", "seconds", "minutes", "images_seen") if key in saved}
     return model, info, {"method": info.method, "global_step": extra.get("step"), **extra}
 
 

@@ -10,8 +10,10 @@ A **row** is a method: ``mae``, ``beit``, ``cpc`` (``configs/<method>/cifar10_vi
 short-budget settings of ``BUDGET_SETTINGS``) and ``official-mae`` (facebookresearch/mae's model and
 training loop from a local checkout, with the MAE config's sizes: ``benchmarks/official_mae.py``). A
 **record** is one (row, seed), written to ``<output>/<method>-seed<seed>.json`` as soon as it is done;
-a rerun skips the records that exist, and the parts of an unfinished one that are done (a pretraining
-run that was stopped resumes from its checkpoint). For each, with the harness (``benchmarks/harness.py``):
+a rerun skips the records the same command made, and the parts of the others that are done: a finished
+pretraining or evaluation is read from the run directory (a pretraining that was stopped resumes from its
+checkpoint), so adding ``--finetune-petaflops`` to a table only fine-tunes. For each, with the harness
+(``benchmarks/harness.py``):
 
 1. pretraining with ``--seed`` (``seed_everything``: initialisation, data order, every sample's crops and
    masks, the draw of ``--train-images``) for the budget, the same for every row: ``--petaflops`` (the
@@ -156,7 +158,7 @@ def finetune(checkpoint: str, seed: int, args: argparse.Namespace, run: Path, ra
 
 def frozen(checkpoint: str, seed: int, args: argparse.Namespace, run: Path, random_init: bool) -> dict[str, Any]:
     """kNN and linear probe (kNN alone with --quick) on val of the encoder, or of its random twin."""
-    name = "eval-random.json" if random_init else "eval-trained.json"
+    name = f"eval-{'random' if random_init else 'trained'}{'-knn' if args.quick else ''}.json"
     return stored(
         run / name,
         lambda: evaluate_encoder(checkpoint, args.data_root, seed=seed, random_init=random_init, linear=not args.quick),
@@ -179,7 +181,8 @@ def run_record(method: str, seed: int, args: argparse.Namespace) -> dict[str, An
     trained_eval = frozen(trained.checkpoint, seed, args, run, random_init=False)
     random_eval = frozen(trained.checkpoint, seed, args, run, random_init=True)
     if finetune_budget(args):
-        trained_eval.update(finetune(trained.checkpoint, seed, args, run / "finetune", random_init=False))
+        recipe = short_hash([str(finetune_budget(args)), args.finetune_config])
+        trained_eval.update(finetune(trained.checkpoint, seed, args, run / f"finetune-{recipe}", random_init=False))
         shared = Path(args.run_dir) / "finetune-random" / f"{twin_key(trained.checkpoint, args)}-seed{seed}"
         random_eval.update(finetune(trained.checkpoint, seed, args, shared, random_init=True))
     record = {
@@ -203,6 +206,13 @@ def run_record(method: str, seed: int, args: argparse.Namespace) -> dict[str, An
     Path(args.output).mkdir(parents=True, exist_ok=True)
     (Path(args.output) / f"{method}-seed{seed}.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def recorded(output: Path, method: str, seed: int, args: argparse.Namespace) -> bool:
+    """Whether this command made the record already. A record of another command (e.g. one without fine-tuning)
+    is made again, reusing what its run directory holds (the pretraining, the evaluations already done)."""
+    path = output / f"{method}-seed{seed}.json"
+    return path.is_file() and json.loads(path.read_text()).get("command") == command_line(args, [method], [seed])
 
 
 def curve(trained: Any, args: argparse.Namespace) -> list[dict[str, float]]:
@@ -365,8 +375,8 @@ def main(argv: list[str] | None = None) -> None:
                 raise ConfigError("official-mae needs --mae-repo: a checkout of facebookresearch/mae")
             for seed in args.seeds:
                 for method in args.methods:
-                    if (output / f"{method}-seed{seed}.json").is_file():
-                        print(f"{method} seed {seed}: recorded in {output}, skipped", flush=True)
+                    if recorded(output, method, seed, args):
+                        print(f"{method} seed {seed}: recorded in {output} by this command, skipped", flush=True)
                         continue
                     start = time.perf_counter()
                     run_record(method, seed, args)

@@ -3,7 +3,7 @@
     python benchmarks/step_memory.py --config configs/cpc/cifar10_vit_tiny.yaml --batch-sizes 16 32
     python benchmarks/step_memory.py --config configs/cpc/cifar10_vit_tiny.yaml \\
         --config "configs/cpc/cifar10_vit_tiny.yaml --model.init_args.patches_per_chunk=392" --batch-sizes 16 32
-        [--device cpu|cuda] [--precision 32|bf16-mixed] [--steps 2] [--budget-gb 80] [--json out.json]
+        [--device cpu|cuda] [--precision 32|bf16-mixed] [--steps 2] [--budget-gb 80] [--output out.json]
         [-- <extra sslvit fit settings, for every config>]
 
 Every (config, batch size) runs in a fresh process: the model and its optimizer are built as
@@ -29,9 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from sslvit.cli.parser import ToolParser
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # this folder's scripts, also when loaded as a module
-from train_step import SSLVIT, build_worker, config_name  # noqa: E402
+from train_step import SSLVIT, build_worker, config_name  # this folder's script
 
 GB = 1e9
 
@@ -94,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="cpu (peak resident memory) or cuda (peak allocated)")
     parser.add_argument("--precision", default="32", choices=["32", "bf16-mixed"])
     parser.add_argument("--budget-gb", type=float, default=80.0, help="memory to extrapolate the batch size to")
-    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--output", "--json", dest="output", help="write the results as JSON here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="extra `sslvit fit` settings, after --")
     return parser
@@ -136,8 +134,8 @@ def main(argv: list[str] | None = None) -> None:
             f"{name:<{width}}{cells}{row['bytes_per_image'] / 1e6:>11.1f}{row['fixed_bytes'] / GB:>10.2f}"
             f"{fits if fits is not None else '-':>16}"
         )
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    if args.output:
+        Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     python benchmarks/train_step.py --config configs/mae/cifar10_vit_tiny.yaml [--batch-size 128] [--steps 20]
         [--device cpu|cuda] [--compile [model|blocks]] [--precision 32|bf16-mixed] [--loader] [--reference-mae PATH]
-        [--levers] [--profile ROWS] [--json out.json]
+        [--levers] [--profile ROWS] [--output out.json]
         [-- <extra sslvit fit settings, e.g. --model.init_args.mask_ratio=0.6>]
     python benchmarks/train_step.py --config configs/mae/cifar10_vit_tiny.yaml \
         --config "configs/beit/cifar10_vit_tiny.yaml --model.init_args.tokenizer=runs/tokenizer-cifar10"
@@ -320,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ROWS",
         help="print torch.profiler's ROWS most expensive operators of each variant",
     )
-    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--output", "--json", dest="output", help="write the results as JSON here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="extra `sslvit fit` settings, after --")
     return parser
@@ -340,8 +340,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.loader:
         result = {"config": args.config[0], **loader_throughput(args)}
         print(json.dumps(result, indent=2))
-        if args.json:
-            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        if args.output:
+            Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
         return
 
     argv = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device,
@@ -426,8 +426,8 @@ def report(args: argparse.Namespace, workers: list[Worker]) -> None:
         print(f"same weights and masks, loss: {result['loss_check']}")
     counts = ", ".join(f"{w.name} {w.info['flops_per_image'] / 1e9:.3f}" for w in workers)
     print(f"GFLOP per image (forward + backward, torch's counter): {counts}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    if args.output:
+        Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

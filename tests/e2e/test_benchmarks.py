@@ -1,14 +1,17 @@
 """benchmarks/: train_step.py's FLOP count is the model's, configs side by side, its loader makes training batches,
 compiled variants really compile; step_memory.py: memory per image from fresh processes; extraction.py compares
-the same features."""
+the same features; the harness trains on a FLOP budget and evaluates as the tools do; results.py, screen_settings.py
+and mae_vs_official.py on it."""
 
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from conftest import REPO, TINY_CONFIGS, load_script
+from sslvit.errors import ConfigError
 
 CONFIG = TINY_CONFIGS["mae"]
 
@@ -16,7 +19,7 @@ CONFIG = TINY_CONFIGS["mae"]
 def benchmark(tmp_path, *args: str, script: str = "train_step.py", configs: tuple[str, ...] = (CONFIG,)) -> dict:
     out = tmp_path / "bench.json"
     command = [sys.executable, str(REPO / "benchmarks" / script), *(f"--config={c}" for c in configs), "--device",
-               "cpu", "--json", str(out), *args]  # fmt: skip
+               "cpu", "--output", str(out), *args]  # fmt: skip
     subprocess.run(command, check=True, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     return json.loads(out.read_text())
 
@@ -109,56 +112,176 @@ def test_knn_scale_benchmark_classifies_its_synthetic_bank():
     assert record["peak_gib_after_knn"] >= record["peak_gib_after_bank"] > 0 and record["bank_gib"] > 0
 
 
-def test_results_table_pipeline_trains_evaluates_and_tabulates(tmp_path):
-    """benchmarks/results.py end to end for one row (CPC with its short-budget settings, shrunk to one
-    32-wide block): pretraining on the clock, kNN and linear probe through the tools, the random
-    baseline, the curve, the JSON the issue asks for and the table's margins."""
+# ---- the harness, and the scripts on it -----------------------------------------------------------
+MAE_TINY_STEP = 16 * mae_step_flops(width=32, depth=1, patches=16, kept=4, patch_values=48, dec_width=16, dec_depth=1)
+IDLE = '{"class_path": "faults.IdleAroundTraining", "init_args": {"seconds": 1.0}}'  # before and after training
+
+
+@pytest.fixture(scope="module")
+def colour_run(tmp_path_factory):
+    """A tiny MAE (tests/configs/mae_tiny.yaml, batch 16) trained by the harness for 2.5 steps' FLOPs on 24
+    colour-class images, with a second of idling before and after training; and how long fit() took."""
+    import time
+
+    from conftest import write_image_folder
+    from harness import RunBudget, fit
+
+    root = tmp_path_factory.mktemp("harness")
+    data = write_image_folder(root / "images", classes=2, per_class=12, size=16)
+    budget = RunBudget(petaflops=2.5 * MAE_TINY_STEP / 1e15)
+    start = time.monotonic()
+    idle = ["--trainer.callbacks+", IDLE]
+    trained = fit(TINY_CONFIGS["mae"], root / "run", budget, seed=0, overrides=idle, data_root=str(data))
+    return {"trained": trained, "data": data, "budget": budget, "wall": time.monotonic() - start, "root": root}
+
+
+def test_harness_trains_the_steps_a_flop_budget_buys_and_times_training_alone(colour_run):
+    from harness import RunBudget, Trained, fit
+
+    trained = colour_run["trained"]
+    assert trained.flops_per_step == MAE_TINY_STEP, "the FlopBudget's count: torch's, equal to the hand count"
+    assert trained.steps == 3, "ceil(2.5 steps of FLOPs)"
+    assert (trained.images_seen, trained.petaflops) == (48, pytest.approx(3 * MAE_TINY_STEP / 1e15))
+    assert 0 < trained.train_seconds < colour_run["wall"] - 2.0, "the idle seconds before and after are not training"
+    assert Trained.read(colour_run["root"] / "run" / "trained.json") == trained
+    # Done: read again, not retrained; under another budget: refused, never reported as this one.
+    checkpoint = Path(trained.checkpoint)
+    mtime = checkpoint.stat().st_mtime_ns
+    config, overrides, data = trained.setting["config"], trained.setting["overrides"], trained.setting["data_root"]
+    run = colour_run["root"] / "run"
+    again = fit(config, run, colour_run["budget"], 0, overrides, data_root=data)
+    assert again == trained and checkpoint.stat().st_mtime_ns == mtime
+    with pytest.raises(ConfigError, match="was trained with"):
+        fit(config, run, RunBudget(steps=5), 0, overrides, data_root=data)
+
+
+def test_frozen_evaluation_prints_what_the_tools_print(colour_run, tmp_path, monkeypatch):
+    """The encoder and its random twin, kNN and linear probe on val: the numbers of tools/knn_eval.py and
+    tools/linear_probe.py for the same checkpoint, bank and seed (trained need not win at this scale)."""
+    from harness import frozen_evaluation
+
+    monkeypatch.setenv("SSLVIT_CACHE", str(tmp_path / "cache"))
+    checkpoint, data = colour_run["trained"].checkpoint, str(colour_run["data"])
+    both = frozen_evaluation(checkpoint, data, seed=3)
+    for encoder, result in both.items():
+        flags = ["--checkpoint", checkpoint, "--data-root", data, "--seed", "3", "--no-cache"]
+        flags += ["--random-init"] if encoder == "random" else []
+        knn = load_script("tools/knn_eval.py").main(flags)
+        linear = load_script("tools/linear_probe.py").main(flags)
+        assert (result["knn_top1"], result["knn_top5"]) == (knn["top1"], knn["top5"]), encoder
+        assert (result["linear_top1"], result["linear_base_lr"]) == (linear["top1"], linear["base_lr"]), encoder
+        assert (result["num_bank"], result["num_queries"], result["features"]) == (24, 12, "cls")
+        assert result["tool_commands"][0].endswith("--seed 3" + " --random-init" * (encoder == "random"))
+    assert both["trained"]["knn_top1"] >= 90 and both["random"]["knn_top1"] >= 90, "a colour per class"
+
+
+def test_screening_on_held_out_train_images_never_reads_val(colour_run, tmp_path, monkeypatch):
+    import shutil
+
+    from harness import EvalSplit, evaluate_encoder
+
+    monkeypatch.setenv("SSLVIT_CACHE", str(tmp_path / "cache"))
+    data = shutil.copytree(colour_run["data"], tmp_path / "images")
+    for image in (data / "val").rglob("*.png"):
+        image.write_bytes(b"not an image")  # an unreadable val changes nothing
+    split = EvalSplit("held-out", train_images=20, held_out_fraction=0.25, seed=1)
+    result = evaluate_encoder(colour_run["trained"].checkpoint, str(data), split)
+    assert (result["num_bank"], result["num_queries"]) == (14, 6), "ceil(25% of 10) = 3 of each class held out"
+    assert result["knn_top1"] >= 90 and "tool_commands" not in result
+
+
+def test_results_records_each_seed_resumes_and_tabulates(tmp_path, monkeypatch):
+    """benchmarks/results.py end to end for the MAE row shrunk to one 32-wide block, 2 seeds, a FLOP budget,
+    fine-tuning and the curve: a record per seed, a rerun that trains nothing, the table from the records."""
+    import yaml
+
     from conftest import write_image_folder
 
+    monkeypatch.setenv("SSLVIT_CACHE", str(tmp_path / "cache"))
     results = load_script("benchmarks/results.py")
     data = write_image_folder(tmp_path / "images", classes=2, per_class=12, size=32)  # a colour per class
+    recipe = yaml.safe_load((REPO / results.FINETUNE_CONFIG).read_text())
+    recipe["data"].update(batch_size=8, num_workers=0)
+    recipe["trainer"].update(enable_progress_bar=False, enable_model_summary=False)
+    (tmp_path / "finetune.yaml").write_text(yaml.safe_dump(recipe))
     tiny = ["--model.init_args.backbone.embed_dim", "32", "--model.init_args.backbone.depth", "1",
-            "--model.init_args.backbone.num_heads", "2", "--model.init_args.context_dim", "32",
-            "--model.init_args.context_heads", "2", "--model.init_args.context_depth", "1",
+            "--model.init_args.backbone.num_heads", "2", "--model.init_args.decoder_embed_dim", "16",
+            "--model.init_args.decoder_depth", "1", "--model.init_args.decoder_num_heads", "2",
             "--data.batch_size", "8", "--data.num_workers", "0", "--trainer.enable_progress_bar", "false"]  # fmt: skip
     out, runs = tmp_path / "out", tmp_path / "runs"
-    results.main(["--data-root", str(data), "--minutes", "0.05", "--finetune-minutes", "0", "--methods", "cpc",
-                  "--run-dir", str(runs), "--out", str(out), "--", *tiny])  # fmt: skip
-    record = json.loads((out / "cpc.json").read_text())
-    for key in ("method", "minutes", "images_seen", "knn_top1", "linear_top1", "finetune_top1", "machine", "command"):
-        assert key in record
-    trained = json.loads((runs / "cpc" / "trained.json").read_text())
-    # images seen count the run's batch (8), not the config's (128)
-    assert trained["batch"] == 8 and record["images_seen"] == 8 * trained["steps"] > 0
-    assert record["method"] == "cpc" and record["finetune_top1"] is None and record["features"] == "native"
-    # Each class is one colour: trained or random, the patch-grid features separate them.
-    assert record["knn_top1"] >= 90 and record["random_init"]["knn_top1"] >= 90
-    assert 0 <= record["linear_top1"] <= 100 and 0 <= record["random_init"]["linear_top1"] <= 100
-    assert all(setting in record["pretrain_command"] for setting in results.BUDGET_SETTINGS["cpc"][::2])
-    seen = [point["images_seen"] for point in record["curve"]]
-    assert seen and seen == sorted(seen) and all(point["knn_top1"] >= 90 for point in record["curve"])
+    argv = ["--data-root", str(data), "--petaflops", "1e-7", "--seeds", "0", "1", "--methods", "mae",
+            "--finetune-petaflops", "1e-7", "--finetune-config", str(tmp_path / "finetune.yaml"), "--curve",
+            "--run-dir", str(runs), "--output", str(out), "--", *tiny]  # fmt: skip
+    results.main(argv)
+    records = [json.loads((out / f"mae-seed{seed}.json").read_text()) for seed in (0, 1)]
+    for seed, record in enumerate(records):
+        assert record["seed"] == seed and record["method"] == "mae"
+        assert record["steps"] == -(-1e8 // record["flops_per_step"]) > 1, "ceil(budget / step FLOPs)"
+        assert record["images_seen"] == 8 * record["steps"] and record["petaflops"] >= 1e-7
+        assert record["train_seconds"] > 0 and record["budget"]["petaflops"] == 1e-7
+        for encoder in (record, record["random_init"]):
+            assert encoder["knn_top1"] >= 90 and 0 <= encoder["linear_top1"] <= 100
+            assert 0 <= encoder["finetune_top1"] <= 100 and encoder["features"] == "cls"
+        assert all(setting in record["pretrain_command"] for setting in tiny[::2])
+        assert [p["step"] for p in record["curve"]] == sorted(p["step"] for p in record["curve"])
+        assert record["curve"][-1]["step"] == record["steps"]
+    assert records[0]["steps"] == records[1]["steps"], "the same budget, the same steps, whatever the seed"
+    assert records[0]["random_init"]["finetune_command"] != records[1]["random_init"]["finetune_command"]
+    assert len(list((runs / "finetune-random").glob("*.json"))) == 2, "one random twin fine-tuned per seed"
+    # Rerun: every record is skipped, nothing is trained or rewritten.
+    times = {p: p.stat().st_mtime_ns for p in [*out.glob("*.json"), *runs.rglob("*.ckpt")]}
+    results.main(argv)
+    assert {p: p.stat().st_mtime_ns for p in times} == times
     table = (out / "results.md").read_text()
-    margin = f"{record['knn_top1'] - record['random_init']['knn_top1']:+.2f} / "
-    margin += f"{record['linear_top1'] - record['random_init']['linear_top1']:+.2f}"
-    row = next(line for line in table.splitlines() if line.startswith("| cpc |"))
-    assert row.endswith(f"| {margin} |") and f"| {record['images_seen']:,} |" in row
+    knn = [r["knn_top1"] for r in records]
+    assert f"| mae | 0 | {records[0]['steps']} | {records[0]['images_seen']:,} |" in table
+    assert f"{sum(knn) / 2:.2f} ± {abs(knn[0] - knn[1]) / 2**0.5:.2f}" in table
     assert (runs / "curves.png").stat().st_size > 0
 
 
-def test_screen_settings_scores_trained_and_random_on_train_images_only(tmp_path):
+def test_results_table_spread_and_paired_intervals_by_hand(tmp_path):
+    """--table from records alone: mean ± sample std, and differences paired by seed with Student's t interval."""
+    results = load_script("benchmarks/results.py")
+    rows = {"mae": ([40.0, 42.0, 44.0], [30.0, 31.0, 35.0]), "official-mae": ([39.0, 41.0, 40.0], [30.0, 30.0, 30.0])}
+    for method, (knn, twin) in rows.items():
+        for seed in range(3):
+            record = {
+                **{"method": method, "seed": seed, "steps": 10, "images_seen": 1280, "petaflops": 0.1},
+                **{"train_seconds": 60.0, "images_per_s": 21.3, "machine": "m", "date": "2026-12-07"},
+                **{"knn_top1": knn[seed], "linear_top1": None, "finetune_top1": None},
+                "random_init": {"knn_top1": twin[seed]},
+                "invocation": "python benchmarks/results.py ...",
+            }
+            (tmp_path / f"{method}-seed{seed}.json").write_text(json.dumps(record))
+    (tmp_path / "mae.json").write_text(json.dumps({"method": "mae", "knn_top1": 99.0}))  # an older record: not read
+    results.main(["--table", "--output", str(tmp_path), "--run-dir", str(tmp_path / "runs")])
+    lines = (tmp_path / "results.md").read_text().splitlines()
+    mae = next(line for line in lines if line.startswith("| mae | 3 |"))
+    assert "| 42.00 ± 2.00 | – | – |" in mae, "mean 42, sample std 2"
+    twin = next(line for line in lines if line.startswith("| random twin of mae |"))
+    assert "| 32.00 ± 2.65 |" in twin, "sample std of 30, 31, 35: sqrt(7)"
+    # mae - twin: 10, 11, 9 (std 1); mae - official: 1, 1, 4 (std sqrt 3); t(0.975, 2) = 4.3027
+    differences = next(line for line in lines if line.startswith("| mae | +"))
+    assert differences.startswith("| mae | +10.00 [+7.52, +12.48] | – | – | +2.00 [-2.30, +6.30] |")
+    assert "| official-mae | 0 | 10 | 1,280 |" in "\n".join(lines) and "mae.json" not in "\n".join(lines)
+
+
+def test_screen_settings_scores_trained_and_random_on_train_images_only(tmp_path, monkeypatch):
     from conftest import write_image_folder
 
+    monkeypatch.setenv("SSLVIT_CACHE", str(tmp_path / "cache"))
     screen = load_script("benchmarks/screen_settings.py")
     data = write_image_folder(tmp_path / "images", classes=2, per_class=20, size=16)  # a colour per class
     for image in (data / "val").rglob("*.png"):
         image.write_bytes(b"not an image")  # the screen never reads val: an unreadable image there changes nothing
-    args = ["--config", TINY_CONFIGS["cpc"], "--data-root", str(data), "--minutes", "0.05", "--name", "narrow",
+    args = ["--config", TINY_CONFIGS["cpc"], "--data-root", str(data), "--steps", "2", "--name", "narrow",
             "--run-dir", str(tmp_path / "runs"), "--bank", "24", "--queries", "10", "--",
             "--trainer.enable_progress_bar", "false"]  # fmt: skip
     first = screen.main(args)
-    assert first["steps"] > 0 and first["name"] == "narrow"
+    assert first["steps"] == 2 and first["name"] == "narrow" and (first["num_bank"], first["num_queries"]) == (24, 10)
     for encoder in ("trained", "random"):
         assert first[f"{encoder}_native_knn"] >= 90 and first[f"{encoder}_native_linear"] >= 90
+        assert f"{encoder}_mean_knn" in first
     checkpoint = tmp_path / "runs" / "narrow" / "checkpoints" / "last.ckpt"
     mtime = checkpoint.stat().st_mtime_ns
     again = screen.main(args)  # evaluated again, not retrained: the same numbers
