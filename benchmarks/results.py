@@ -349,13 +349,15 @@ def plot(output: Path, figure: Path) -> None:
     fig = Figure(figsize=(6, 4), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    for name, records in read_records(output).items():
-        for seed, record in records.items():
-            if record.get("curve"):
-                points = record["curve"]
-                ax.plot([p["petaflops"] for p in points], [p["knn_top1"] for p in points], "o-",
-                        label=f"{name} seed {seed}")  # fmt: skip
-    ax.set_xlabel("pretraining compute (PFLOP)")
+    curves = {(name, seed): r["curve"] for name, rows in read_records(output).items() for seed, r in rows.items()}
+    curves = {key: points for key, points in curves.items() if points}
+    # FLOPs on the x axis when every point counts them (records made before FLOP counts have images only)
+    x, label = "petaflops", "pretraining compute (PFLOP)"
+    if any(p.get(x) is None for points in curves.values() for p in points):
+        x, label = "images_seen", "images seen in pretraining"
+    for (name, seed), points in curves.items():
+        ax.plot([p[x] for p in points], [p["knn_top1"] for p in points], "o-", label=f"{name} seed {seed}")
+    ax.set_xlabel(label)
     ax.set_ylabel("kNN top-1 on val (%), 5k bank")
     if ax.lines:
         ax.legend()
