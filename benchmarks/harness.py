@@ -167,6 +167,11 @@ class Trained:
             "command": shlex.join(self.command),
         }
 
+    def write(self, run_dir: Path) -> Trained:
+        """Mark the run in ``run_dir`` done: ``trained.json``."""
+        (run_dir / "trained.json").write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return self
+
     @classmethod
     def read(cls, path: Path) -> Trained:
         saved = json.loads(path.read_text())
@@ -228,12 +233,17 @@ def images_per_step(trainer: L.Trainer) -> int:
     return trainer.datamodule.batch_size * trainer.world_size * trainer.accumulate_grad_batches
 
 
-def check_setting(done: Path, trained: Trained, setting: dict[str, Any], budget: RunBudget) -> Trained:
-    """A finished run is reused only for the setting it was trained with: never scored under another's name."""
+def finished_run(run_dir: Path, setting: dict[str, Any], budget: RunBudget) -> Trained | None:
+    """The run done in ``run_dir`` (None: none is), reused only for the setting and budget it was trained with:
+    never scored under another's name."""
+    done = run_dir / "trained.json"
+    if not done.is_file():
+        return None
+    trained = Trained.read(done)
     wanted = {"setting": setting, "budget": asdict(budget)}
     if {"setting": trained.setting, "budget": trained.budget} != wanted:
         raise ConfigError(
-            f"{done.parent} was trained with {json.dumps({'setting': trained.setting, 'budget': trained.budget})}, "
+            f"{run_dir} was trained with {json.dumps({'setting': trained.setting, 'budget': trained.budget})}, "
             f"not with this call's {json.dumps(wanted)}: choose another run directory (or name) or remove that one"
         )
     return trained
@@ -257,16 +267,10 @@ def fit(
     from sslvit.cli import FlopBudget, StepFlops, run_cli
 
     run_dir = Path(run_dir)
-    setting = {
-        "config": config,
-        "overrides": list(overrides),
-        "seed": seed,
-        "train_images": train_images,
-        "data_root": data_root,
-    }
-    done = run_dir / "trained.json"
-    if done.is_file():
-        return check_setting(done, Trained.read(done), setting, budget)
+    setting = {"config": config, "overrides": list(overrides), "seed": seed, "train_images": train_images}
+    setting["data_root"] = data_root
+    if (done := finished_run(run_dir, setting, budget)) is not None:
+        return done
     data = ["--data.dataset", "imagefolder", "--data.root", data_root] if data_root else []
     subset = ["--data.train_subset", str(train_images)] if train_images else []
     command = ["sslvit", "fit", "--config", config, "--seed_everything", str(seed), *data, *subset,
@@ -279,7 +283,7 @@ def fit(
     cli = run_cli([*command[1:], *resume], callbacks=callbacks)
     trainer = cli.trainer
     flop_budget = next((c for c in trainer.callbacks if isinstance(c, FlopBudget)), None)
-    trained = Trained(
+    return Trained(
         checkpoint=str(run_dir / "checkpoints" / "last.ckpt"),
         steps=trainer.global_step,
         images_per_step=images_per_step(trainer),
@@ -288,9 +292,7 @@ def fit(
         budget=asdict(budget),
         setting=setting,
         command=command,
-    )
-    done.write_text(json.dumps(trained.to_dict(), indent=2) + "\n")
-    return trained
+    ).write(run_dir)
 
 
 def fit_official(
@@ -307,17 +309,10 @@ def fit_official(
     the MAE ``config``, for ``budget``; the subset of ``train_images`` is drawn with ``seed``, as sslvit's is."""
     run_dir = Path(run_dir)
     checkpoint = run_dir / "mae.pth"
-    setting = {
-        "config": config,
-        "loop": "official",
-        "seed": seed,
-        "train_images": train_images,
-        "data_root": data_root,
-        "warmup_steps": warmup_steps,
-    }
-    done = run_dir / "trained.json"
-    if done.is_file():
-        return check_setting(done, Trained.read(done), setting, budget)
+    setting = {"config": config, "loop": "official", "seed": seed, "train_images": train_images}
+    setting.update(data_root=data_root, warmup_steps=warmup_steps)
+    if (done := finished_run(run_dir, setting, budget)) is not None:
+        return done
     subset = ["--train-images", str(train_images)] if train_images else []
     warmup = ["--warmup-steps", str(warmup_steps)] if warmup_steps is not None and budget.kind == "steps" else []
     command = ["python", "benchmarks/official_mae.py", "--mae-repo", mae_repo, "--config", config,
@@ -327,7 +322,7 @@ def fit_official(
     if not checkpoint.is_file():
         subprocess.run([sys.executable, *command[1:]], check=True, cwd=REPO)
     record = torch.load(checkpoint, map_location="cpu", weights_only=True)["sslvit"]
-    trained = Trained(
+    return Trained(
         checkpoint=str(checkpoint),
         steps=record["steps"],
         images_per_step=record["batch_size"],
@@ -336,9 +331,7 @@ def fit_official(
         budget=asdict(budget),
         setting=setting,
         command=command,
-    )
-    done.write_text(json.dumps(trained.to_dict(), indent=2) + "\n")
-    return trained
+    ).write(run_dir)
 
 
 # ---- frozen evaluation ----------------------------------------------------------------------------
