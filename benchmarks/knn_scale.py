@@ -13,6 +13,7 @@ batches, so its memory does not grow with the number of queries.
 
 from __future__ import annotations
 
+import argparse
 import json
 import resource
 import time
@@ -42,7 +43,8 @@ def build_parser() -> ToolParser:
     parser.add_argument("--dim", type=int, default=768, help="their dimension (ViT-B: 768)")
     parser.add_argument("--queries", type=int, default=10_000, help="vectors classified against the bank")
     parser.add_argument("--classes", type=int, default=1000)
-    parser.add_argument("--output", "--json", dest="output", help="write the results as JSON here")
+    parser.add_argument("--output", help="write the results as JSON here")
+    parser.add_argument("--json", dest="output", help=argparse.SUPPRESS)  # its name before --output everywhere
     return parser
 
 

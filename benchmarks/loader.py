@@ -147,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=4455.0,
         help="images/s one GPU trains, for the cores-per-GPU column (ViT-B MAE, H100, compiled: docs/speed.md)",
     )
-    parser.add_argument("--output", "--json", dest="output", help="write the results as JSON here")
+    parser.add_argument("--output", help="write the results as JSON here")
+    parser.add_argument("--json", dest="output", help=argparse.SUPPRESS)  # its name before --output everywhere
     return parser
 
 

@@ -349,7 +349,7 @@ def plot(output: Path, figure: Path) -> None:
     fig = Figure(figsize=(6, 4), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    curves = {(name, seed): r["curve"] for name, rows in read_records(output).items() for seed, r in rows.items()}
+    curves = {(name, seed): r.get("curve") for name, rows in read_records(output).items() for seed, r in rows.items()}
     curves = {key: points for key, points in curves.items() if points}
     # FLOPs on the x axis when every point counts them (records made before FLOP counts have images only)
     x, label = "petaflops", "pretraining compute (PFLOP)"

@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="cpu (peak resident memory) or cuda (peak allocated)")
     parser.add_argument("--precision", default="32", choices=["32", "bf16-mixed"])
     parser.add_argument("--budget-gb", type=float, default=80.0, help="memory to extrapolate the batch size to")
-    parser.add_argument("--output", "--json", dest="output", help="write the results as JSON here")
+    parser.add_argument("--output", help="write the results as JSON here")
+    parser.add_argument("--json", dest="output", help=argparse.SUPPRESS)  # its name before --output everywhere
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="extra `sslvit fit` settings, after --")
     return parser

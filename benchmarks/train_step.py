@@ -320,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ROWS",
         help="print torch.profiler's ROWS most expensive operators of each variant",
     )
-    parser.add_argument("--output", "--json", dest="output", help="write the results as JSON here")
+    parser.add_argument("--output", help="write the results as JSON here")
+    parser.add_argument("--json", dest="output", help=argparse.SUPPRESS)  # its name before --output everywhere
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="extra `sslvit fit` settings, after --")
     return parser
