@@ -1,9 +1,9 @@
 """The results table: every method pretrained for the same budget of FLOPs on CIFAR-10, over seeds, then evaluated.
 
-    python benchmarks/results.py --data-root ../shared/data/cifar10 --petaflops 0.05 --train-images 10000 \\
-        --seeds 0 1 2 --finetune-petaflops 0.05 --mae-repo /path/to/mae
+    python benchmarks/results.py --data-root ../shared/data/cifar10 --petaflops 0.1 --train-images 10000 \\
+        --seeds 0 1 2 --finetune-petaflops 0.02 --mae-repo /path/to/mae
     python benchmarks/results.py --data-root ../shared/data/cifar10 --minutes 10 --methods beit   # one row, 1 seed
-    python benchmarks/results.py --data-root ../shared/data/cifar10 --minutes 10 --methods mae --quick
+    python benchmarks/results.py --data-root ../shared/data/cifar10 --petaflops 0.05 --methods mae --quick
     python benchmarks/results.py --table                                                          # from the JSONs
 
 A **row** is a method: ``mae``, ``beit``, ``cpc`` (``configs/<method>/cifar10_vit_tiny.yaml`` with the
@@ -27,8 +27,8 @@ checkpoint), so adding ``--finetune-petaflops`` to a table only fine-tunes. For 
    seed): the numbers ``tools/knn_eval.py`` and ``tools/linear_probe.py`` print (their commands are
    in the record);
 3. fine-tuning (``tools/finetune.py``, ``configs/finetune/cifar10_vit_tiny.yaml``, the same recipe and
-   budget for every row: ``--finetune-petaflops`` or ``--finetune-minutes``; 0: none) of the encoder and
-   of the random twin (run once for rows whose twins are the same);
+   budget for every row: ``--finetune-petaflops`` (default 0.02) or ``--finetune-minutes``; 0: none) of the
+   encoder and of the random twin (run once for rows whose twins are the same);
 4. with ``--curve``, kNN of the encoder saved at every fifth of the budget (a 5,000-image bank, 1,000
    val queries).
 
@@ -67,7 +67,10 @@ CONFIGS = {m: f"configs/{m}/cifar10_vit_tiny.yaml" for m in ("mae", "beit", "cpc
 FINETUNE_CONFIG = "configs/finetune/cifar10_vit_tiny.yaml"
 ROWS = ("mae", "beit", "cpc", "official-mae")
 REFERENCE_ROW = "official-mae"
-DEFAULT_BUDGET = RunBudget(petaflops=0.05)  # ~56,000 images of MAE's config (0.89 GFLOP each)
+# MAE's config costs 0.89 GFLOP per image, BEiT's 2.24, CPC's (with BUDGET_SETTINGS) 1.14, forward and backward:
+# 0.1 PFLOP is 875 steps of 128 for MAE (at 360 steps its kNN is still in its early dip below random), 349 for
+# BEiT, 686 for CPC. Fine-tuning: 0.02 PFLOP is 9,500 images of ViT-Tiny/4 (2.1 GFLOP each).
+DEFAULT_BUDGET, DEFAULT_FINETUNE = RunBudget(petaflops=0.1), RunBudget(petaflops=0.02)
 CURVE_POINTS = 5
 CURVE_SPLIT = EvalSplit("val", train_images=5000, val_images=1000)  # the curve's kNN: a 5,000 bank, 1,000 queries
 METRICS = (("knn_top1", "kNN"), ("linear_top1", "linear"), ("finetune_top1", "fine-tune"))
@@ -95,7 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_budget_args(parser, f"pretraining (the same for every row; default --petaflops {DEFAULT_BUDGET.petaflops:g})")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="a record per method and seed")
     parser.add_argument("--train-images", type=int, help="pretrain on a class-balanced subset (default: all train)")
-    add_budget_args(parser, "fine-tuning (0: none)", prefix="finetune-")
+    add_budget_args(
+        parser,
+        f"fine-tuning (default --finetune-petaflops {DEFAULT_FINETUNE.petaflops:g}; 0: none)",
+        prefix="finetune-",
+    )
     parser.add_argument("--finetune-config", default=FINETUNE_CONFIG, help="the fine-tuning recipe of every row")
     parser.add_argument("--methods", nargs="+", default=list(ROWS), choices=ROWS)
     parser.add_argument("--mae-repo", help="a checkout of facebookresearch/mae (for official-mae)")
@@ -109,11 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def finetune_budget(args: argparse.Namespace) -> RunBudget | None:
-    """The fine-tuning budget, or None: none asked for (0, or --quick)."""
+    """The fine-tuning budget (default ``DEFAULT_FINETUNE``), or None: 0 (no fine-tuning), or --quick."""
     amount = args.finetune_petaflops if args.finetune_petaflops is not None else args.finetune_minutes
-    if args.quick or not amount:
+    if args.quick or amount == 0:
         return None
-    return RunBudget.from_args(args, prefix="finetune_")
+    return RunBudget.from_args(args, DEFAULT_FINETUNE, prefix="finetune_")
 
 
 def command_line(args: argparse.Namespace, methods: list[str], seeds: list[int]) -> str:
@@ -123,7 +130,8 @@ def command_line(args: argparse.Namespace, methods: list[str], seeds: list[int])
     command = ["python", "benchmarks/results.py", "--data-root", args.data_root, *budget.flags(),
                "--seeds", *map(str, seeds), "--methods", *methods]  # fmt: skip
     command += ["--train-images", str(args.train_images)] if args.train_images else []
-    command += [f"--finetune-{tune.kind}", f"{tune.amount:g}"] if tune else []
+    if tune or not args.quick:  # no fine-tuning is --finetune-petaflops 0 (without a flag: the default budget)
+        command += [f"--finetune-{tune.kind}", f"{tune.amount:g}"] if tune else ["--finetune-petaflops", "0"]
     command += ["--finetune-config", args.finetune_config] if tune and args.finetune_config != FINETUNE_CONFIG else []
     command += ["--mae-repo", args.mae_repo] if REFERENCE_ROW in methods else []
     command += ["--quick"] * args.quick + ["--curve"] * args.curve
