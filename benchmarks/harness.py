@@ -120,14 +120,21 @@ class RunBudget:
                 "--trainer.limit_val_batches", "0", "--trainer.callbacks", callbacks]  # fmt: skip
 
 
-def add_budget_args(parser: argparse.ArgumentParser, what: str = "pretraining", prefix: str = "") -> None:
-    """``--petaflops`` / ``--minutes`` / ``--steps`` (one of them; ``prefix``: e.g. ``finetune-``) and
-    ``--warmup-fraction``."""
+def add_budget_args(
+    parser: argparse.ArgumentParser, what: str = "pretraining", prefix: str = "", default: RunBudget | None = None
+) -> None:
+    """``--petaflops`` / ``--minutes`` / ``--steps`` (one of them; with a ``prefix`` such as ``finetune-``, no
+    ``--steps``) and ``--warmup-fraction``; ``default`` is named in its flag's help."""
+    units = {"petaflops": "PFLOPs of training steps", "minutes": "minutes of wall clock", "steps": "optimizer steps"}
     group = parser.add_mutually_exclusive_group()
-    group.add_argument(f"--{prefix}petaflops", type=float, help=f"{what} budget in PFLOPs of training steps")
-    group.add_argument(f"--{prefix}minutes", type=float, help=f"{what} budget in minutes of wall clock")
+    for kind, unit in units.items():
+        if kind == "steps" and prefix:
+            continue
+        note = f" (default {default.amount:g})" if default is not None and default.kind == kind else ""
+        group.add_argument(
+            f"--{prefix}{kind}", type=int if kind == "steps" else float, help=f"{what} budget: {unit}{note}"
+        )
     if not prefix:
-        group.add_argument("--steps", type=int, help=f"{what} budget in optimizer steps (the config's schedule)")
         parser.add_argument(
             "--warmup-fraction", type=float, default=0.05, help="part of a FLOP or minute budget spent warming up"
         )

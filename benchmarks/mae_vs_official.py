@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", default="configs/mae/cifar10_vit_tiny.yaml")
     parser.add_argument("--data-root", required=True, help="an ImageFolder root with train/ and val/")
     parser.add_argument("--train-images", type=int, default=10000)
-    add_budget_args(parser, "pretraining (default --steps 500)")
+    add_budget_args(parser, "pretraining (every variant's)", default=DEFAULT_BUDGET)
     parser.add_argument("--warmup-steps", type=int, default=100, help="with --steps")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--variants", nargs="+", default=["official", "sslvit", "sslvit-pil-loader"])

@@ -95,14 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = ToolParser(__file__, description=__doc__)
     parser.add_argument("--data-root", default="../shared/data/cifar10", help="an ImageFolder root with train/, val/")
-    add_budget_args(parser, f"pretraining (the same for every row; default --petaflops {DEFAULT_BUDGET.petaflops:g})")
+    add_budget_args(parser, "pretraining (every row's)", default=DEFAULT_BUDGET)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="a record per method and seed")
     parser.add_argument("--train-images", type=int, help="pretrain on a class-balanced subset (default: all train)")
-    add_budget_args(
-        parser,
-        f"fine-tuning (default --finetune-petaflops {DEFAULT_FINETUNE.petaflops:g}; 0: none)",
-        prefix="finetune-",
-    )
+    add_budget_args(parser, "fine-tuning (every row's; 0: none)", prefix="finetune-", default=DEFAULT_FINETUNE)
     parser.add_argument("--finetune-config", default=FINETUNE_CONFIG, help="the fine-tuning recipe of every row")
     parser.add_argument("--methods", nargs="+", default=list(ROWS), choices=ROWS)
     parser.add_argument("--mae-repo", help="a checkout of facebookresearch/mae (for official-mae)")

@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ToolParser(__file__, description=__doc__)
     parser.add_argument("--config", required=True)
     parser.add_argument("--data-root", required=True, help="an ImageFolder root with train/ (val/ is not read)")
-    add_budget_args(parser, "pretraining (default --minutes 8)")
+    add_budget_args(parser, default=DEFAULT_BUDGET)
     parser.add_argument("--name", required=True, help="the setting's name: its run is <run-dir>/<name>")
     parser.add_argument("--run-dir", default="runs/screen")
     parser.add_argument("--train-images", type=int, help="pretrain on a class-balanced subset (default: all train)")
