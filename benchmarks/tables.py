@@ -82,15 +82,17 @@ def pages(folder: Path = HERE) -> dict[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--results", default=str(HERE), help="the folder of records and pages")
+    from sslvit.cli.parser import ToolParser
+
+    parser = ToolParser(__file__, description=__doc__)
+    parser.add_argument("--output", default=str(HERE), help="the folder of the records and their pages")
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a page is not up to date")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    folder = Path(args.results)
+    folder = Path(args.output)
     stale = []
     for name, text in pages(folder).items():
         path = folder / name
