@@ -80,8 +80,8 @@ METRICS = (("knn_top1", "kNN"), ("linear_top1", "linear"), ("finetune_top1", "fi
 # fits in memory) for BEiT; CPC's non-overlapping 4x4 grid of 8 px patches (16 patch encodings per image
 # instead of 49, 4.1x the images per second) predicting 2 rows ahead, top-down and bottom-up, with a 4-block
 # patch encoder (screened at 8 minutes: 12 blocks stayed at random init's kNN, 6 and 4 blocks learned,
-# 4 the most; docs/results.md). All rows train in fp32: bf16 autocast was no faster on this machine's AMX
-# for any of the three steps (docs/speed.md).
+# 4 the most; benchmarks/results/settings.md). All rows train in fp32: bf16 autocast was no faster on an AMX
+# CPU for any of the three steps (benchmarks/results/speed.md).
 BUDGET_SETTINGS = {
     "mae": [],
     "beit": ["--data.on_device", "true", "--data.color_jitter", "0", "--model.init_args.backbone.drop_path_rate", "0"],
@@ -274,8 +274,9 @@ def average(records: dict[int, dict[str, Any]], key: str) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def table(output: Path) -> str:
-    """results.md from the records: spread over seeds, paired differences, every seed, and where they came from."""
+def table(output: Path, write: bool = True) -> str:
+    """results.md from the records: spread over seeds, paired differences, every seed, and where they came from
+    (also written to ``output`` unless ``write`` is False)."""
     rows = read_records(output)
     reference = rows.get(REFERENCE_ROW, {})
 
@@ -283,6 +284,11 @@ def table(output: Path) -> str:
         return "–" if value is None else format(value, spec)
 
     lines = [
+        "# Results: every method on the same pretraining budget",
+        "",
+        "Written by `python benchmarks/results.py --table` from the `<method>-seed<seed>.json` records here; how",
+        "they are made and what they do not say: [docs/results.md](../../docs/results.md).",
+        "",
         "## Mean ± sample std over seeds (accuracy on val, %)",
         "",
         "| row | seeds | PFLOP | images seen | training time | kNN top-1 | linear top-1 | fine-tune top-1 |",
@@ -342,7 +348,8 @@ def table(output: Path) -> str:
     if recipes:
         lines.append(f"Fine-tuning: {', '.join(recipes)}; the random twin with the same.")
     text = "\n".join(lines) + "\n"
-    (output / "results.md").write_text(text)
+    if write:
+        (output / "results.md").write_text(text)
     return text
 
 

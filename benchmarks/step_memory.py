@@ -14,7 +14,7 @@ A least-squares line through the peaks gives the memory per image (its slope) an
 with the batch (its intercept: weights, gradients, optimizer state, libraries), and from both the
 largest batch that fits in ``--budget-gb``. Terms that grow faster than the batch (CPC's InfoNCE scores
 of every prediction against every latent, ``N^2``) are small at the batch sizes measured here: the
-extrapolation leaves them out (docs/methods.md counts CPC's).
+extrapolation leaves them out (docs/speed.md, on CPC's cost).
 """
 
 from __future__ import annotations

@@ -302,3 +302,28 @@ def test_mae_vs_official_summary_pairs_each_variant_with_the_first_by_seed(capsy
     diff = summary["sslvit"]["minus_reference"]
     assert diff["values"] == [-1.0, -1.0, -1.0] and diff["low"] == diff["high"] == -1.0, "paired over seeds 0-2"
     assert "-1.00 (95% CI -1.00 to -1.00)" in capsys.readouterr().out
+
+
+def test_result_pages_are_what_their_records_give():
+    """benchmarks/results/*.md are written from the JSON records beside them (results.md by results.py --table,
+    the others by tables.py): a page edited by hand, or a record changed without rewriting its page, fails."""
+    tables = load_script("benchmarks/tables.py")
+    folder = REPO / "benchmarks" / "results"
+    pages = tables.pages(folder)
+    assert {"results.md", "speed.md", "settings.md"} <= set(pages)
+    assert set(pages) == {p.name for p in folder.glob("*.md")}, "every page has records, every record set a page"
+    for name, text in pages.items():
+        assert (folder / name).read_text() == text, f"{name} differs from its records: run python benchmarks/tables.py"
+
+
+def test_every_measured_table_names_its_command_machine_and_date(tmp_path):
+    tables = load_script("benchmarks/tables.py")
+    table = {"title": "t", "columns": [{"key": "x", "label": "x", "format": ".1f", "suffix": "x"}],
+             "rows": [{"x": 1.25}, {"x": [1, 2]}, {"x": {"value": 3, "range": [2, 4]}}, {"x": None}],
+             "commands": ["python benchmarks/train_step.py"], "machine": "m", "date": "2026-12-07"}  # fmt: skip
+    text = tables.page_markdown({"title": "p", "tables": [table]}, "p")
+    assert "| 1.2x |\n| 1.0-2.0x |\n| 3.0x [2.0-4.0x] |\n| – |" in text and "Machine: m. Date: 2026-12-07." in text
+    for key in ("commands", "machine", "date"):
+        (tmp_path / "p.json").write_text(json.dumps({"title": "p", "tables": [{**table, key: ""}]}))
+        with pytest.raises(ValueError, match=f"has no {key}"):
+            tables.pages(tmp_path)

@@ -1,4 +1,4 @@
-"""Every command and code block of README.md and docs/ runs as written, or at least parses.
+"""Every command and code block of README.md, docs/ and the result pages runs as written, or at least parses.
 
 - ``python`` blocks run in a workspace that holds what they name (a tiny ``runs/mae-quickstart`` run and
   its export); a block preceded by ``<!-- docs-test: skip (reason) -->`` is only compiled.
@@ -6,6 +6,7 @@
   ``python tools/*.py`` and ``python benchmarks/*.py`` commands are parsed by the script's own parser,
   and those that only need the workspace run for real; ``make`` targets must exist.
 - Plain blocks that show ``$ sslvit ...`` followed by ``sslvit: error: ...`` must print that line.
+- Relative links point to a file that exists, and to a heading of it when they name one.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from sslvit.cli import main as sslvit_main
 from sslvit.cli import run_cli
 from sslvit.methods.beit import fit_kmeans_tokenizer
 
-DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+RESULT_PAGES = sorted((REPO / "benchmarks" / "results").glob("*.md"))  # each table's reproducing command
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), *RESULT_PAGES]
 FENCE = re.compile(
     r"(?:<!--\s*docs-test:\s*(?P<marker>[^>]*?)\s*-->\s*\n)?"  # an optional marker line before the block
     r"^(?P<indent>[ \t]*)```(?P<lang>[\w-]*)\n(?P<body>.*?)^[ \t]*```",
@@ -104,6 +106,29 @@ def workspace(tmp_path_factory):
 
 def test_the_docs_hold_commands_and_code():
     assert len(BASH) > 30 and len(PYTHON) >= 6 and len(ERROR_EXAMPLES) >= 3
+
+
+def anchor(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+LINKS = [
+    (path, target)
+    for path in DOCS
+    for target in re.findall(r"\]\(([^)\s]+)\)", FENCE.sub("", path.read_text()))
+    if not target.startswith(("http://", "https://", "mailto:"))
+]
+
+
+@pytest.mark.parametrize("path,target", LINKS, ids=[f"{p.relative_to(REPO)}->{t}" for p, t in LINKS])
+def test_relative_link(path, target):
+    file, _, fragment = target.partition("#")
+    linked = (path.parent / file).resolve() if file else path
+    assert linked.exists(), f"{path.relative_to(REPO)}: {target} does not exist"
+    if fragment and linked.is_file():
+        headings = re.findall(r"^#+ (.+)$", FENCE.sub("", linked.read_text()), re.M)
+        assert fragment in {anchor(h) for h in headings}, f"{path.relative_to(REPO)}: no heading #{fragment}"
 
 
 def test_readme_is_short():

@@ -13,7 +13,7 @@ distribution (torchvision's RandomResizedCrop; from the sample's keyed RNG), but
 - returns ``uint8 [3, size, size]``: a quarter of the bytes of float32 to collate, pin and copy;
   the data module normalizes on the training device (``on_after_batch_transfer``).
 
-Measurements of each lever: ``benchmarks/loader.py`` and docs/speed.md.
+Measurements of each lever: ``benchmarks/loader.py`` and benchmarks/results/speed.md.
 """
 
 from __future__ import annotations
