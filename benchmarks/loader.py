@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--gpu-images-per-s",
         type=float,
         default=4455.0,
-        help="images/s one GPU trains, for the cores-per-GPU column (ViT-B MAE, H100, compiled: benchmarks/results/speed.md)",
+        help="images/s one GPU trains, for the cores-per-GPU column (ViT-B MAE, H100, compiled: results/speed.md)",
     )
     parser.add_argument("--output", help="write the results as JSON here")
     parser.add_argument("--json", dest="output", help=argparse.SUPPRESS)  # its name before --output everywhere
