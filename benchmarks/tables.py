@@ -13,8 +13,8 @@ with the command that reproduces it, the machine and the date::
      "notes": ["..."], "commands": ["python benchmarks/..."], "machine": "...", "date": "2026-11-22"}
 
 A cell is a number (printed with its column's ``format`` and ``suffix``), a string (as it is), ``[low, high]``
-(a range), ``{"value": v, "range": [low, high]}`` (a median and its range) or null (``–``). Columns with a
-``format`` are numbers and right-aligned.
+(a range: ``low-high``, or ``low to high`` for signed numbers), ``{"value": v, "range": [low, high]}`` (a
+value and its range) or null (``–``). Columns with a ``format`` are numbers and right-aligned.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ def cell(value: Any, column: dict[str, Any]) -> str:
         return value
     if isinstance(value, list):
         low, high = value
-        return f"{format(low, spec)}-{format(high, spec)}{suffix}"
+        between = " to " if low < 0 or "+" in spec else "-"  # "-6.85 to +5.85", not "-6.85-+5.85"
+        return f"{format(low, spec)}{between}{format(high, spec)}{suffix}"
     if isinstance(value, dict):
         spread = f" [{cell(value['range'], column)}]" if value.get("range") else ""
         return cell(value["value"], column) + spread

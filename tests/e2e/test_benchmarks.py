@@ -304,6 +304,62 @@ def test_mae_vs_official_summary_pairs_each_variant_with_the_first_by_seed(capsy
     assert "-1.00 (95% CI -1.00 to -1.00)" in capsys.readouterr().out
 
 
+def test_mae_vs_official_merges_parts_of_the_same_settings_into_one_page(tmp_path, capsys):
+    script, tables = load_script("benchmarks/mae_vs_official.py"), load_script("benchmarks/tables.py")
+    settings = {"config": "c.yaml", "train_images": 100, "warmup_steps": 10, "budget": {"steps": 50}}
+
+    def part(name, runs, **changed):
+        runs = [{"variant": v, "seed": s, "knn_top1": top1, "machine": "m", "date": "2026-12-07",
+                 "settings": {**settings, **changed}} for v, s, top1 in runs]  # fmt: skip
+        (tmp_path / name).write_text(json.dumps({"runs": runs}))
+        return str(tmp_path / name)
+
+    first = part("a.json", [("sslvit", 0, 39.0), ("reference", 0, 40.0)])
+    second = part("b.json", [("reference", 1, 38.0), ("sslvit", 1, 38.0), ("sslvit", 0, 39.0)])
+    lockstep = {"steps": 3, "max_loss_difference": 1e-7, "final_loss": {"sslvit": 0.7, "official": 0.7001},
+                "losses": {"sslvit": [0.9, 0.8, 0.7], "official": [0.9, 0.8, 0.7001]},
+                "sslvit": {"knn_top1": 30.0, "plain_knn_top1": 30.0},
+                "official": {"knn_top1": 30.5, "plain_knn_top1": 30.5},
+                "settings": {"steps": 3, "warmup_steps": 1, "train_images": 100, "seed": 0}, "machine": "m",
+                "date": "2026-12-07"}  # fmt: skip
+    (tmp_path / "lockstep.json").write_text(json.dumps(lockstep))
+    script.main(
+        [
+            "--merge",
+            first,
+            second,
+            "--lockstep",
+            str(tmp_path / "lockstep.json"),
+            "--output",
+            str(tmp_path / "page.json"),
+        ]
+    )
+    page = json.loads((tmp_path / "page.json").read_text())
+    assert "losses" not in page["lockstep"]
+    assert [(r["variant"], r["seed"]) for r in page["runs"]] == [
+        ("reference", 0),
+        ("sslvit", 0),
+        ("reference", 1),
+        ("sslvit", 1),
+    ]
+    assert page["summary"]["sslvit"]["minus_reference"]["values"] == [-1.0, 0.0]
+    text = tables.page_markdown(page, "page")
+    assert "| `reference`: the reference loop" in text and "| 40.00, 38.00 | 39.00 | 1.41 | – |" in text
+    assert "| 39.00, 38.00 | 38.50 | 0.71 | -0.50 [-6.85 to +5.85] |" in text
+    assert (
+        "| facebookresearch/mae's model and update | 0.7001 | 0.7001 | 30.50 | 30.50 |" in text
+        and "--seeds 0 1 --variants reference sslvit" in text
+    )
+    for bad, message in [
+        (part("c.json", [("sslvit", 2, 30.0)], warmup_steps=20), "only runs of the same settings merge"),
+        (part("d.json", [("sslvit", 0, 30.0)]), "sslvit seed 0 is 30.0, another record says 39.0"),
+    ]:
+        with pytest.raises(SystemExit):
+            script.main(["--merge", first, bad, "--output", str(tmp_path / "bad.json")])
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "bad.json").exists()
+
+
 def test_result_pages_are_what_their_records_give():
     """benchmarks/results/*.md are written from the JSON records beside them (results.md by results.py --table,
     the others by tables.py): a page edited by hand, or a record changed without rewriting its page, fails."""
