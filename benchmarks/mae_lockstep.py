@@ -177,8 +177,9 @@ def lockstep(args: argparse.Namespace) -> dict[str, Any]:
         "max_loss_difference": max(differences),
         "first_step_over_1e-4": next((i for i, d in enumerate(differences) if d > 1e-4), None),
         "final_loss": {"sslvit": recorded.losses[-1], "official": losses[-1]},
-        "sslvit": knn_of(load_backbone(Path(args.run_dir) / "checkpoints" / "last.ckpt")[0], args.data_root,
-                         args.train_images),  # fmt: skip
+        "sslvit": knn_of(
+            load_backbone(Path(args.run_dir) / "checkpoints" / "last.ckpt")[0], args.data_root, args.train_images
+        ),  # fmt: skip
         "official": knn_of(encoder.eval(), args.data_root, args.train_images),
         "losses": {"sslvit": recorded.losses, "official": losses},
         "settings": {k: v for k, v in vars(args).items() if k != "fit_args"} | {"fit_args": args.fit_args},
