@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--merge", nargs="+", metavar="RECORD", help="train nothing: one record of these --output records' runs"
     )
     parser.add_argument("--lockstep", metavar="RECORD", help="with --merge: add this mae_lockstep.py record's table")
+    parser.add_argument(
+        "--note", action="append", default=[], help="with --merge: a line under the table (e.g. how a part was made)"
+    )
     return parser
 
 
@@ -138,7 +141,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = build_parser().parse_args(argv)
     with one_line_errors("mae_vs_official.py"):
         if args.merge:
-            return merge(args.merge, args.output, args.lockstep)
+            return merge(args.merge, args.output, args.lockstep, args.note)
         if not args.data_root:
             raise ConfigError("--data-root is required to train (or --merge records)")
         return compare(args)
@@ -175,7 +178,9 @@ def variants_in(records: list[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(r["variant"] for r in records))
 
 
-def merge(paths: list[str], output: str | None, lockstep: str | None = None) -> list[dict[str, Any]]:
+def merge(
+    paths: list[str], output: str | None, lockstep: str | None = None, notes: list[str] = ()
+) -> list[dict[str, Any]]:
     """The runs of several ``--output`` records as one (refused when their settings differ, or when the same
     variant and seed have two different numbers)."""
     if not output:
@@ -196,11 +201,13 @@ def merge(paths: list[str], output: str | None, lockstep: str | None = None) -> 
                     f"{known['knn_top1']}: keep one of them"
                 )
     records = sorted(runs.values(), key=lambda r: (r["seed"], r["variant"]))
-    write_record(records, output, json.loads(Path(lockstep).read_text()) if lockstep else None)
+    write_record(records, output, json.loads(Path(lockstep).read_text()) if lockstep else None, notes)
     return records
 
 
-def write_record(records: list[dict[str, Any]], output: str, lockstep: dict[str, Any] | None = None) -> None:
+def write_record(
+    records: list[dict[str, Any]], output: str, lockstep: dict[str, Any] | None = None, notes: list[str] = ()
+) -> None:
     """The runs, their summary and the page ``benchmarks/tables.py`` writes from them (with the table of a
     ``mae_lockstep.py`` record)."""
     variants = variants_in(sorted(records, key=lambda r: ORDER.get(r["variant"], len(ORDER))))
@@ -238,6 +245,7 @@ def write_record(records: list[dict[str, Any]], output: str, lockstep: dict[str,
             {"key": "diff", "label": f"minus `{first}` [95% interval]", "format": "+.2f"},
         ],
         "rows": rows,
+        "notes": list(notes),
         "commands": [command],
         "machine": "; ".join(sorted({r["machine"] for r in records})),
         "date": ", ".join(sorted({r["date"] for r in records})),

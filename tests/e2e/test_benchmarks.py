@@ -330,12 +330,14 @@ def test_mae_vs_official_merges_parts_of_the_same_settings_into_one_page(tmp_pat
             second,
             "--lockstep",
             str(tmp_path / "lockstep.json"),
+            "--note",
+            "made twice",
             "--output",
             str(tmp_path / "page.json"),
         ]
     )
     page = json.loads((tmp_path / "page.json").read_text())
-    assert "losses" not in page["lockstep"]
+    assert "losses" not in page["lockstep"] and page["tables"][0]["notes"] == ["made twice"]
     assert [(r["variant"], r["seed"]) for r in page["runs"]] == [
         ("reference", 0),
         ("sslvit", 0),
