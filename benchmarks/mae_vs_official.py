@@ -214,11 +214,13 @@ def write_record(
     summary = summarize(records, variants)
     settings = records[0]["settings"]
     seeds = sorted({r["seed"] for r in records})
-    command = (
+    seeds_of = {v: tuple(sorted({r["seed"] for r in records if r["variant"] == v})) for v in variants}
+    commands = [  # one per set of seeds, as the runs were made
         "python benchmarks/mae_vs_official.py --mae-repo /path/to/mae --data-root ../shared/data/cifar10 \\\n"
-        f"    --train-images {settings['train_images']} {budget_flags(settings)} "
-        f"--seeds {' '.join(map(str, seeds))} --variants {' '.join(variants)} --output record.json"
-    )
+        f"    --train-images {settings['train_images']} {budget_flags(settings)} --seeds {' '.join(map(str, group))} "
+        f"--variants {' '.join(v for v in variants if seeds_of[v] == group)} --output record.json"
+        for group in dict.fromkeys(seeds_of.values())
+    ]
     first = variants[0]
     rows = []
     for variant in variants:
@@ -246,7 +248,7 @@ def write_record(
         ],
         "rows": rows,
         "notes": list(notes),
-        "commands": [command],
+        "commands": commands,
         "machine": "; ".join(sorted({r["machine"] for r in records})),
         "date": ", ".join(sorted({r["date"] for r in records})),
     }
