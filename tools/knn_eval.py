@@ -15,13 +15,12 @@ import argparse
 import time
 
 from sslvit.cli.evaluation import Evaluation
-from sslvit.cli.low_shot import describe_over_seeds, describe_subset, over_seeds, seed_record
+from sslvit.cli.low_shot import describe_subset, finish_record, seed_record
 from sslvit.cli.parser import ToolParser
 from sslvit.cli.tool_flags import add_feature_args, add_subset_args
 from sslvit.errors import ConfigError, one_line_errors
 from sslvit.eval.features import Features
 from sslvit.eval.knn import KNNClassifier, KNNResult, choose_ks
-from sslvit.outputs import write_json
 
 
 def table(result: KNNResult) -> str:
@@ -105,13 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     record["seconds"] = {**records[0]["seconds"], **evaluation.seconds}
     if "train_subset" in record:
         record["num_train"] = record["train_subset"]["num_images"]
-    summary = over_seeds(records)
-    if summary:
-        print(describe_over_seeds(summary))
-    record.update(summary)
-    if args.output:
-        print(f"wrote {write_json(args.output, record)}")
-    return record
+    return finish_record(record, records, args.output)
 
 
 if __name__ == "__main__":

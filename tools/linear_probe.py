@@ -18,7 +18,7 @@ import argparse
 from dataclasses import replace
 
 from sslvit.cli.evaluation import Evaluation
-from sslvit.cli.low_shot import describe_over_seeds, describe_subset, over_seeds, seed_record
+from sslvit.cli.low_shot import describe_subset, finish_record, seed_record
 from sslvit.cli.parser import ToolParser
 from sslvit.cli.tool_flags import add_feature_args, add_selection_args, add_subset_args
 from sslvit.errors import ConfigError, one_line_errors
@@ -27,7 +27,6 @@ from sslvit.eval.linear import CACHED_SETTINGS, DEFAULT_BASE_LRS, PROTOCOL_SETTI
 from sslvit.eval.linear_protocol import linear_probe_protocol
 from sslvit.eval.selection import LinearProbeResult
 from sslvit.eval.subsets import held_out_split
-from sslvit.outputs import write_json
 
 
 def table(result: LinearProbeResult) -> str:
@@ -146,13 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
     evaluation.seconds["probe"] = sum(r["seconds"] for r in records)
     record = {**records[0], **evaluation.describe(train, val), "seconds": evaluation.seconds}
     record["num_train"] = records[0]["num_train"]
-    summary = over_seeds(records)
-    if summary:
-        print(describe_over_seeds(summary))
-    record.update(summary)
-    if args.output:
-        print(f"wrote {write_json(args.output, record)}")
-    return record
+    return finish_record(record, records, args.output)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import torch
 
 from sslvit.errors import ConfigError
 from sslvit.eval.subsets import low_shot_indices, mean_and_std
+from sslvit.outputs import write_json
 
 
 def run_seeds(args: argparse.Namespace) -> list[int]:
@@ -63,3 +64,15 @@ def describe_over_seeds(summary: dict[str, Any]) -> str:
         f"over {len(summary['seeds'])} seeds: top-1 {summary['top1']:.2f} +- {summary['top1_std']:.2f}, "
         f"top-5 {summary['top5']:.2f} +- {summary['top5_std']:.2f} (mean +- sample standard deviation)"
     )
+
+
+def finish_record(record: dict[str, Any], records: list[dict[str, Any]], output: str | None) -> dict[str, Any]:
+    """``record`` with what :func:`over_seeds` adds for several seeds (and its line printed), written to
+    ``output`` as JSON when one is given: the end of every evaluation tool."""
+    summary = over_seeds(records)
+    if summary:
+        print(describe_over_seeds(summary))
+    record.update(summary)
+    if output:
+        print(f"wrote {write_json(output, record)}")
+    return record
