@@ -5,20 +5,26 @@ Spearman rank correlation between them.
         runs/c/checkpoints/last.ckpt --data-root ../shared/data/cifar10 --output rankme_vs_knn.json
     python benchmarks/rankme_vs_knn.py --snapshots-of runs/results/mae-seed0/checkpoints/last.ckpt \\
         --checkpoints runs/results/mae-seed0/snapshots/*.pt --data-root ../shared/data/cifar10 --output mae_curve.json
+    python benchmarks/rankme_vs_knn.py --runs runs/results/mae-seed0 runs/results/beit-seed0 \\
+        --data-root ../shared/data/cifar10 --output benchmarks/results/rankme_vs_knn.json
 
 Each checkpoint is an sslvit Lightning checkpoint (any method), or with ``--snapshots-of LAST`` a file
 ``{"state_dict": ...}`` of the method saved in LAST (the curve snapshots of ``benchmarks/results.py --curve``;
-their ``step``, ``images_seen`` and ``seconds`` are copied into the record). For each one, the train and val
-features (``--features``, default the method's own; cached as the tools cache them) give
+their ``step``, ``images_seen`` and ``seconds`` are copied into the record). ``--runs`` takes run directories
+instead: each one's curve snapshots (``snapshots/NN.pt``, of the method in its ``checkpoints/last.ckpt``), or
+its ``last.ckpt`` when it has none. For each checkpoint, the train and val features (``--features``, default
+the method's own; cached as the tools cache them) give
 
 - kNN top-1 on val with all of train as the bank (k = 20, T = 0.07: ``tools/knn_eval.py``'s protocol), and
 - RankMe (:func:`sslvit.eval.rankme.effective_rank`) of a seeded ``--num-images`` of the ``--rankme-split``
   features, labels unused: the images ``OnlineRankMe(split="train", num_images=..., seed=...)`` encodes (for an
   ImageFolder root or CIFAR, also those of its default ``pretrain`` split).
 
-Then the Spearman correlation over all checkpoints, and over the checkpoints of each method (the paper compares
-runs of one method; across methods the rank is not known to follow accuracy). Prints a table; ``--output``
-writes JSON with every checkpoint's numbers, the correlations and the settings.
+Then the Spearman correlation over all checkpoints, over the checkpoints of each method (the paper compares
+runs of one method; across methods the rank is not known to follow accuracy) and over each run's (its curve:
+does the rank rise as kNN does?). Prints a table; ``--output`` writes JSON with every checkpoint's numbers,
+the correlations and the settings, which is also a page of ``benchmarks/results/`` (``benchmarks/tables.py``
+writes its markdown; ``--note`` adds a line under its tables, e.g. the command that made the runs).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import math
+import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -34,6 +41,7 @@ from typing import Any
 import torch
 from scipy.stats import ConstantInputWarning, spearmanr
 
+from harness import machine, today
 from sslvit.checkpoints import CheckpointInfo
 from sslvit.cli.device_and_features import resolve_device
 from sslvit.cli.parser import ToolParser, positive_int
@@ -48,7 +56,10 @@ from sslvit.outputs import write_json
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ToolParser(__file__, description=__doc__)
-    parser.add_argument("--checkpoints", nargs="+", required=True, help="sslvit checkpoints (or snapshots) to compare")
+    parser.add_argument("--checkpoints", nargs="+", default=[], help="sslvit checkpoints (or snapshots) to compare")
+    parser.add_argument(
+        "--runs", nargs="+", default=[], help="run directories: their curve snapshots, or else checkpoints/last.ckpt"
+    )
     parser.add_argument(
         "--snapshots-of", help="a Lightning checkpoint: --checkpoints are then {'state_dict': ...} files of its method"
     )
@@ -63,8 +74,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
     parser.add_argument("--cache-dir", help="feature cache (default $SSLVIT_CACHE/features)")
     parser.add_argument("--no-cache", action="store_true", help="always run the encoder; store nothing")
-    parser.add_argument("--output", help="write the results as JSON to this file")
+    parser.add_argument("--output", help="write the results as JSON (a page of benchmarks/results/) to this file")
+    parser.add_argument("--note", action="append", default=[], help="a line under the page's tables (repeatable)")
     return parser
+
+
+def checkpoints_of(args: argparse.Namespace) -> list[tuple[str, str | None, str | None]]:
+    """``(checkpoint, the Lightning checkpoint whose method it is a snapshot of or None, run directory or None)``
+    of every ``--checkpoints`` and ``--runs`` entry, in order; a run directory without a checkpoint is an error."""
+    entries = [(path, args.snapshots_of, None) for path in args.checkpoints]
+    for run in args.runs:
+        last = Path(run) / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            raise ConfigError(f"--runs {run}: no {last}; give run directories that `sslvit fit` wrote")
+        snapshots = sorted((Path(run) / "snapshots").glob("*.pt"))
+        entries += [(str(s), str(last), run) for s in snapshots] if snapshots else [(str(last), None, run)]
+    if not entries:
+        raise ConfigError("nothing to compare: give --checkpoints or --runs")
+    return entries
 
 
 def load(
@@ -86,9 +113,16 @@ def load(
     return model, info, {"method": info.method, "global_step": extra.get("step"), **extra}
 
 
-def evaluate(path: str, args: argparse.Namespace, methods: dict[str, Any], device: torch.device, cache: Any) -> dict:
-    """kNN top-1 and RankMe of one checkpoint."""
-    model, info, record = load(path, args.snapshots_of, methods)
+def evaluate(
+    entry: tuple[str, str | None, str | None],
+    args: argparse.Namespace,
+    methods: dict[str, Any],
+    device: torch.device,
+    cache: Any,
+) -> dict:
+    """kNN top-1 and RankMe of one checkpoint (an entry of :func:`checkpoints_of`)."""
+    path, snapshots_of, run = entry
+    model, info, record = load(path, snapshots_of, methods)
     data = datamodule_from_args(args, info)
     model.to(device)
     features = {
@@ -107,6 +141,7 @@ def evaluate(path: str, args: argparse.Namespace, methods: dict[str, Any], devic
     n, dim = rank_features.shape
     return {
         "checkpoint": path,
+        "run": run,
         **record,
         "knn_top1": result.top1,
         "knn_top5": result.top5,
@@ -129,11 +164,100 @@ def spearman(rows: list[dict[str, Any]]) -> float | None:
     return None if math.isnan(rho) else float(rho)
 
 
+def correlations(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Spearman's rho over all rows, over each method's and over each run's (runs of one checkpoint: none)."""
+    methods = sorted({r["method"] for r in rows})
+    runs = list(dict.fromkeys(r["run"] for r in rows if r["run"] is not None))
+    return {
+        "spearman": spearman(rows),
+        "spearman_per_method": {m: spearman([r for r in rows if r["method"] == m]) for m in methods},
+        "spearman_per_run": {run: spearman([r for r in rows if r["run"] == run]) for run in runs},
+    }
+
+
+def page_tables(
+    rows: list[dict[str, Any]], found: dict[str, Any], args: argparse.Namespace, command: str
+) -> list[dict[str, Any]]:
+    """The two tables of the page ``benchmarks/tables.py`` writes: the correlations, and every checkpoint."""
+    provenance = {"notes": args.note, "commands": [command], "machine": machine(), "date": today()}
+    groups = [("all checkpoints", rows, found["spearman"])]
+    groups += [
+        (f"method {short(m)}", [r for r in rows if r["method"] == m], rho)
+        for m, rho in found["spearman_per_method"].items()
+    ]
+    groups += [
+        (f"run `{Path(run).name}`", [r for r in rows if r["run"] == run], rho)
+        for run, rho in found["spearman_per_run"].items()
+    ]
+    summary = [
+        {
+            "over": name,
+            "n": len(group),
+            "rho": rho,
+            "knn": [min(r["knn_top1"] for r in group), max(r["knn_top1"] for r in group)],
+            "rank": [min(r["rankme"] for r in group), max(r["rankme"] for r in group)],
+        }
+        for name, group, rho in groups
+    ]
+    checkpoints = [
+        {
+            "run": Path(r["run"]).name if r["run"] else r["checkpoint"],
+            "method": short(r["method"]),
+            "step": r["global_step"],
+            "images": r.get("images_seen"),
+            "knn": r["knn_top1"],
+            "rank": r["rankme"],
+            "normalized": r["rankme_normalized"],
+        }
+        for r in rows
+    ]
+    n_rank = sorted({r["rankme_images"] for r in rows})
+    images = ", ".join(f"{n:,}" for n in n_rank)
+    about = (
+        f"kNN top-1 on val (k = {args.k}, T = {args.temperature}, all of train as the bank) and RankMe of the "
+        f"features of {images} seeded {args.rankme_split} images (no labels), per checkpoint; Spearman's rho "
+        "between the two (with 2 checkpoints it is ±1 by construction; – where one of them is constant)."
+    )
+    return [
+        {
+            "title": "Spearman correlation of RankMe with kNN top-1",
+            "about": about,
+            "columns": [
+                {"key": "over", "label": "over"},
+                {"key": "n", "label": "checkpoints", "format": "d"},
+                {"key": "rho", "label": "Spearman rho", "format": "+.2f"},
+                {"key": "knn", "label": "kNN top-1 (%)", "format": ".2f"},
+                {"key": "rank", "label": "RankMe", "format": ".1f"},
+            ],
+            "rows": summary,
+            **provenance,
+        },
+        {
+            "title": "Every checkpoint",
+            "columns": [
+                {"key": "run", "label": "run"},
+                {"key": "method", "label": "method"},
+                {"key": "step", "label": "step", "format": "d"},
+                {"key": "images", "label": "images seen", "format": ","},
+                {"key": "knn", "label": "kNN top-1 (%)", "format": ".2f"},
+                {"key": "rank", "label": "RankMe", "format": ".2f"},
+                {"key": "normalized", "label": "RankMe / min(N, D)", "format": ".3f"},
+            ],
+            "rows": checkpoints,
+            **provenance,
+        },
+    ]
+
+
+def short(method: str) -> str:
+    return method.rsplit(".", 1)[-1]
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [f"{'checkpoint':<60} {'method':>8} {'step':>7} {'kNN top-1':>10} {'RankMe':>9}"]
     for r in rows:
         name = r["checkpoint"] if len(r["checkpoint"]) <= 60 else "..." + r["checkpoint"][-57:]
-        method = r["method"].rsplit(".", 1)[-1]
+        method = short(r["method"])
         lines.append(f"{name:<60} {method:>8} {r['global_step']!s:>7} {r['knn_top1']:>10.2f} {r['rankme']:>9.2f}")
     return "\n".join(lines)
 
@@ -146,21 +270,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             raise ConfigError(f"--temperature must be positive, got {args.temperature}")
         device = resolve_device(args.device)
         cache = cache_from_args(args)
+        entries = checkpoints_of(args)
         methods: dict[str, Any] = {}
-        rows = [evaluate(path, args, methods, device, cache) for path in args.checkpoints]
-    per_method = {m: spearman([r for r in rows if r["method"] == m]) for m in sorted({r["method"] for r in rows})}
-    overall = spearman(rows)
+        rows = [evaluate(entry, args, methods, device, cache) for entry in entries]
+    found = correlations(rows)
     print(table(rows))
-    print(f"Spearman rho (kNN top-1, RankMe) over {len(rows)} checkpoints: {overall}")
-    for method, rho in per_method.items():
-        print(f"  {method}: {rho}")
+    print(f"Spearman rho (kNN top-1, RankMe) over {len(rows)} checkpoints: {found['spearman']}")
+    for group in ("spearman_per_method", "spearman_per_run"):
+        for name, rho in found[group].items():
+            print(f"  {name}: {rho}")
+    command = ["python", "benchmarks/rankme_vs_knn.py", *(sys.argv[1:] if argv is None else argv)]
     record = {
-        "spearman": overall,
-        "spearman_per_method": per_method,
+        "title": "RankMe against kNN over checkpoints",
+        "about": "What RankMe is and when it is known not to follow accuracy: "
+        "[docs/evaluation.md](../../docs/evaluation.md#rankme-a-label-free-monitor).",
+        "tables": page_tables(rows, found, args, shlex.join(command)),
+        **found,
         "checkpoints": rows,
-        "settings": {key: value for key, value in vars(args).items() if key not in ("checkpoints", "output")},
+        "settings": {key: value for key, value in vars(args).items() if key not in ("checkpoints", "runs", "output")},
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "command": [sys.executable, *sys.argv] if argv is None else ["benchmarks/rankme_vs_knn.py", *argv],
+        "command": command,
     }
     if args.output:
         print(f"wrote {write_json(Path(args.output), record)}")

@@ -4,6 +4,7 @@ snapshots, and its RankMe against the online callback's."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -68,3 +69,33 @@ def test_spearman_over_rows():
     assert bench.spearman(rows([10, 20, 30], [9.0, 5.0, 3.0])) == pytest.approx(-1.0)
     assert bench.spearman(rows([10, 10, 30], [1.0, 2.0, 3.0])) == pytest.approx(0.866025, rel=1e-5), "ties: mean rank"
     assert bench.spearman(rows([10, 20, 30], [2.0, 2.0, 2.0])) is None and bench.spearman(rows([1], [1])) is None
+
+
+def test_runs_give_their_curve_snapshots_or_last_checkpoint_and_a_page(runs, tmp_path, capsys):
+    """``--runs``: a run with curve snapshots contributes them (of its last.ckpt's method), one without its
+    last.ckpt; Spearman per run; the record is a page tables.py writes; a folder that is no run: one line."""
+    common = ["--num-workers", "0", "--num-images", "20", "--cache-dir", str(tmp_path / "cache")]
+    direct = bench.main(["--checkpoints", *runs, *common])["checkpoints"]
+    curve_run = tmp_path / "curve-run"
+    (curve_run / "checkpoints").mkdir(parents=True)
+    (curve_run / "snapshots").mkdir()
+    (curve_run / "checkpoints" / "last.ckpt").write_bytes(Path(runs[-1]).read_bytes())
+    for i, checkpoint in enumerate(runs, start=1):
+        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        torch.save({"state_dict": ckpt["state_dict"], "step": ckpt["global_step"], "images_seen": 8 * i},
+                   curve_run / "snapshots" / f"{i:02d}.pt")  # fmt: skip
+    plain_run = str(Path(runs[0]).parents[1])
+    record = bench.main(["--runs", plain_run, str(curve_run), *common, "--note", "made by a test"])
+    rows = record["checkpoints"]
+    assert [(r["run"], r["global_step"]) for r in rows] == [(plain_run, 1)] + [(str(curve_run), s) for s in (1, 2, 4)]
+    assert rows[0]["checkpoint"].endswith("last.ckpt") and rows[1]["checkpoint"].endswith("01.pt")
+    for row, again in zip(direct, rows[1:], strict=True):  # the snapshots are the same weights: the same numbers
+        assert (again["knn_top1"], again["rankme"]) == (row["knn_top1"], row["rankme"])
+    assert record["spearman_per_run"] == {plain_run: None, str(curve_run): bench.spearman(rows[1:])}
+    tables = load_script("benchmarks/tables.py")
+    page = tables.page_markdown(record, "rankme_vs_knn")
+    assert "## Spearman correlation of RankMe with kNN top-1" in page and "run `curve-run`" in page
+    assert "made by a test" in page and "--runs" in page and page.count("| curve-run | MAE |") == 3
+    with pytest.raises(SystemExit):
+        bench.main(["--runs", str(tmp_path), *common])
+    assert f"--runs {tmp_path}: no {tmp_path}/checkpoints/last.ckpt" in capsys.readouterr().err
