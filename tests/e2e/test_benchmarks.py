@@ -251,6 +251,12 @@ def test_results_table_spread_and_paired_intervals_by_hand(tmp_path):
                 **{"knn_top1": knn[seed], "linear_top1": None, "finetune_top1": None},
                 "random_init": {"knn_top1": twin[seed]},
                 "invocation": "python benchmarks/results.py ...",
+                "curve": [
+                    {"petaflops": 0.05, "knn_top1": knn[seed] - 10},
+                    {"petaflops": 0.1, "knn_top1": knn[seed] - 5 * seed},
+                ]
+                if method == "mae"
+                else [],
             }
             (tmp_path / f"{method}-seed{seed}.json").write_text(json.dumps(record))
     (tmp_path / "mae.json").write_text(json.dumps({"method": "mae", "knn_top1": 99.0}))  # an older record: not read
@@ -264,6 +270,10 @@ def test_results_table_spread_and_paired_intervals_by_hand(tmp_path):
     differences = next(line for line in lines if line.startswith("| mae | +"))
     assert differences.startswith("| mae | +10.00 [+7.52, +12.48] | – | – | +2.00 [-2.30, +6.30] |")
     assert "| official-mae | 0 | 10 | 1,280 |" in "\n".join(lines) and "mae.json" not in "\n".join(lines)
+    # The curves (mae only): each seed's points, then their mean ± sample std per point (40, 37, 34 at 2/2).
+    assert "## Learning curves: kNN top-1 on val at every 1/2 of the budget (%)" in lines
+    assert "| mae | 2 | 34.00 | 34.00 |" in lines and "| official-mae | 0 |" not in "\n".join(lines[-12:])
+    assert "| mae | mean ± std | 32.00 ± 2.00 | 37.00 ± 3.00 |" in lines
 
 
 def test_screen_settings_scores_trained_and_random_on_train_images_only(tmp_path, monkeypatch):
