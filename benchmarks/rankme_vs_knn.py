@@ -15,7 +15,9 @@ instead: each one's curve snapshots (``snapshots/NN.pt``, of the method in its `
 its ``last.ckpt`` when it has none. For each checkpoint, the train and val features (``--features``, default
 the method's own; cached as the tools cache them) give
 
-- kNN top-1 on val with all of train as the bank (k = 20, T = 0.07: ``tools/knn_eval.py``'s protocol), and
+- kNN top-1 on val with all of train as the bank (k = 20, T = 0.07: ``tools/knn_eval.py``'s protocol), or
+  with ``--bank-images`` / ``--query-images`` class-balanced seeded subsets (an online kNN's bank: 20 s
+  instead of minutes per checkpoint on a CPU), and
 - RankMe (:func:`sslvit.eval.rankme.effective_rank`) of a seeded ``--num-images`` of the ``--rankme-split``
   features, labels unused: the images ``OnlineRankMe(split="train", num_images=..., seed=...)`` encodes (for an
   ImageFolder root or CIFAR, also those of its default ``pretrain`` split).
@@ -47,8 +49,10 @@ from sslvit.cli.device_and_features import resolve_device
 from sslvit.cli.parser import ToolParser, positive_int
 from sslvit.cli.tool_flags import add_data_args
 from sslvit.cli.tool_inputs import cache_from_args, datamodule_from_args
+from sslvit.data import class_balanced_subset
 from sslvit.errors import ConfigError, one_line_errors
 from sslvit.eval import KNNClassifier, dataset_features, effective_rank
+from sslvit.eval.features import dataset_targets
 from sslvit.eval.rankme import PAPER_NUM_IMAGES, image_subset
 from sslvit.methods import load_method
 from sslvit.outputs import write_json
@@ -65,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_data_args(parser)
     parser.add_argument("--features", default="native", help="native (the method's own), cls, mean or cls_last<n>")
+    parser.add_argument(
+        "--bank-images", type=positive_int, help="kNN bank: a class-balanced, seeded subset of train (default: all)"
+    )
+    parser.add_argument(
+        "--query-images", type=positive_int, help="kNN queries: a class-balanced, seeded subset of val (default: all)"
+    )
     parser.add_argument("--k", type=positive_int, default=20, help="neighbours that vote")
     parser.add_argument("--temperature", type=float, default=0.07, help="T of the vote weights exp(sim / T)")
     parser.add_argument("--num-images", type=positive_int, default=PAPER_NUM_IMAGES, help="images RankMe is taken on")
@@ -125,18 +135,27 @@ def evaluate(
     model, info, record = load(path, snapshots_of, methods)
     data = datamodule_from_args(args, info)
     model.to(device)
-    features = {
-        split: dataset_features(
-            model, data, split, args.features, args.batch_size, device, cache, precision=args.precision
+
+    def encode(split: str, indices: list[int] | None) -> Any:
+        return dataset_features(
+            model, data, split, args.features, args.batch_size, device, cache, indices, precision=args.precision
         )
-        for split in ("train", "val")
+
+    positions = {
+        "train": balanced_positions(data, "train", args.bank_images, args.seed),
+        "val": balanced_positions(data, "val", args.query_images, args.seed),
     }
-    train, val = features["train"], features["val"]
+    train, val = encode("train", positions["train"]), encode("val", positions["val"])
     knn = KNNClassifier(ks=(args.k,), k=args.k, temperature=args.temperature)
     result = knn.fit(train.features, train.labels).evaluate(val.features, val.labels)
-    chosen = features[args.rankme_split]
-    indices = image_subset(len(chosen), args.num_images, args.seed)
-    rank_features = chosen.features if indices is None else chosen.subset(indices).features
+    # RankMe's images: OnlineRankMe's seeded draw of the split, labels unused (not the class-balanced bank)
+    split_size = len(data.build_dataset(args.rankme_split, None))
+    indices = image_subset(split_size, args.num_images, args.seed)
+    if positions[args.rankme_split] is None:  # the whole split is encoded already
+        chosen = {"train": train, "val": val}[args.rankme_split]
+        rank_features = chosen.features if indices is None else chosen.subset(indices).features
+    else:
+        rank_features = encode(args.rankme_split, indices).features
     rank = effective_rank(rank_features)
     n, dim = rank_features.shape
     return {
@@ -151,6 +170,14 @@ def evaluate(
         "feature_dim": dim,
         "features_from_cache": {"train": train.from_cache, "val": val.from_cache},
     }
+
+
+def balanced_positions(data: Any, split: str, size: int | None, seed: int) -> list[int] | None:
+    """A class-balanced, seeded subset of ``size`` images of a split (the online kNN's bank); None: all of it."""
+    if size is None:
+        return None
+    labels = dataset_targets(data.build_dataset(split, None))
+    return None if size >= len(labels) else class_balanced_subset(labels, size, seed=seed)
 
 
 def spearman(rows: list[dict[str, Any]]) -> float | None:
@@ -213,8 +240,10 @@ def page_tables(
     ]
     n_rank = sorted({r["rankme_images"] for r in rows})
     images = ", ".join(f"{n:,}" for n in n_rank)
+    bank = f"a class-balanced {args.bank_images:,}-image train subset" if args.bank_images else "all of train"
+    queries = f"a class-balanced {args.query_images:,}-image val subset" if args.query_images else "val"
     about = (
-        f"kNN top-1 on val (k = {args.k}, T = {args.temperature}, all of train as the bank) and RankMe of the "
+        f"kNN top-1 on {queries} (k = {args.k}, T = {args.temperature}, {bank} as the bank) and RankMe of the "
         f"features of {images} seeded {args.rankme_split} images (no labels), per checkpoint; Spearman's rho "
         "between the two (with 2 checkpoints it is ±1 by construction; – where one of them is constant)."
     )

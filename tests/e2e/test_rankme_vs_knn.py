@@ -99,3 +99,29 @@ def test_runs_give_their_curve_snapshots_or_last_checkpoint_and_a_page(runs, tmp
     with pytest.raises(SystemExit):
         bench.main(["--runs", str(tmp_path), *common])
     assert f"--runs {tmp_path}: no {tmp_path}/checkpoints/last.ckpt" in capsys.readouterr().err
+
+
+def test_a_class_balanced_bank_and_rankme_on_its_own_seeded_images(runs, tmp_path):
+    """--bank-images/--query-images: kNN against the tools' kNN on the same class-balanced subsets; RankMe still
+    reads OnlineRankMe's seeded images of the whole split (not the labelled bank)."""
+    from sslvit.data import class_balanced_subset
+    from sslvit.eval import FeatureCache, KNNClassifier, dataset_features
+    from sslvit.eval.features import dataset_targets
+
+    common = ["--num-workers", "0", "--num-images", "20", "--cache-dir", str(tmp_path / "cache")]
+    full = bench.main(["--checkpoints", runs[-1], *common])["checkpoints"][0]
+    record = bench.main(["--checkpoints", runs[-1], *common, "--bank-images", "100", "--query-images", "50"])
+    row = record["checkpoints"][0]
+    assert row["rankme"] == full["rankme"] and row["rankme_images"] == 20, "the same 20 seeded images"
+    model, info = load_method(runs[-1])
+    data = SSLDataModule(dataset="digits", image_size=info.image_size, num_workers=0)
+    picked = {
+        split: class_balanced_subset(dataset_targets(data.build_dataset(split, None)), size, seed=0)
+        for split, size in (("train", 100), ("val", 50))
+    }
+    cache = FeatureCache(tmp_path / "cache")
+    bank, queries = (dataset_features(model, data, s, "native", cache=cache, indices=picked[s]) for s in picked)
+    assert len(bank) == 100 and len(queries) == 50 and len(set(bank.labels.tolist())) == 10
+    knn = KNNClassifier(ks=(20,), k=20, temperature=0.07).fit(bank.features, bank.labels)
+    assert row["knn_top1"] == knn.evaluate(queries.features, queries.labels).top1
+    assert "a class-balanced 100-image train subset as the bank" in record["tables"][0]["about"]
