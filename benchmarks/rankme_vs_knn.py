@@ -309,11 +309,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for name, rho in found[group].items():
             print(f"  {name}: {rho}")
     command = ["python", "benchmarks/rankme_vs_knn.py", *(sys.argv[1:] if argv is None else argv)]
+    measured = [word for i, word in enumerate(command) if word != "--note" and command[i - 1] != "--note"]
     record = {
         "title": "RankMe against kNN over checkpoints",
         "about": "What RankMe is and when it is known not to follow accuracy: "
         "[docs/evaluation.md](../../docs/evaluation.md#rankme-a-label-free-monitor).",
-        "tables": page_tables(rows, found, args, shlex.join(command)),
+        "tables": page_tables(rows, found, args, shlex.join(measured)),  # the notes are the page's, not the run's
         **found,
         "checkpoints": rows,
         "settings": {key: value for key, value in vars(args).items() if key not in ("checkpoints", "runs", "output")},

@@ -96,6 +96,7 @@ def test_runs_give_their_curve_snapshots_or_last_checkpoint_and_a_page(runs, tmp
     page = tables.page_markdown(record, "rankme_vs_knn")
     assert "## Spearman correlation of RankMe with kNN top-1" in page and "run `curve-run`" in page
     assert "made by a test" in page and "--runs" in page and page.count("| curve-run | MAE |") == 3
+    assert "--note" not in record["tables"][0]["commands"][0] and "--note" in record["command"]
     with pytest.raises(SystemExit):
         bench.main(["--runs", str(tmp_path), *common])
     assert f"--runs {tmp_path}: no {tmp_path}/checkpoints/last.ckpt" in capsys.readouterr().err
