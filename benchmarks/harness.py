@@ -376,10 +376,10 @@ class EvalSplit:
                 return labels, None
             return labels, class_balanced_subset(labels, size, seed=self.seed)
 
-        if self.on == "val":
+        if self.on == "val":  # a whole split needs no labels read here
             return {
-                "bank": ("train", subset("train", self.train_images)[1]),
-                "queries": ("val", subset("val", self.val_images)[1]),
+                "bank": ("train", None if self.train_images is None else subset("train", self.train_images)[1]),
+                "queries": ("val", None if self.val_images is None else subset("val", self.val_images)[1]),
             }
         if self.on != "held-out":
             raise ConfigError(f"EvalSplit.on must be 'val' or 'held-out', got {self.on!r}")

@@ -16,8 +16,8 @@ its ``last.ckpt`` when it has none. For each checkpoint, the train and val featu
 the method's own; cached as the tools cache them) give
 
 - kNN top-1 on val with all of train as the bank (k = 20, T = 0.07: ``tools/knn_eval.py``'s protocol), or
-  with ``--bank-images`` / ``--query-images`` class-balanced seeded subsets (an online kNN's bank: 20 s
-  instead of minutes per checkpoint on a CPU), and
+  with ``--bank-images`` / ``--query-images`` class-balanced seeded subsets drawn as ``results.py --curve``
+  draws them (an online kNN's bank; 5,000 + 1,000 images took a fifth of the time of 45,000 + 5,000 here), and
 - RankMe (:func:`sslvit.eval.rankme.effective_rank`) of a seeded ``--num-images`` of the ``--rankme-split``
   features, labels unused: the images ``OnlineRankMe(split="train", num_images=..., seed=...)`` encodes (for an
   ImageFolder root or CIFAR, also those of its default ``pretrain`` split).
@@ -43,16 +43,14 @@ from typing import Any
 import torch
 from scipy.stats import ConstantInputWarning, spearmanr
 
-from harness import machine, today
+from harness import EvalSplit, machine, today
 from sslvit.checkpoints import CheckpointInfo
 from sslvit.cli.device_and_features import resolve_device
 from sslvit.cli.parser import ToolParser, positive_int
 from sslvit.cli.tool_flags import add_data_args
 from sslvit.cli.tool_inputs import cache_from_args, datamodule_from_args
-from sslvit.data import class_balanced_subset
 from sslvit.errors import ConfigError, one_line_errors
 from sslvit.eval import KNNClassifier, dataset_features, effective_rank
-from sslvit.eval.features import dataset_targets
 from sslvit.eval.rankme import PAPER_NUM_IMAGES, image_subset
 from sslvit.methods import load_method
 from sslvit.outputs import write_json
@@ -141,20 +139,19 @@ def evaluate(
             model, data, split, args.features, args.batch_size, device, cache, indices, precision=args.precision
         )
 
-    positions = {
-        "train": balanced_positions(data, "train", args.bank_images, args.seed),
-        "val": balanced_positions(data, "val", args.query_images, args.seed),
-    }
+    # the bank and queries as benchmarks/results.py's curve draws them (class-balanced, seeded; None: whole split)
+    split = EvalSplit("val", train_images=args.bank_images, val_images=args.query_images, seed=args.seed)
+    positions = {part: indices for part, indices in split.positions(data).values()}
     train, val = encode("train", positions["train"]), encode("val", positions["val"])
     knn = KNNClassifier(ks=(args.k,), k=args.k, temperature=args.temperature)
     result = knn.fit(train.features, train.labels).evaluate(val.features, val.labels)
     # RankMe's images: OnlineRankMe's seeded draw of the split, labels unused (not the class-balanced bank)
-    split_size = len(data.build_dataset(args.rankme_split, None))
-    indices = image_subset(split_size, args.num_images, args.seed)
     if positions[args.rankme_split] is None:  # the whole split is encoded already
         chosen = {"train": train, "val": val}[args.rankme_split]
+        indices = image_subset(len(chosen), args.num_images, args.seed)
         rank_features = chosen.features if indices is None else chosen.subset(indices).features
     else:
+        indices = image_subset(len(data.build_dataset(args.rankme_split, None)), args.num_images, args.seed)
         rank_features = encode(args.rankme_split, indices).features
     rank = effective_rank(rank_features)
     n, dim = rank_features.shape
@@ -172,14 +169,6 @@ def evaluate(
     }
 
 
-def balanced_positions(data: Any, split: str, size: int | None, seed: int) -> list[int] | None:
-    """A class-balanced, seeded subset of ``size`` images of a split (the online kNN's bank); None: all of it."""
-    if size is None:
-        return None
-    labels = dataset_targets(data.build_dataset(split, None))
-    return None if size >= len(labels) else class_balanced_subset(labels, size, seed=seed)
-
-
 def spearman(rows: list[dict[str, Any]]) -> float | None:
     """Spearman's rho between kNN top-1 and RankMe over ``rows`` (ties ranked by their mean); None when undefined
     (fewer than 2 rows, or one of them constant). With 2 rows it is +-1 by construction."""
@@ -191,15 +180,20 @@ def spearman(rows: list[dict[str, Any]]) -> float | None:
     return None if math.isnan(rho) else float(rho)
 
 
-def correlations(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Spearman's rho over all rows, over each method's and over each run's (runs of one checkpoint: none)."""
+def groups(rows: list[dict[str, Any]]) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """The rows of each method and of each run (checkpoints given outside a run belong to none)."""
     methods = sorted({r["method"] for r in rows})
     runs = list(dict.fromkeys(r["run"] for r in rows if r["run"] is not None))
     return {
-        "spearman": spearman(rows),
-        "spearman_per_method": {m: spearman([r for r in rows if r["method"] == m]) for m in methods},
-        "spearman_per_run": {run: spearman([r for r in rows if r["run"] == run]) for run in runs},
+        "spearman_per_method": {m: [r for r in rows if r["method"] == m] for m in methods},
+        "spearman_per_run": {run: [r for r in rows if r["run"] == run] for run in runs},
     }
+
+
+def correlations(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Spearman's rho over all rows, over each method's and over each run's (runs of one checkpoint: none)."""
+    by = groups(rows)
+    return {"spearman": spearman(rows), **{kind: {k: spearman(g) for k, g in by[kind].items()} for kind in by}}
 
 
 def page_tables(
@@ -207,14 +201,11 @@ def page_tables(
 ) -> list[dict[str, Any]]:
     """The two tables of the page ``benchmarks/tables.py`` writes: the correlations, and every checkpoint."""
     provenance = {"notes": args.note, "commands": [command], "machine": machine(), "date": today()}
-    groups = [("all checkpoints", rows, found["spearman"])]
-    groups += [
-        (f"method {short(m)}", [r for r in rows if r["method"] == m], rho)
-        for m, rho in found["spearman_per_method"].items()
-    ]
-    groups += [
-        (f"run `{Path(run).name}`", [r for r in rows if r["run"] == run], rho)
-        for run, rho in found["spearman_per_run"].items()
+    by = groups(rows)
+    named = [("all checkpoints", rows, found["spearman"])]
+    named += [(f"method {short(m)}", g, found["spearman_per_method"][m]) for m, g in by["spearman_per_method"].items()]
+    named += [
+        (f"run `{Path(run).name}`", g, found["spearman_per_run"][run]) for run, g in by["spearman_per_run"].items()
     ]
     summary = [
         {
@@ -224,7 +215,7 @@ def page_tables(
             "knn": [min(r["knn_top1"] for r in group), max(r["knn_top1"] for r in group)],
             "rank": [min(r["rankme"] for r in group), max(r["rankme"] for r in group)],
         }
-        for name, group, rho in groups
+        for name, group, rho in named
     ]
     checkpoints = [
         {

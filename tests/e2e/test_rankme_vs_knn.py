@@ -82,8 +82,8 @@ def test_runs_give_their_curve_snapshots_or_last_checkpoint_and_a_page(runs, tmp
     (curve_run / "checkpoints" / "last.ckpt").write_bytes(Path(runs[-1]).read_bytes())
     for i, checkpoint in enumerate(runs, start=1):
         ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        torch.save({"state_dict": ckpt["state_dict"], "step": ckpt["global_step"], "images_seen": 8 * i},
-                   curve_run / "snapshots" / f"{i:02d}.pt")  # fmt: skip
+        snapshot = {"state_dict": ckpt["state_dict"], "step": ckpt["global_step"], "images_seen": 8 * i}
+        torch.save(snapshot, curve_run / "snapshots" / f"{i:02d}.pt")
     plain_run = str(Path(runs[0]).parents[1])
     record = bench.main(["--runs", plain_run, str(curve_run), *common, "--note", "made by a test"])
     rows = record["checkpoints"]
