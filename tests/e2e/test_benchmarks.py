@@ -240,7 +240,8 @@ def test_results_records_each_seed_resumes_and_tabulates(tmp_path, monkeypatch):
 
 
 def test_results_table_spread_and_paired_intervals_by_hand(tmp_path):
-    """--table from records alone: mean ± sample std, and differences paired by seed with Student's t interval."""
+    """--table from records alone: mean ± sample std (a metric on fewer seeds than its row names them), and
+    differences paired by seed with Student's t interval."""
     results = load_script("benchmarks/results.py")
     rows = {"mae": ([40.0, 42.0, 44.0], [30.0, 31.0, 35.0]), "official-mae": ([39.0, 41.0, 40.0], [30.0, 30.0, 30.0])}
     for method, (knn, twin) in rows.items():
@@ -248,7 +249,8 @@ def test_results_table_spread_and_paired_intervals_by_hand(tmp_path):
             record = {
                 **{"method": method, "seed": seed, "steps": 10, "images_seen": 1280, "petaflops": 0.1},
                 **{"train_seconds": 60.0, "images_per_s": 21.3, "machine": "m", "date": "2026-12-07"},
-                **{"knn_top1": knn[seed], "linear_top1": None, "finetune_top1": None},
+                **{"knn_top1": knn[seed], "linear_top1": None},
+                "finetune_top1": 45.0 if (method, seed) == ("mae", 0) else None,  # fine-tuned on one seed alone
                 "random_init": {"knn_top1": twin[seed]},
                 "invocation": "python benchmarks/results.py ...",
                 "curve": [
@@ -263,7 +265,7 @@ def test_results_table_spread_and_paired_intervals_by_hand(tmp_path):
     results.main(["--table", "--output", str(tmp_path), "--run-dir", str(tmp_path / "runs")])
     lines = (tmp_path / "results.md").read_text().splitlines()
     mae = next(line for line in lines if line.startswith("| mae | 3 |"))
-    assert "| 42.00 ± 2.00 | – | – |" in mae, "mean 42, sample std 2"
+    assert "| 42.00 ± 2.00 | – | 45.00 (1 seed: 0) |" in mae, "mean 42, sample std 2; one seed's says so"
     twin = next(line for line in lines if line.startswith("| random twin of mae |"))
     assert "| 32.00 ± 2.65 |" in twin, "sample std of 30, 31, 35: sqrt(7)"
     # mae - twin: 10, 11, 9 (std 1); mae - official: 1, 1, 4 (std sqrt 3); t(0.975, 2) = 4.3027

@@ -85,6 +85,21 @@ def test_random_init_keeps_the_architecture_only(checkpoint, tmp_path):
     assert (trained["backbone.blocks.0.attn.qkv.weight"] - start).abs().mean() > 0.03
 
 
+def test_fine_tunes_started_in_the_same_second_do_not_share_a_run_directory(checkpoint, tmp_path, monkeypatch):
+    """Without --run-dir the run is named after the clock; a second run in the same second used to find the
+    first's last.ckpt and refuse to start (or resume it)."""
+    import sslvit.cli.run_dir as run_dir
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(run_dir.time, "strftime", lambda pattern: pattern.replace("%Y%m%d-%H%M%S", "same-second"))
+    common = ["--checkpoint", str(checkpoint), "--epochs", "1", "--shots", "2", "--batch-size", "8",
+              "--num-workers", "0", "--", *QUIET]  # fmt: skip
+    first, second = finetune.main(common), finetune.main(["--random-init", *common])
+    assert (first["run_dir"], second["run_dir"]) == ("runs/finetune-same-second", "runs/finetune-same-second-2")
+    assert not first["random_init"] and second["random_init"] and second["history"]
+    assert all((tmp_path / r["run_dir"] / "checkpoints" / "last.ckpt").is_file() for r in (first, second))
+
+
 @pytest.mark.parametrize(("low_shot", "expected"), [(["--shots", "3"], 30), (["--train-fraction", "0.02"], 30)])
 def test_low_shot_fine_tuning_trains_on_a_class_balanced_subset(checkpoint, tmp_path, low_shot, expected):
     common = ["--checkpoint", str(checkpoint), "--epochs", "1", "--num-workers", "0", "--batch-size", "16"]

@@ -17,6 +17,7 @@ from sslvit.checkpoints.info import CheckpointInfo
 from sslvit.checkpoints.loading import load_backbone
 from sslvit.cli.app import run_cli
 from sslvit.cli.parser import positive_int
+from sslvit.cli.run_dir import new_run_dir
 from sslvit.cli.tool_flags import add_checkpoint_args
 from sslvit.errors import ConfigError
 from sslvit.eval.features import dataset_targets
@@ -49,7 +50,7 @@ def add_finetune_args(parser: argparse.ArgumentParser, default_config: str) -> N
     parser.add_argument("--batch-size", type=int, help="images per device per step (default: the config's)")
     parser.add_argument("--num-workers", type=int, help="loader processes (default: the config's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the run (head, --random-init weights, data order)")
-    parser.add_argument("--run-dir", help="run directory (default runs/finetune-<date-time>)")
+    parser.add_argument("--run-dir", help="run directory (default a new runs/finetune-<date-time>)")
     parser.add_argument("--output", help="write the results as JSON to this file")
     parser.add_argument("fit_args", nargs="*", help="extra `sslvit fit` settings, after --")
 
@@ -111,9 +112,16 @@ def low_shot_size(args: argparse.Namespace, command: list[str]) -> int:
 
 
 def run_finetune(args: argparse.Namespace) -> dict[str, Any]:
-    """Fine-tune ``args.checkpoint`` (or its architecture from scratch) and return the JSON record."""
-    if args.run_dir is None:
-        args.run_dir = time.strftime("runs/finetune-%Y%m%d-%H%M%S")
+    """Fine-tune ``args.checkpoint`` (or its architecture from scratch) into ``args.run_dir`` (default: a new
+    ``runs/finetune-<date>-<time>``) and return the JSON record."""
+    if args.run_dir is not None:
+        return fine_tune_into(args)
+    with new_run_dir("runs/finetune") as run_dir:
+        args.run_dir = str(run_dir)
+        return fine_tune_into(args)
+
+
+def fine_tune_into(args: argparse.Namespace) -> dict[str, Any]:
     encoder, info = load_backbone(args.checkpoint, arch=args.arch, num_heads=args.num_heads)
     backbone = {**encoder.config.to_dict(), "img_size": info.image_size}  # CPC: whole images, not its patches
     command = fit_arguments(args, info, backbone)

@@ -6,15 +6,19 @@
 - a resumed run must be the configured run (:func:`check_resume`), and a command that fails before
   training starts leaves the folder byte for byte as it was (:func:`unchanged_unless_started`);
 - resuming a run that already reached its length says so and leaves the folder as it was
-  (:func:`nothing_trained`), and Ctrl-C says what it left (:func:`left_after_interrupt`).
+  (:func:`nothing_trained`), and Ctrl-C says what it left (:func:`left_after_interrupt`);
+- a run directory named after the clock is claimed atomically (:func:`new_run_dir`), so two runs started
+  in the same second never share one.
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -304,4 +308,25 @@ def unchanged_unless_started(run_dir: Path, marker: StartMarker) -> Iterator[Non
                 for path, data in kept.items():
                     if not path.is_file() or path.read_bytes() != data:
                         path.write_bytes(data)
+        raise
+
+
+@contextmanager
+def new_run_dir(prefix: str) -> Iterator[Path]:
+    """A run directory no other run has: ``<prefix>-<date>-<time>``, else ``…-2``, ``…-3``, created with an
+    exclusive ``mkdir``, so runs started in the same second (a sweep, a job array, two tests) never resume or
+    refuse each other's. Left empty by a command that fails, it is removed again."""
+    stamp = time.strftime(f"{prefix}-%Y%m%d-%H%M%S")
+    for n in itertools.count(1):
+        path = Path(stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            path.mkdir(parents=True)
+            break
+        except FileExistsError:
+            continue
+    try:
+        yield path
+    except BaseException:
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
         raise
