@@ -21,9 +21,13 @@ install: $(INSTALLED)
 test: install
 	$(PY) -m pytest
 
+# The run folder is claimed with an exclusive mkdir (sslvit.cli.run_dir.claim_run_dir): two quickstarts
+# started in the same second get their own folders instead of training into one.
+CLAIM_RUN_DIR := $(PY) -c "from sslvit.cli.run_dir import claim_run_dir; print(claim_run_dir('runs/quickstart'))"
+
 # Ends with the kNN of the trained encoder against an untrained one, then what to try next on the run it made.
 quickstart: install
-	@run=runs/quickstart-$$(date +%Y%m%d-%H%M%S) && \
+	@run=$$($(CLAIM_RUN_DIR)) && \
 	$(VENV)/bin/sslvit fit --config configs/mae/quickstart.yaml --trainer.default_root_dir $$run && \
 	echo && echo "Next, on the run you just made ($$run):" && \
 	echo "  $(VENV)/bin/python tools/visualize_mae.py --checkpoint $$run/checkpoints/last.ckpt --output $$run/recon.png" && \

@@ -7,8 +7,8 @@
   training starts leaves the folder byte for byte as it was (:func:`unchanged_unless_started`);
 - resuming a run that already reached its length says so and leaves the folder as it was
   (:func:`nothing_trained`), and Ctrl-C says what it left (:func:`left_after_interrupt`);
-- a run directory named after the clock is claimed atomically (:func:`new_run_dir`), so two runs started
-  in the same second never share one.
+- a run directory named after the clock is claimed atomically (:func:`claim_run_dir`, :func:`new_run_dir`),
+  so two runs started in the same second never share one.
 """
 
 from __future__ import annotations
@@ -311,19 +311,29 @@ def unchanged_unless_started(run_dir: Path, marker: StartMarker) -> Iterator[Non
         raise
 
 
-@contextmanager
-def new_run_dir(prefix: str) -> Iterator[Path]:
-    """A run directory no other run has: ``<prefix>-<date>-<time>``, else ``…-2``, ``…-3``, created with an
-    exclusive ``mkdir``, so runs started in the same second (a sweep, a job array, two tests) never resume or
-    refuse each other's. Left empty by a command that fails, it is removed again."""
+def claim_run_dir(prefix: str) -> Path:
+    """Create and return a run directory no other run has: ``<prefix>-<date>-<time>``, else ``…-2``, ``…-3``.
+
+    The exclusive ``mkdir`` is the claim, so runs started in the same second (a sweep, a job array, two
+    tests, two ``make quickstart``) never resume or refuse each other's. ``make quickstart`` calls it as
+    ``python -c``; Python commands use :func:`new_run_dir`, which also removes the folder again when the
+    command fails before writing anything.
+    """
     stamp = time.strftime(f"{prefix}-%Y%m%d-%H%M%S")
     for n in itertools.count(1):
         path = Path(stamp if n == 1 else f"{stamp}-{n}")
         try:
             path.mkdir(parents=True)
-            break
+            return path
         except FileExistsError:
             continue
+    raise AssertionError("unreachable: itertools.count never ends")
+
+
+@contextmanager
+def new_run_dir(prefix: str) -> Iterator[Path]:
+    """:func:`claim_run_dir` for a command: left empty by a command that fails, the folder is removed again."""
+    path = claim_run_dir(prefix)
     try:
         yield path
     except BaseException:
