@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import time
 from pathlib import Path
@@ -235,14 +236,85 @@ def curve(trained: Any, args: argparse.Namespace) -> list[dict[str, float]]:
     return points
 
 
+# ---- one setting per folder of records -------------------------------------------------------------
+def shared_setting(record: dict[str, Any]) -> dict[str, Any]:
+    """What every record of one table has in common, whatever its row: the pretraining budget, the data, the
+    extra ``sslvit fit`` settings after ``--`` (sslvit rows; None where unknown) and the fine-tuning recipe."""
+    setting, method = record.get("setting") or {}, record["method"]
+    extra = None
+    if method in BUDGET_SETTINGS and "overrides" in setting:
+        own = BUDGET_SETTINGS[method]
+        extra = setting["overrides"][len(own) :] if setting["overrides"][: len(own)] == own else None
+    return {
+        "pretraining budget": record.get("budget"),
+        "train images": record.get("train_images"),
+        "data root": setting.get("data_root"),
+        "extra fit settings": extra,
+        "fine-tuning": [record["finetune_budget"], record["finetune_config"]]
+        if record.get("finetune_budget")
+        else None,
+    }
+
+
+def row_setting(record: dict[str, Any]) -> dict[str, Any]:
+    """What every seed of one row has in common: its whole training setting but the seed (config, overrides)."""
+    return {key: value for key, value in (record.get("setting") or {}).items() if key != "seed"}
+
+
+def one_setting(records: list[tuple[str, dict[str, Any]]]) -> None:
+    """Refuse a table of records made at different settings: ``(name, record)`` pairs, checked pairwise against
+    the first that has each key. A mean over seeds of two budgets, or a row whose seeds had other overrides (a
+    12-block CPC beside 4-block ones), would otherwise print as one number. None means not known (a record
+    without fine-tuning, an official row without ``--`` settings) and matches anything."""
+    from sslvit.errors import ConfigError
+
+    first: dict[tuple[str | None, str], tuple[str, Any]] = {}
+    for name, record in records:
+        keyed = [((None, k), v) for k, v in shared_setting(record).items()]
+        keyed += [((record["method"], k), v) for k, v in row_setting(record).items()]
+        for key, value in keyed:
+            if value is None:
+                continue
+            seen, other = first.setdefault(key, (name, value))
+            if other != value:
+                what = key[1] if key[0] is None else f"{key[0]}'s {key[1]}"
+                raise ConfigError(
+                    f"{seen} and {name} differ in {what} ({json.dumps(other)} vs {json.dumps(value)}): a table "
+                    "compares one setting; give each setting its own --output folder (and --run-dir)"
+                )
+
+
+def planned(method: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The parts of :func:`shared_setting` and :func:`row_setting` this command's record of ``method`` will have,
+    known before anything trains."""
+    from dataclasses import asdict
+
+    tune = finetune_budget(args)
+    setting: dict[str, Any] = {"train_images": args.train_images, "data_root": args.data_root}
+    if method in BUDGET_SETTINGS:
+        setting |= {"config": CONFIGS[method], "overrides": [*BUDGET_SETTINGS[method], *args.fit_args]}
+    return {
+        "method": method,
+        "budget": asdict(RunBudget.from_args(args, DEFAULT_BUDGET)),
+        "train_images": args.train_images,
+        "setting": setting,
+        "finetune_budget": str(tune) if tune else None,
+        "finetune_config": args.finetune_config if tune else None,
+    }
+
+
 # ---- the table, from the records ------------------------------------------------------------------
 def read_records(output: Path) -> dict[str, dict[int, dict[str, Any]]]:
-    """``{row: {seed: record}}`` of the ``<method>-seed<seed>.json`` files in ``output``."""
+    """``{row: {seed: record}}`` of the ``<method>-seed<seed>.json`` files in ``output``, refused (one line) when
+    they were made at different settings (:func:`one_setting`)."""
     rows: dict[str, dict[int, dict[str, Any]]] = {}
+    named = []
     for path in sorted(output.glob("*-seed*.json")):
         record = json.loads(path.read_text())
         if "seed" in record and record.get("method") in ROWS:
             rows.setdefault(record["method"], {})[record["seed"]] = record
+            named.append((str(path), record))
+    one_setting(named)
     return {row: dict(sorted(rows[row].items())) for row in ROWS if row in rows}
 
 
@@ -290,12 +362,15 @@ def table(output: Path, write: bool = True) -> str:
     def fmt(value: float | None, spec: str) -> str:
         return "–" if value is None else format(value, spec)
 
+    every = [r for records in rows.values() for r in records.values()]
+    docs = Path(os.path.relpath(REPO / "docs" / "results.md", output.resolve())).as_posix()
     lines = [
         "# Results: every method on the same pretraining budget",
         "",
         "Written by `python benchmarks/results.py --table` from the `<method>-seed<seed>.json` records here; how",
-        "they are made and what they do not say: [docs/results.md](../../docs/results.md).",
+        f"they are made and what they do not say: [docs/results.md]({docs}).",
         "",
+        *setting_lines(every),
         "## Mean ± sample std over seeds (accuracy on val, %)",
         "",
         "| row | seeds | PFLOP | images seen | training time | kNN top-1 | linear top-1 | fine-tune top-1 |",
@@ -348,7 +423,6 @@ def table(output: Path, write: bool = True) -> str:
                 + " |"
             )
     lines += curve_section(rows)
-    every = [r for records in rows.values() for r in records.values()]
     lines += ["", "Made by:"] + [f"- `{c}`" for c in sorted({r["invocation"] for r in every})]
     lines.append("Machines: " + "; ".join(sorted({r["machine"] for r in every})) + ".")
     lines.append("Dates: " + ", ".join(sorted({r["date"] for r in every})) + ".")
@@ -359,6 +433,28 @@ def table(output: Path, write: bool = True) -> str:
     if write:
         (output / "results.md").write_text(text)
     return text
+
+
+def setting_lines(records: list[dict[str, Any]]) -> list[str]:
+    """The one setting of the table's records (:func:`one_setting`), in words, or nothing without records."""
+    if not records:
+        return []
+    shared: dict[str, Any] = {}
+    for record in records:  # the first record that knows each part (None: not known, see shared_setting)
+        for key, value in shared_setting(record).items():
+            shared[key] = value if shared.get(key) is None else shared[key]
+    if shared["pretraining budget"] is None:
+        return []  # records made before budgets were recorded
+    budget = RunBudget(**shared["pretraining budget"])
+    images = (
+        f"a class-balanced subset of {shared['train images']:,} train images"
+        if shared["train images"]
+        else "all train images"
+    )
+    extra = shared["extra fit settings"]
+    line = f"Every row: {budget} of pretraining (warm-up {budget.warmup_fraction:.0%} of it) on {images}"
+    line += f", with `{shlex.join(extra)}` after each config." if extra else "."
+    return [line, ""]
 
 
 def curve_section(rows: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
@@ -426,6 +522,11 @@ def main(argv: list[str] | None = None) -> None:
         if not args.table:
             if REFERENCE_ROW in args.methods and not args.mae_repo:
                 raise ConfigError("official-mae needs --mae-repo: a checkout of facebookresearch/mae")
+            # before anything trains: this command's records must fit beside those already in --output
+            kept = {f"{m}-seed{s}.json" for m in args.methods for s in args.seeds}
+            existing = [(str(p), json.loads(p.read_text())) for p in sorted(output.glob("*-seed*.json"))]
+            existing = [(p, r) for p, r in existing if r.get("method") in ROWS and Path(p).name not in kept]
+            one_setting(existing + [(f"this command's {m} record", planned(m, args)) for m in args.methods])
             for seed in args.seeds:
                 for method in args.methods:
                     if recorded(output, method, seed, args):

@@ -3,7 +3,8 @@
     python benchmarks/tables.py            # rewrite every page from its records
     python benchmarks/tables.py --check    # exit 1 if a page differs from what its records give
 
-``results.md`` is ``results.py --table`` (the per-seed records ``<method>-seed<seed>.json``). Every other
+``results.md`` is ``results.py --table`` (the per-seed records ``<method>-seed<seed>.json``, here and in each
+subfolder: one setting per folder, e.g. ``budget-0.4pflop/`` for a longer pretraining budget). Every other
 page ``<page>.md`` comes from ``<page>.json``: ``title``, ``about`` and ``tables``, each table one measurement
 with the command that reproduces it, the machine and the date::
 
@@ -71,10 +72,15 @@ def page_markdown(record: dict[str, Any], name: str) -> str:
 
 
 def pages(folder: Path = HERE) -> dict[str, str]:
-    """``{file name: markdown}`` of every page the records in ``folder`` give."""
+    """``{path in folder: markdown}`` of every page the records in ``folder`` give: ``results.md`` of the per-seed
+    records here and in each subfolder (a table is one setting, so another budget has its own folder), and
+    ``<page>.md`` of every other record here."""
     from results import table
 
-    written = {"results.md": table(folder, write=False)} if any(folder.glob("*-seed*.json")) else {}
+    written = {}
+    for records in [folder, *sorted(p for p in folder.iterdir() if p.is_dir())]:
+        if any(records.glob("*-seed*.json")):
+            written[(records / "results.md").relative_to(folder).as_posix()] = table(records, write=False)
     for path in sorted(folder.glob("*.json")):
         record = json.loads(path.read_text())
         if isinstance(record, dict) and "tables" in record:

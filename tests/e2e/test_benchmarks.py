@@ -190,7 +190,7 @@ def test_screening_on_held_out_train_images_never_reads_val(colour_run, tmp_path
     assert result["knn_top1"] >= 90 and "tool_commands" not in result
 
 
-def test_results_records_each_seed_resumes_and_tabulates(tmp_path, monkeypatch):
+def test_results_records_each_seed_resumes_and_tabulates(tmp_path, monkeypatch, capsys):
     """benchmarks/results.py end to end for the MAE row shrunk to one 32-wide block, 2 seeds, a FLOP budget,
     fine-tuning and the curve: a record per seed, a rerun that trains nothing, the table from the records."""
     import yaml
@@ -237,6 +237,12 @@ def test_results_records_each_seed_resumes_and_tabulates(tmp_path, monkeypatch):
     assert f"| mae | 0 | {records[0]['steps']} | {records[0]['images_seen']:,} |" in table
     assert f"{sum(knn) / 2:.2f} ± {abs(knn[0] - knn[1]) / 2**0.5:.2f}" in table
     assert (runs / "curves.png").stat().st_size > 0
+    # A seed at another budget into the same folder is refused before anything trains: a table is one setting.
+    before = sorted(runs.rglob("*"))
+    other = [*argv[:3], "2e-7", "--seeds", "2", *argv[argv.index("--methods") :]]
+    with pytest.raises(SystemExit):
+        results.main(other)
+    assert "differ in pretraining budget" in capsys.readouterr().err and sorted(runs.rglob("*")) == before
 
 
 def test_results_table_spread_and_paired_intervals_by_hand(tmp_path):
@@ -276,6 +282,47 @@ def test_results_table_spread_and_paired_intervals_by_hand(tmp_path):
     assert "## Learning curves: kNN top-1 on val at every 1/2 of the budget (%)" in lines
     assert "| mae | 2 | 34.00 | 34.00 |" in lines and "| official-mae | 0 |" not in "\n".join(lines[-12:])
     assert "| mae | mean ± std | 32.00 ± 2.00 | 37.00 ± 3.00 |" in lines
+
+
+def test_results_table_is_one_setting_per_folder(tmp_path, capsys):
+    """A mean over seeds of two budgets, a row whose seeds had other overrides, or rows with other extra settings
+    are refused in one line; another setting has its own folder, and tables.py writes that folder's page too."""
+    results, tables = load_script("benchmarks/results.py"), load_script("benchmarks/tables.py")
+
+    def record(method: str, seed: int, petaflops: float = 0.1, extra: tuple[str, ...] = (), config: str = "") -> dict:
+        overrides = [*results.BUDGET_SETTINGS[method], *extra]
+        return {"method": method, "seed": seed, "steps": 10, "images_seen": 1280, "petaflops": petaflops,
+                "budget": {"petaflops": petaflops, "minutes": None, "steps": None, "warmup_fraction": 0.05},
+                "setting": {"config": config or f"configs/{method}/c.yaml", "overrides": overrides, "seed": seed,
+                            "train_images": 100, "data_root": "data"},
+                "train_images": 100, "knn_top1": 40.0 + seed, "random_init": {"knn_top1": 30.0}, "curve": [],
+                "invocation": "python benchmarks/results.py ...", "machine": "m", "date": "2026-12-07"}  # fmt: skip
+
+    cases = {
+        "budget": ([record("mae", 0), record("beit", 0, petaflops=0.4)], "differ in pretraining budget"),
+        "row": ([record("cpc", 0), record("cpc", 1, config="configs/cpc/c12.yaml")], "cpc's config"),
+        "extra": ([record("mae", 0, extra=("--data.batch_size", "6")), record("cpc", 0)], "extra fit settings"),
+    }  # fmt: skip
+    for name, (records, message) in cases.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        for r in records:
+            (folder / f"{r['method']}-seed{r['seed']}.json").write_text(json.dumps(r))
+        with pytest.raises(SystemExit):
+            results.main(["--table", "--output", str(folder), "--run-dir", str(tmp_path / "runs")])
+        err = capsys.readouterr().err
+        assert message in err and "its own --output folder" in err and len(err.strip().splitlines()) == 1, err
+        assert not (folder / "results.md").exists()
+    long = tmp_path / "ok" / "budget-0.4pflop"
+    long.mkdir(parents=True)
+    (tmp_path / "ok" / "mae-seed0.json").write_text(json.dumps(record("mae", 0)))
+    (long / "mae-seed0.json").write_text(json.dumps(record("mae", 0, petaflops=0.4)))
+    pages = tables.pages(tmp_path / "ok")
+    assert set(pages) == {"results.md", "budget-0.4pflop/results.md"}
+    assert (
+        "Every row: 0.4 PFLOP of pretraining (warm-up 5% of it) on a class-balanced subset of 100"
+        in pages["budget-0.4pflop/results.md"]
+    )
 
 
 def test_screen_settings_scores_trained_and_random_on_train_images_only(tmp_path, monkeypatch):
@@ -381,7 +428,7 @@ def test_result_pages_are_what_their_records_give():
     folder = REPO / "benchmarks" / "results"
     pages = tables.pages(folder)
     assert {"results.md", "speed.md", "settings.md"} <= set(pages)
-    assert set(pages) == {p.name for p in folder.glob("*.md")}, "every page has records, every record set a page"
+    assert set(pages) == {p.relative_to(folder).as_posix() for p in folder.rglob("*.md")}, "records <-> pages"
     for name, text in pages.items():
         assert (folder / name).read_text() == text, f"{name} differs from its records: run python benchmarks/tables.py"
 
