@@ -20,8 +20,10 @@ steps, images seen, FLOPs (the step's FLOPs counted by torch, :class:`sslvit.cli
 kind of budget), seconds of training alone (first step to the end of the last, across resumes: not the
 start-up, not what runs after training stopped) and the checkpoint. ``snapshots=N`` saves the weights at
 every 1/N of the budget, for a learning curve. A run directory that holds ``trained.json`` is done and is
-read, not retrained (another setting under it is refused); one that holds only a checkpoint resumes from
-it, exactly. :func:`fit_official` does the same for facebookresearch/mae's loop (``official_mae.py``).
+read, not retrained; one that holds only a checkpoint resumes from it, exactly. Either way only for the
+setting it was started with (``setting.json``, written before training): the config's path and content
+(SHA-256), overrides, seed, subset, data and budget; another is refused, so an edited config is never
+resumed or scored under an old run's name. :func:`fit_official` does the same for facebookresearch/mae's loop (``official_mae.py``).
 
 **Frozen evaluation** (:func:`evaluate_encoder`, :func:`frozen_evaluation`). The encoder of a checkpoint,
 or its random twin (the same architecture freshly initialised with the seed: ``--random-init --seed``),
@@ -40,6 +42,7 @@ queries, as :class:`EvalSplit` says:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import hashlib
 import importlib.util
@@ -240,20 +243,49 @@ def images_per_step(trainer: L.Trainer) -> int:
     return trainer.datamodule.batch_size * trainer.world_size * trainer.accumulate_grad_batches
 
 
+def file_sha256(path: str | Path) -> str:
+    """The content of a file (a config, a recipe) as a key: a result cached under a file's name alone would be
+    read back after the file was edited."""
+    if not Path(path).is_file():
+        raise ConfigError(f"{path}: no such file (a config path is relative to the folder the command runs in)")
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def unclaim(run_dir: Path, progress: Path) -> None:
+    """After a failure: a run that saved nothing yet (no ``progress`` file) is not claimed, so a corrected setting
+    may start in its folder; the folder goes too when nothing else is in it."""
+    if not progress.is_file():
+        (run_dir / "setting.json").unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            run_dir.rmdir()  # only when empty
+
+
 def finished_run(run_dir: Path, setting: dict[str, Any], budget: RunBudget) -> Trained | None:
     """The run done in ``run_dir`` (None: none is), reused only for the setting and budget it was trained with:
-    never scored under another's name."""
-    done = run_dir / "trained.json"
-    if not done.is_file():
-        return None
-    trained = Trained.read(done)
+    never scored under another's name. A run not finished yet is claimed for this setting (``setting.json``), so
+    a stopped run resumes only with the setting it started with (its config's content included), not with an
+    edited config whose weights still fit."""
     wanted = {"setting": setting, "budget": asdict(budget)}
-    if {"setting": trained.setting, "budget": trained.budget} != wanted:
-        raise ConfigError(
-            f"{run_dir} was trained with {json.dumps({'setting': trained.setting, 'budget': trained.budget})}, "
-            f"not with this call's {json.dumps(wanted)}: choose another run directory (or name) or remove that one"
+
+    def refuse(had: dict[str, Any], what: str) -> ConfigError:
+        return ConfigError(
+            f"{run_dir} was {what} with {json.dumps(had)}, not with this call's {json.dumps(wanted)}: choose "
+            "another run directory (or name) or remove that one"
         )
-    return trained
+
+    done, claimed = run_dir / "trained.json", run_dir / "setting.json"
+    if done.is_file():
+        trained = Trained.read(done)
+        if {"setting": trained.setting, "budget": trained.budget} != wanted:
+            raise refuse({"setting": trained.setting, "budget": trained.budget}, "trained")
+        return trained
+    if claimed.is_file():
+        if (had := json.loads(claimed.read_text())) != wanted:
+            raise refuse(had, "started")
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        claimed.write_text(json.dumps(wanted, indent=2) + "\n")
+    return None
 
 
 def fit(
@@ -274,8 +306,8 @@ def fit(
     from sslvit.cli import FlopBudget, StepFlops, run_cli
 
     run_dir = Path(run_dir)
-    setting = {"config": config, "overrides": list(overrides), "seed": seed, "train_images": train_images}
-    setting["data_root"] = data_root
+    setting = {"config": config, "config_sha256": file_sha256(config), "overrides": list(overrides), "seed": seed}
+    setting |= {"train_images": train_images, "data_root": data_root}
     if (done := finished_run(run_dir, setting, budget)) is not None:
         return done
     data = ["--data.dataset", "imagefolder", "--data.root", data_root] if data_root else []
@@ -287,7 +319,11 @@ def fit(
     callbacks: list[L.Callback] = [clock, step_flops]
     if snapshots:
         callbacks.append(Snapshots(run_dir / "snapshots", snapshots, clock))
-    cli = run_cli([*command[1:], *resume], callbacks=callbacks)
+    try:
+        cli = run_cli([*command[1:], *resume], callbacks=callbacks)
+    except BaseException:
+        unclaim(run_dir, run_dir / "checkpoints" / "last.ckpt")
+        raise
     trainer = cli.trainer
     flop_budget = next((c for c in trainer.callbacks if isinstance(c, FlopBudget)), None)
     return Trained(
@@ -316,7 +352,8 @@ def fit_official(
     the MAE ``config``, for ``budget``; the subset of ``train_images`` is drawn with ``seed``, as sslvit's is."""
     run_dir = Path(run_dir)
     checkpoint = run_dir / "mae.pth"
-    setting = {"config": config, "loop": "official", "seed": seed, "train_images": train_images}
+    setting = {"config": config, "config_sha256": file_sha256(REPO / config), "loop": "official", "seed": seed}
+    setting["train_images"] = train_images
     setting.update(data_root=data_root, warmup_steps=warmup_steps)
     if (done := finished_run(run_dir, setting, budget)) is not None:
         return done
@@ -327,7 +364,11 @@ def fit_official(
                "--warmup-fraction", f"{budget.warmup_fraction:g}", "--seed", str(seed),
                "--output", str(checkpoint)]  # fmt: skip
     if not checkpoint.is_file():
-        subprocess.run([sys.executable, *command[1:]], check=True, cwd=REPO)
+        try:
+            subprocess.run([sys.executable, *command[1:]], check=True, cwd=REPO)
+        except BaseException:
+            unclaim(run_dir, checkpoint)
+            raise
     record = torch.load(checkpoint, map_location="cpu", weights_only=True)["sslvit"]
     return Trained(
         checkpoint=str(checkpoint),

@@ -55,6 +55,7 @@ from harness import (
     RunBudget,
     add_budget_args,
     evaluate_encoder,
+    file_sha256,
     fit,
     fit_official,
     load_tool,
@@ -172,13 +173,19 @@ def frozen(checkpoint: str, seed: int, args: argparse.Namespace, run: Path, rand
     )
 
 
+def recipe_key(args: argparse.Namespace) -> list[str]:
+    """What a fine-tuning result is keyed by: its budget and its recipe's content (an edited recipe is a new run
+    and a new result, never one read back under the file's name)."""
+    return [str(finetune_budget(args)), file_sha256(args.finetune_config)]
+
+
 def twin_key(checkpoint: str, args: argparse.Namespace) -> str:
     """What makes a random twin's fine-tuning: its architecture and preprocessing (rows that share them share it)."""
     from sslvit.cli.tool_inputs import load_encoder
 
     backbone, info = load_encoder(checkpoint)
     identity = [backbone.config.to_dict(), info.image_size, info.mean, info.std, info.eval_crop_fraction]
-    return short_hash([identity, str(finetune_budget(args)), args.finetune_config])
+    return short_hash([identity, recipe_key(args)])
 
 
 def run_record(method: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -188,7 +195,7 @@ def run_record(method: str, seed: int, args: argparse.Namespace) -> dict[str, An
     trained_eval = frozen(trained.checkpoint, seed, args, run, random_init=False)
     random_eval = frozen(trained.checkpoint, seed, args, run, random_init=True)
     if finetune_budget(args):
-        recipe = short_hash([str(finetune_budget(args)), args.finetune_config])
+        recipe = short_hash(recipe_key(args))
         trained_eval.update(finetune(trained.checkpoint, seed, args, run / f"finetune-{recipe}", random_init=False))
         shared = Path(args.run_dir) / "finetune-random" / f"{twin_key(trained.checkpoint, args)}-seed{seed}"
         random_eval.update(finetune(trained.checkpoint, seed, args, shared, random_init=True))
@@ -204,6 +211,7 @@ def run_record(method: str, seed: int, args: argparse.Namespace) -> dict[str, An
         "curve": curve(trained, args) if args.curve and method != REFERENCE_ROW else [],
         "finetune_budget": str(finetune_budget(args)) if finetune_budget(args) else None,
         "finetune_config": args.finetune_config if finetune_budget(args) else None,
+        "finetune_config_sha256": file_sha256(args.finetune_config) if finetune_budget(args) else None,
         "machine": machine(),
         "date": today(),
         "command": command_line(args, [method], [seed]),
@@ -216,10 +224,17 @@ def run_record(method: str, seed: int, args: argparse.Namespace) -> dict[str, An
 
 
 def recorded(output: Path, method: str, seed: int, args: argparse.Namespace) -> bool:
-    """Whether this command made the record already. A record of another command (e.g. one without fine-tuning)
-    is made again, reusing what its run directory holds (the pretraining, the evaluations already done)."""
+    """Whether this command made the record already, from the config and recipe files as they are now (their
+    content, not only their names). A record of another command (e.g. one without fine-tuning) is made again,
+    reusing what its run directory holds (the pretraining, the evaluations already done); after a config was
+    edited, the finished pretraining refuses to be reused (``harness.finished_run``)."""
     path = output / f"{method}-seed{seed}.json"
-    return path.is_file() and json.loads(path.read_text()).get("command") == command_line(args, [method], [seed])
+    if not path.is_file():
+        return False
+    record, plan = json.loads(path.read_text()), planned(method, args)
+    contents = [(record.get("setting") or {}).get("config_sha256"), record.get("finetune_config_sha256")]
+    wanted = [plan["setting"]["config_sha256"], plan["finetune_config_sha256"]]
+    return record.get("command") == command_line(args, [method], [seed]) and contents == wanted
 
 
 def curve(trained: Any, args: argparse.Namespace) -> list[dict[str, float]]:
@@ -253,6 +268,7 @@ def shared_setting(record: dict[str, Any]) -> dict[str, Any]:
         "fine-tuning": [record["finetune_budget"], record["finetune_config"]]
         if record.get("finetune_budget")
         else None,
+        "fine-tuning recipe's content": record.get("finetune_config_sha256"),
     }
 
 
@@ -290,9 +306,11 @@ def planned(method: str, args: argparse.Namespace) -> dict[str, Any]:
     from dataclasses import asdict
 
     tune = finetune_budget(args)
-    setting: dict[str, Any] = {"train_images": args.train_images, "data_root": args.data_root}
+    config = CONFIGS["mae" if method == REFERENCE_ROW else method]
+    setting: dict[str, Any] = {"train_images": args.train_images, "data_root": args.data_root, "config": config}
+    setting["config_sha256"] = file_sha256(REPO / config)
     if method in BUDGET_SETTINGS:
-        setting |= {"config": CONFIGS[method], "overrides": [*BUDGET_SETTINGS[method], *args.fit_args]}
+        setting["overrides"] = [*BUDGET_SETTINGS[method], *args.fit_args]
     return {
         "method": method,
         "budget": asdict(RunBudget.from_args(args, DEFAULT_BUDGET)),
@@ -300,6 +318,7 @@ def planned(method: str, args: argparse.Namespace) -> dict[str, Any]:
         "setting": setting,
         "finetune_budget": str(tune) if tune else None,
         "finetune_config": args.finetune_config if tune else None,
+        "finetune_config_sha256": file_sha256(args.finetune_config) if tune else None,
     }
 
 

@@ -155,6 +155,32 @@ def test_harness_trains_the_steps_a_flop_budget_buys_and_times_training_alone(co
         fit(config, run, RunBudget(steps=5), 0, overrides, data_root=data)
 
 
+def test_harness_keys_a_run_by_its_config_content_and_claims_it_before_training(tmp_path):
+    """A finished run is not reused after its config file was edited (same path, other content); a stopped run
+    resumes only with the setting it started with; a start that fails before training claims nothing."""
+    from conftest import write_image_folder
+    from harness import RunBudget, file_sha256, fit
+
+    data = str(write_image_folder(tmp_path / "images", classes=2, per_class=8, size=16))
+    config, run, one_step = tmp_path / "mae.yaml", tmp_path / "run", RunBudget(steps=1)
+    config.write_text(Path(TINY_CONFIGS["mae"]).read_text())
+    with pytest.raises((SystemExit, ConfigError)):
+        fit(str(config), run, one_step, overrides=["--model.init_args.no_such_setting", "1"], data_root=data)
+    assert not run.exists(), "a failed start leaves no claim, so the corrected setting can use the folder"
+    trained = fit(str(config), run, one_step, data_root=data)
+    assert trained.steps == 1 and trained.setting["config_sha256"] == file_sha256(config)
+    assert fit(str(config), run, one_step, data_root=data) == trained, "the same file: reused"
+    config.write_text(config.read_text().replace("base_lr: 1.0e-3", "base_lr: 3.0e-3"))  # the weights still fit
+    assert "base_lr: 3.0e-3" in config.read_text()
+    with pytest.raises(ConfigError, match="was trained with"):
+        fit(str(config), run, one_step, data_root=data)
+    stopped = tmp_path / "stopped"  # started with the old config, stopped before it finished
+    stopped.mkdir()
+    (stopped / "setting.json").write_text((run / "setting.json").read_text())
+    with pytest.raises(ConfigError, match="was started with"):
+        fit(str(config), stopped, one_step, data_root=data)
+
+
 def test_frozen_evaluation_prints_what_the_tools_print(colour_run, tmp_path, monkeypatch):
     """The encoder and its random twin, kNN and linear probe on val: the numbers of tools/knn_eval.py and
     tools/linear_probe.py for the same checkpoint, bank and seed (trained need not win at this scale)."""
@@ -237,6 +263,17 @@ def test_results_records_each_seed_resumes_and_tabulates(tmp_path, monkeypatch, 
     assert f"| mae | 0 | {records[0]['steps']} | {records[0]['images_seen']:,} |" in table
     assert f"{sum(knn) / 2:.2f} ± {abs(knn[0] - knn[1]) / 2**0.5:.2f}" in table
     assert (runs / "curves.png").stat().st_size > 0
+    # The recipe edited under the same name: fine-tuned again (a new run), the pretraining reused as it is.
+    pretrained = {p: p.stat().st_mtime_ns for p in runs.glob("mae-seed*/checkpoints/*.ckpt")}
+    recipe_file = tmp_path / "finetune.yaml"
+    recipe_file.write_text(recipe_file.read_text() + "# edited\n")
+    results.main(argv)
+    again = [json.loads((out / f"mae-seed{seed}.json").read_text()) for seed in (0, 1)]
+    assert all(a["finetune_config_sha256"] != r["finetune_config_sha256"] for a, r in zip(again, records, strict=True))
+    assert {p: p.stat().st_mtime_ns for p in pretrained} == pretrained
+    assert (
+        len(list(runs.glob("mae-seed0/finetune-*/"))) == 2 and len(list((runs / "finetune-random").glob("*.json"))) == 4
+    )
     # A seed at another budget into the same folder is refused before anything trains: a table is one setting.
     before = sorted(runs.rglob("*"))
     other = [*argv[:3], "2e-7", "--seeds", "2", *argv[argv.index("--methods") :]]
