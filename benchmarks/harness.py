@@ -23,7 +23,8 @@ every 1/N of the budget, for a learning curve. A run directory that holds ``trai
 read, not retrained; one that holds only a checkpoint resumes from it, exactly. Either way only for the
 setting it was started with (``setting.json``, written before training): the config's path and content
 (SHA-256), overrides, seed, subset, data and budget; another is refused, so an edited config is never
-resumed or scored under an old run's name. :func:`fit_official` does the same for facebookresearch/mae's loop (``official_mae.py``).
+resumed or scored under an old run's name (:func:`claim_run`). :func:`fit_official` does the same for
+facebookresearch/mae's loop (``official_mae.py``).
 
 **Frozen evaluation** (:func:`evaluate_encoder`, :func:`frozen_evaluation`). The encoder of a checkpoint,
 or its random twin (the same architecture freshly initialised with the seed: ``--random-init --seed``),
@@ -260,11 +261,13 @@ def unclaim(run_dir: Path, progress: Path) -> None:
             run_dir.rmdir()  # only when empty
 
 
-def finished_run(run_dir: Path, setting: dict[str, Any], budget: RunBudget) -> Trained | None:
-    """The run done in ``run_dir`` (None: none is), reused only for the setting and budget it was trained with:
-    never scored under another's name. A run not finished yet is claimed for this setting (``setting.json``), so
-    a stopped run resumes only with the setting it started with (its config's content included), not with an
-    edited config whose weights still fit."""
+def claim_run(run_dir: Path, setting: dict[str, Any], budget: RunBudget) -> Trained | None:
+    """Claim ``run_dir`` for this setting and budget; the run done there, or None when none is.
+
+    A finished run (``trained.json``) is reused only for the setting and budget it was trained with: never
+    scored under another's name. A run not finished yet is claimed for this setting (``setting.json``), so a
+    stopped run resumes only with the setting it started with (its config's content included), not with an
+    edited config whose weights still fit. Another setting is a one-line refusal."""
     wanted = {"setting": setting, "budget": asdict(budget)}
 
     def refuse(had: dict[str, Any], what: str) -> ConfigError:
@@ -308,7 +311,7 @@ def fit(
     run_dir = Path(run_dir)
     setting = {"config": config, "config_sha256": file_sha256(config), "overrides": list(overrides), "seed": seed}
     setting |= {"train_images": train_images, "data_root": data_root}
-    if (done := finished_run(run_dir, setting, budget)) is not None:
+    if (done := claim_run(run_dir, setting, budget)) is not None:
         return done
     data = ["--data.dataset", "imagefolder", "--data.root", data_root] if data_root else []
     subset = ["--data.train_subset", str(train_images)] if train_images else []
@@ -355,7 +358,7 @@ def fit_official(
     setting = {"config": config, "config_sha256": file_sha256(REPO / config), "loop": "official", "seed": seed}
     setting["train_images"] = train_images
     setting.update(data_root=data_root, warmup_steps=warmup_steps)
-    if (done := finished_run(run_dir, setting, budget)) is not None:
+    if (done := claim_run(run_dir, setting, budget)) is not None:
         return done
     subset = ["--train-images", str(train_images)] if train_images else []
     warmup = ["--warmup-steps", str(warmup_steps)] if warmup_steps is not None and budget.kind == "steps" else []

@@ -48,7 +48,20 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from harness import REPO, EvalSplit, RunBudget, add_budget_args, evaluate_encoder, fit, fit_official, machine, today
+from harness import (
+    REPO,
+    EvalSplit,
+    RunBudget,
+    add_budget_args,
+    claim_run,
+    evaluate_encoder,
+    file_sha256,
+    fit,
+    fit_official,
+    machine,
+    today,
+    unclaim,
+)
 from sslvit.cli.parser import ToolParser
 from sslvit.errors import ConfigError, one_line_errors
 from sslvit.eval.seeds import paired_difference, spread
@@ -127,9 +140,15 @@ def pretrain(args: argparse.Namespace, variant: str, seed: int, run: Path) -> st
                    "--train-images", str(args.train_images), "--steps", str(budget.steps), "--warmup",
                    str(args.warmup_steps), "--seed", str(seed), "--save", str(checkpoint),
                    "--output", str(run / "reference.json")]  # fmt: skip
-        run.mkdir(parents=True, exist_ok=True)
+        setting = {"loop": "reference", "script_sha256": file_sha256(args.reference_script), "seed": seed}
+        setting |= {"train_images": args.train_images, "data_root": args.data_root, "warmup_steps": args.warmup_steps}
+        claim_run(run, setting, budget)  # its checkpoint is reused only for the setting it was trained with
         if not checkpoint.is_file():
-            subprocess.run(command, check=True, cwd=REPO)
+            try:
+                subprocess.run(command, check=True, cwd=REPO)
+            except BaseException:
+                unclaim(run, checkpoint)
+                raise
         return str(checkpoint)
     overrides = sslvit_overrides(variant) + ["--trainer.enable_progress_bar", "false"]
     if budget.kind == "steps":

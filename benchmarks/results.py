@@ -227,7 +227,7 @@ def recorded(output: Path, method: str, seed: int, args: argparse.Namespace) -> 
     """Whether this command made the record already, from the config and recipe files as they are now (their
     content, not only their names). A record of another command (e.g. one without fine-tuning) is made again,
     reusing what its run directory holds (the pretraining, the evaluations already done); after a config was
-    edited, the finished pretraining refuses to be reused (``harness.finished_run``)."""
+    edited, the finished pretraining refuses to be reused (``harness.claim_run``)."""
     path = output / f"{method}-seed{seed}.json"
     if not path.is_file():
         return False

@@ -346,7 +346,7 @@ def test_ctrl_c_while_writing_shards_leaves_the_old_set(runs, tmp_path, ctrl_c, 
 
 
 # ---- resuming a run that is done ---------------------------------------------------------------------
-def test_resuming_a_finished_run_says_so_and_changes_nothing(runs, tmp_path, monkeypatch, capsys):
+def test_resuming_a_claim_run_says_so_and_changes_nothing(runs, tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     shutil.copytree(runs / "mae", run)  # finished: trainer.max_steps=3
     before = snapshot(run)

@@ -181,6 +181,39 @@ def test_harness_keys_a_run_by_its_config_content_and_claims_it_before_training(
         fit(str(config), stopped, one_step, data_root=data)
 
 
+def test_the_reference_loop_is_reused_only_for_the_setting_it_trained(tmp_path, monkeypatch, capsys):
+    """mae_vs_official.py's reference variant (a script of its own, run in a process): its checkpoint is reused for
+    the same steps, seed, subset and script content, and another setting in its folder is refused; a run that
+    failed before saving a checkpoint claims nothing."""
+    script = load_script("benchmarks/mae_vs_official.py")
+    reference = tmp_path / "reference_loop.py"
+    reference.write_text("# a reference loop\n")
+    calls = []
+
+    def run(command, **kwargs):
+        calls.append(command)
+        if "--fail" in reference.read_text():
+            raise subprocess.CalledProcessError(1, command)
+        Path(command[command.index("--save") + 1]).write_bytes(b"weights")
+
+    monkeypatch.setattr(script.subprocess, "run", run)
+    flags = ["--data-root", "data", "--mae-repo", "mae", "--reference-script", str(reference), "--steps", "5"]
+    run_dir = tmp_path / "reference-seed0"
+    args = script.build_parser().parse_args(flags)
+    assert script.pretrain(args, "reference", 0, run_dir) == str(run_dir / "mae.pth") and len(calls) == 1
+    assert script.pretrain(args, "reference", 0, run_dir) == str(run_dir / "mae.pth") and len(calls) == 1, "reused"
+    for other in (["--steps", "6"], ["--train-images", "500"]):
+        with pytest.raises(ConfigError, match="was started with"):
+            script.pretrain(script.build_parser().parse_args([*flags, *other]), "reference", 0, run_dir)
+    reference.write_text("# a reference loop, edited\n")
+    with pytest.raises(ConfigError, match="was started with"):
+        script.pretrain(args, "reference", 0, run_dir)
+    reference.write_text("--fail\n")
+    with pytest.raises(subprocess.CalledProcessError):
+        script.pretrain(args, "reference", 0, tmp_path / "failed")
+    assert not (tmp_path / "failed").exists(), "a failed start claims nothing"
+
+
 def test_frozen_evaluation_prints_what_the_tools_print(colour_run, tmp_path, monkeypatch):
     """The encoder and its random twin, kNN and linear probe on val: the numbers of tools/knn_eval.py and
     tools/linear_probe.py for the same checkpoint, bank and seed (trained need not win at this scale)."""

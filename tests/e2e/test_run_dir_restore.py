@@ -32,7 +32,7 @@ def snapshot(folder: Path) -> dict[str, bytes | None]:
 
 
 @pytest.fixture
-def finished_run(tmp_path) -> tuple[Path, Path, dict[str, bytes | None]]:
+def claim_run(tmp_path) -> tuple[Path, Path, dict[str, bytes | None]]:
     """A run of 3 steps on a 2-class ImageFolder of 32 training images (2 steps an epoch), and its files."""
     data = write_image_folder(tmp_path / "images", classes=2, per_class=16)
     run = tmp_path / "run"
@@ -60,8 +60,8 @@ def assert_restored(run: Path, before: dict[str, bytes | None], config_at_failur
     assert [name for name in before if after[name] != before[name]] == []
 
 
-def test_failure_at_train_start_of_a_resumed_run_restores_the_run_directory(finished_run, tmp_path):
-    run, data, before = finished_run
+def test_failure_at_train_start_of_a_resumed_run_restores_the_run_directory(claim_run, tmp_path):
+    run, data, before = claim_run
     config_at_failure = tmp_path / "config-at-failure.yaml"
     with pytest.raises(RuntimeError, match="injected failure at train start"):
         fit(run, data, "--ckpt_path", "last", "--trainer.max_steps", "6", "--model.init_args.base_lr", "0.002",
@@ -69,9 +69,9 @@ def test_failure_at_train_start_of_a_resumed_run_restores_the_run_directory(fini
     assert_restored(run, before, config_at_failure, "base_lr: 0.002")
 
 
-def test_unreadable_image_in_the_first_batch_of_a_resumed_run_restores_the_run_directory(finished_run, tmp_path):
+def test_unreadable_image_in_the_first_batch_of_a_resumed_run_restores_the_run_directory(claim_run, tmp_path):
     """Resumed on another copy of the data whose training images cannot be decoded: the first batch fails."""
-    run, data, before = finished_run
+    run, data, before = claim_run
     broken = tmp_path / "broken"
     shutil.copytree(data, broken)
     for image in (broken / "train").rglob("*.png"):
@@ -82,8 +82,8 @@ def test_unreadable_image_in_the_first_batch_of_a_resumed_run_restores_the_run_d
     assert_restored(run, before, config_at_failure, f"root: {broken}")
 
 
-def test_ctrl_c_at_train_start_of_a_resumed_run_restores_the_run_directory(finished_run, tmp_path):
-    run, data, before = finished_run
+def test_ctrl_c_at_train_start_of_a_resumed_run_restores_the_run_directory(claim_run, tmp_path):
+    run, data, before = claim_run
     config_at_failure = tmp_path / "config-at-failure.yaml"
     with pytest.raises((KeyboardInterrupt, SystemExit)):
         fit(run, data, "--ckpt_path", "last", "--trainer.max_steps", "6", "--model.init_args.base_lr", "0.002",
