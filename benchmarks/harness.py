@@ -54,7 +54,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
@@ -252,13 +252,18 @@ def file_sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
-def unclaim(run_dir: Path, progress: Path) -> None:
-    """After a failure: a run that saved nothing yet (no ``progress`` file) is not claimed, so a corrected setting
-    may start in its folder; the folder goes too when nothing else is in it."""
-    if not progress.is_file():
-        (run_dir / "setting.json").unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            run_dir.rmdir()  # only when empty
+@contextlib.contextmanager
+def unclaimed_on_failure(run_dir: Path, progress: Path) -> Iterator[None]:
+    """Around training: if it fails before saving anything (no ``progress`` file), the run is not claimed, so a
+    corrected setting may start in its folder; the folder goes too when nothing else is in it."""
+    try:
+        yield
+    except BaseException:
+        if not progress.is_file():
+            (run_dir / "setting.json").unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()  # only when empty
+        raise
 
 
 def claim_run(run_dir: Path, setting: dict[str, Any], budget: RunBudget) -> Trained | None:
@@ -322,11 +327,8 @@ def fit(
     callbacks: list[L.Callback] = [clock, step_flops]
     if snapshots:
         callbacks.append(Snapshots(run_dir / "snapshots", snapshots, clock))
-    try:
+    with unclaimed_on_failure(run_dir, run_dir / "checkpoints" / "last.ckpt"):
         cli = run_cli([*command[1:], *resume], callbacks=callbacks)
-    except BaseException:
-        unclaim(run_dir, run_dir / "checkpoints" / "last.ckpt")
-        raise
     trainer = cli.trainer
     flop_budget = next((c for c in trainer.callbacks if isinstance(c, FlopBudget)), None)
     return Trained(
@@ -355,9 +357,8 @@ def fit_official(
     the MAE ``config``, for ``budget``; the subset of ``train_images`` is drawn with ``seed``, as sslvit's is."""
     run_dir = Path(run_dir)
     checkpoint = run_dir / "mae.pth"
-    setting = {"config": config, "config_sha256": file_sha256(REPO / config), "loop": "official", "seed": seed}
-    setting["train_images"] = train_images
-    setting.update(data_root=data_root, warmup_steps=warmup_steps)
+    setting = {"config": config, "config_sha256": file_sha256(REPO / config), "loop": "official", "seed": seed,
+               "train_images": train_images, "data_root": data_root, "warmup_steps": warmup_steps}  # fmt: skip
     if (done := claim_run(run_dir, setting, budget)) is not None:
         return done
     subset = ["--train-images", str(train_images)] if train_images else []
@@ -367,11 +368,8 @@ def fit_official(
                "--warmup-fraction", f"{budget.warmup_fraction:g}", "--seed", str(seed),
                "--output", str(checkpoint)]  # fmt: skip
     if not checkpoint.is_file():
-        try:
+        with unclaimed_on_failure(run_dir, checkpoint):
             subprocess.run([sys.executable, *command[1:]], check=True, cwd=REPO)
-        except BaseException:
-            unclaim(run_dir, checkpoint)
-            raise
     record = torch.load(checkpoint, map_location="cpu", weights_only=True)["sslvit"]
     return Trained(
         checkpoint=str(checkpoint),

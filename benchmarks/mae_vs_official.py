@@ -60,7 +60,7 @@ from harness import (
     fit_official,
     machine,
     today,
-    unclaim,
+    unclaimed_on_failure,
 )
 from sslvit.cli.parser import ToolParser
 from sslvit.errors import ConfigError, one_line_errors
@@ -144,11 +144,8 @@ def pretrain(args: argparse.Namespace, variant: str, seed: int, run: Path) -> st
         setting |= {"train_images": args.train_images, "data_root": args.data_root, "warmup_steps": args.warmup_steps}
         claim_run(run, setting, budget)  # its checkpoint is reused only for the setting it was trained with
         if not checkpoint.is_file():
-            try:
+            with unclaimed_on_failure(run, checkpoint):
                 subprocess.run(command, check=True, cwd=REPO)
-            except BaseException:
-                unclaim(run, checkpoint)
-                raise
         return str(checkpoint)
     overrides = sslvit_overrides(variant) + ["--trainer.enable_progress_bar", "false"]
     if budget.kind == "steps":

@@ -209,9 +209,7 @@ def run_record(method: str, seed: int, args: argparse.Namespace) -> dict[str, An
         **trained_eval,
         "random_init": {**{key: None for key, _ in METRICS}, **random_eval},
         "curve": curve(trained, args) if args.curve and method != REFERENCE_ROW else [],
-        "finetune_budget": str(finetune_budget(args)) if finetune_budget(args) else None,
-        "finetune_config": args.finetune_config if finetune_budget(args) else None,
-        "finetune_config_sha256": file_sha256(args.finetune_config) if finetune_budget(args) else None,
+        **finetune_fields(args),
         "machine": machine(),
         "date": today(),
         "command": command_line(args, [method], [seed]),
@@ -305,7 +303,6 @@ def planned(method: str, args: argparse.Namespace) -> dict[str, Any]:
     known before anything trains."""
     from dataclasses import asdict
 
-    tune = finetune_budget(args)
     config = CONFIGS["mae" if method == REFERENCE_ROW else method]
     setting: dict[str, Any] = {"train_images": args.train_images, "data_root": args.data_root, "config": config}
     setting["config_sha256"] = file_sha256(REPO / config)
@@ -316,6 +313,14 @@ def planned(method: str, args: argparse.Namespace) -> dict[str, Any]:
         "budget": asdict(RunBudget.from_args(args, DEFAULT_BUDGET)),
         "train_images": args.train_images,
         "setting": setting,
+        **finetune_fields(args),
+    }
+
+
+def finetune_fields(args: argparse.Namespace) -> dict[str, str | None]:
+    """The record's fine-tuning recipe: budget, config path and its content (None each without fine-tuning)."""
+    tune = finetune_budget(args)
+    return {
         "finetune_budget": str(tune) if tune else None,
         "finetune_config": args.finetune_config if tune else None,
         "finetune_config_sha256": file_sha256(args.finetune_config) if tune else None,
@@ -326,15 +331,18 @@ def planned(method: str, args: argparse.Namespace) -> dict[str, Any]:
 def read_records(output: Path) -> dict[str, dict[int, dict[str, Any]]]:
     """``{row: {seed: record}}`` of the ``<method>-seed<seed>.json`` files in ``output``, refused (one line) when
     they were made at different settings (:func:`one_setting`)."""
+    named = record_files(output)
+    one_setting([(str(path), record) for path, record in named])
     rows: dict[str, dict[int, dict[str, Any]]] = {}
-    named = []
-    for path in sorted(output.glob("*-seed*.json")):
-        record = json.loads(path.read_text())
-        if "seed" in record and record.get("method") in ROWS:
-            rows.setdefault(record["method"], {})[record["seed"]] = record
-            named.append((str(path), record))
-    one_setting(named)
+    for _, record in named:
+        rows.setdefault(record["method"], {})[record["seed"]] = record
     return {row: dict(sorted(rows[row].items())) for row in ROWS if row in rows}
+
+
+def record_files(output: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """``(path, record)`` of every row's per-seed record (``<method>-seed<seed>.json``) in ``output``."""
+    named = [(path, json.loads(path.read_text())) for path in sorted(output.glob("*-seed*.json"))]
+    return [(path, record) for path, record in named if "seed" in record and record.get("method") in ROWS]
 
 
 def metric(records: dict[int, dict[str, Any]], key: str, twin: bool = False) -> dict[int, float]:
@@ -543,8 +551,7 @@ def main(argv: list[str] | None = None) -> None:
                 raise ConfigError("official-mae needs --mae-repo: a checkout of facebookresearch/mae")
             # before anything trains: this command's records must fit beside those already in --output
             kept = {f"{m}-seed{s}.json" for m in args.methods for s in args.seeds}
-            existing = [(str(p), json.loads(p.read_text())) for p in sorted(output.glob("*-seed*.json"))]
-            existing = [(p, r) for p, r in existing if r.get("method") in ROWS and Path(p).name not in kept]
+            existing = [(str(p), r) for p, r in record_files(output) if p.name not in kept]
             one_setting(existing + [(f"this command's {m} record", planned(m, args)) for m in args.methods])
             for seed in args.seeds:
                 for method in args.methods:
