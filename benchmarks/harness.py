@@ -510,13 +510,19 @@ def load_snapshot(model: torch.nn.Module, path: str | Path) -> None:
 
 # ---- what every record carries --------------------------------------------------------------------
 def machine() -> str:
-    """The CPU (cores this process may use, model), the GPU and torch's version."""
+    """The CPU (cores this process may use, model, torch's threads), the GPU and torch's version.
+
+    The threads are part of it: they set the speed of a run that shares the machine (two runs with one
+    thread each on 2 cores) and the float rounding of its reductions, so the same seed and steps train to
+    the same numbers bit for bit only with the same thread count."""
     cpuinfo = Path("/proc/cpuinfo")
     lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
     names = (line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
     model = next(names, platform.processor())
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    return f"{len(os.sched_getaffinity(0))} cores of {model}, {gpu}; torch {torch.__version__}"
+    threads = torch.get_num_threads()
+    cpu = f"{len(os.sched_getaffinity(0))} cores of {model} ({threads} torch thread{'s' * (threads != 1)})"
+    return f"{cpu}, {gpu}; torch {torch.__version__}"
 
 
 def today() -> str:

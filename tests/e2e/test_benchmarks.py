@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import REPO, TINY_CONFIGS, load_script
 from sslvit.errors import ConfigError
@@ -514,3 +515,18 @@ def test_every_measured_table_names_its_command_machine_and_date(tmp_path):
         (tmp_path / "p.json").write_text(json.dumps({"title": "p", "tables": [{**table, key: ""}]}))
         with pytest.raises(ValueError, match=f"has no {key}"):
             tables.pages(tmp_path)
+
+
+def test_every_record_names_the_torch_threads_it_ran_with():
+    """Two runs sharing 2 cores with one thread each train at half the images/s, and float reductions round
+    by thread count: a record that said only "2 cores" would hide both."""
+    from harness import machine
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert "(1 torch thread)" in machine()
+        torch.set_num_threads(2)
+        assert "(2 torch threads)" in machine()
+    finally:
+        torch.set_num_threads(before)
