@@ -451,8 +451,11 @@ def table(output: Path, write: bool = True) -> str:
             )
     lines += curve_section(rows)
     lines += ["", "Made by:"] + [f"- `{c}`" for c in sorted({r["invocation"] for r in every})]
-    lines.append("Machines: " + "; ".join(sorted({r["machine"] for r in every})) + ".")
-    lines.append("Dates: " + ", ".join(sorted({r["date"] for r in every})) + ".")
+    lines += ["", "Machines (a record's images/s and training time are those of its machine and threads):"]
+    for where in sorted({r["machine"] for r in every}):
+        made = sorted((r["method"], r["seed"]) for r in every if r["machine"] == where)
+        lines.append(f"- {where}: " + ", ".join(f"{method} {seed}" for method, seed in made) + ".")
+    lines += ["", "Dates: " + ", ".join(sorted({r["date"] for r in every})) + "."]
     recipes = sorted({f"{r['finetune_budget']} of `{r['finetune_config']}`" for r in every if r.get("finetune_budget")})
     if recipes:
         lines.append(f"Fine-tuning: {', '.join(recipes)}; the random twin with the same.")

@@ -325,7 +325,8 @@ def test_results_table_spread_and_paired_intervals_by_hand(tmp_path):
         for seed in range(3):
             record = {
                 **{"method": method, "seed": seed, "steps": 10, "images_seen": 1280, "petaflops": 0.1},
-                **{"train_seconds": 60.0, "images_per_s": 21.3, "machine": "m", "date": "2026-12-07"},
+                **{"train_seconds": 60.0, "images_per_s": 21.3, "date": "2026-12-07"},
+                "machine": "m (1 torch thread)" if (method, seed) == ("mae", 2) else "m (2 torch threads)",
                 **{"knn_top1": knn[seed], "linear_top1": None},
                 "finetune_top1": 45.0 if (method, seed) == ("mae", 0) else None,  # fine-tuned on one seed alone
                 "random_init": {"knn_top1": twin[seed]},
@@ -353,6 +354,9 @@ def test_results_table_spread_and_paired_intervals_by_hand(tmp_path):
     assert "## Learning curves: kNN top-1 on val at every 1/2 of the budget (%)" in lines
     assert "| mae | 2 | 34.00 | 34.00 |" in lines and "| official-mae | 0 |" not in "\n".join(lines[-12:])
     assert "| mae | mean ± std | 32.00 ± 2.00 | 37.00 ± 3.00 |" in lines
+    # Each machine with the records made on it: images/s and training time are read against their machine.
+    assert "- m (1 torch thread): mae 2." in lines
+    assert "- m (2 torch threads): mae 0, mae 1, official-mae 0, official-mae 1, official-mae 2." in lines
 
 
 def test_results_table_is_one_setting_per_folder(tmp_path, capsys):
