@@ -94,6 +94,10 @@ BUDGET_SETTINGS = {
 }  # fmt: skip
 
 
+RUN_DIR = "runs/results"
+OUTPUT = REPO / "benchmarks" / "results"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from sslvit.cli.parser import ToolParser
 
@@ -108,8 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mae-repo", help="a checkout of facebookresearch/mae (for official-mae)")
     parser.add_argument("--quick", action="store_true", help="kNN of the encoder and its twin only")
     parser.add_argument("--curve", action="store_true", help="kNN of the encoder at every fifth of the budget")
-    parser.add_argument("--run-dir", default="runs/results", help="run directories and checkpoints (not committed)")
-    parser.add_argument("--output", default=str(REPO / "benchmarks" / "results"), help="the JSONs and results.md")
+    parser.add_argument("--run-dir", default=RUN_DIR, help="run directories and checkpoints (not committed)")
+    parser.add_argument("--output", default=str(OUTPUT), help="the JSONs and results.md")
     parser.add_argument("--table", action="store_true", help="only build the table and plot from the JSONs")
     parser.add_argument("fit_args", nargs="*", help="extra `sslvit fit` settings for every sslvit row, after --")
     return parser
@@ -123,8 +127,9 @@ def finetune_budget(args: argparse.Namespace) -> RunBudget | None:
     return RunBudget.from_args(args, DEFAULT_FINETUNE, prefix="finetune_")
 
 
-def command_line(args: argparse.Namespace, methods: list[str], seeds: list[int]) -> str:
-    """The results.py command that makes these records."""
+def command_line(args: argparse.Namespace, methods: list[str], seeds: list[int], where: bool = False) -> str:
+    """The results.py command that makes these records; ``where``: with the folders, when not the defaults
+    (the page's "Made by" line; a record's own ``command`` is the same wherever it was written)."""
     budget = RunBudget.from_args(args, DEFAULT_BUDGET)
     tune = finetune_budget(args)
     command = ["python", "benchmarks/results.py", "--data-root", args.data_root, *budget.flags(),
@@ -135,6 +140,9 @@ def command_line(args: argparse.Namespace, methods: list[str], seeds: list[int])
     command += ["--finetune-config", args.finetune_config] if tune and args.finetune_config != FINETUNE_CONFIG else []
     command += ["--mae-repo", args.mae_repo] if REFERENCE_ROW in methods else []
     command += ["--quick"] * args.quick + ["--curve"] * args.curve
+    if where:  # another folder is another table (one setting per folder): the command that remakes it names it
+        command += ["--run-dir", args.run_dir] if Path(args.run_dir) != Path(RUN_DIR) else []
+        command += ["--output", args.output] if Path(args.output).resolve() != OUTPUT else []
     command += ["--", *args.fit_args] if args.fit_args else []
     return shlex.join(command)
 
@@ -213,7 +221,7 @@ def run_record(method: str, seed: int, args: argparse.Namespace) -> dict[str, An
         "machine": machine(),
         "date": today(),
         "command": command_line(args, [method], [seed]),
-        "invocation": command_line(args, args.methods, args.seeds),
+        "invocation": command_line(args, args.methods, args.seeds, where=True),
         "data": "ImageFolder at --data-root; accuracies on val, the bank all of train",
     }
     Path(args.output).mkdir(parents=True, exist_ok=True)

@@ -286,6 +286,7 @@ def test_results_records_each_seed_resumes_and_tabulates(tmp_path, monkeypatch, 
         assert [p["step"] for p in record["curve"]] == sorted(p["step"] for p in record["curve"])
         assert record["curve"][-1]["step"] == record["steps"]
     assert records[0]["steps"] == records[1]["steps"], "the same budget, the same steps, whatever the seed"
+    assert records[0]["invocation"].endswith(f"--curve --run-dir {runs} --output {out} -- {' '.join(tiny)}")
     assert records[0]["random_init"]["finetune_command"] != records[1]["random_init"]["finetune_command"]
     assert len(list((runs / "finetune-random").glob("*.json"))) == 2, "one random twin fine-tuned per seed"
     # Rerun: every record is skipped, nothing is trained or rewritten.
