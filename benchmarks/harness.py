@@ -69,6 +69,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 # ---- budgets --------------------------------------------------------------------------------------
+WARMUP_FRACTION = 0.05  # of a FLOP or minute budget, unless --warmup-fraction says otherwise
+
+
 @dataclass(frozen=True)
 class RunBudget:
     """What a training run may spend: ``petaflops``, ``minutes`` of wall clock or ``steps`` (exactly one);
@@ -77,7 +80,7 @@ class RunBudget:
     petaflops: float | None = None
     minutes: float | None = None
     steps: int | None = None
-    warmup_fraction: float = 0.05
+    warmup_fraction: float = WARMUP_FRACTION
 
     def __post_init__(self) -> None:
         amounts = {"petaflops": self.petaflops, "minutes": self.minutes, "steps": self.steps}
@@ -93,7 +96,7 @@ class RunBudget:
             if default is None:
                 raise ConfigError("give a budget: --petaflops, --minutes or --steps")
             return default
-        return cls(**values, warmup_fraction=getattr(args, prefix + "warmup_fraction", 0.05))
+        return cls(**values, warmup_fraction=getattr(args, prefix + "warmup_fraction", WARMUP_FRACTION))
 
     @property
     def kind(self) -> str:
@@ -104,8 +107,10 @@ class RunBudget:
         return getattr(self, self.kind)
 
     def flags(self) -> list[str]:
-        """The command-line flags of this budget, e.g. ``["--petaflops", "0.1"]``."""
-        return [f"--{self.kind}", f"{self.amount:g}"]
+        """The command-line flags of this budget, e.g. ``["--petaflops", "0.1"]``; the warmup too when it is not
+        the default (it is part of the schedule: a command without it remakes another run)."""
+        warmup = ["--warmup-fraction", f"{self.warmup_fraction:g}"] if self.warmup_fraction != WARMUP_FRACTION else []
+        return [f"--{self.kind}", f"{self.amount:g}", *warmup]
 
     def __str__(self) -> str:
         return {"petaflops": "{:g} PFLOP", "minutes": "{:g} minutes", "steps": "{:g} steps"}[self.kind].format(
@@ -140,7 +145,10 @@ def add_budget_args(
         )
     if not prefix:
         parser.add_argument(
-            "--warmup-fraction", type=float, default=0.05, help="part of a FLOP or minute budget spent warming up"
+            "--warmup-fraction",
+            type=float,
+            default=WARMUP_FRACTION,
+            help="part of a FLOP or minute budget spent warming up",
         )
 
 
@@ -364,8 +372,7 @@ def fit_official(
     subset = ["--train-images", str(train_images)] if train_images else []
     warmup = ["--warmup-steps", str(warmup_steps)] if warmup_steps is not None and budget.kind == "steps" else []
     command = ["python", "benchmarks/official_mae.py", "--mae-repo", mae_repo, "--config", config,
-               "--data-root", data_root, *subset, *budget.flags(), *warmup,
-               "--warmup-fraction", f"{budget.warmup_fraction:g}", "--seed", str(seed),
+               "--data-root", data_root, *subset, *budget.flags(), *warmup, "--seed", str(seed),
                "--output", str(checkpoint)]  # fmt: skip
     if not checkpoint.is_file():
         with unclaimed_on_failure(run_dir, checkpoint):

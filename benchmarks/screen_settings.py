@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "name": args.name,
             "config": args.config,
             "budget": str(budget),
+            "warmup_fraction": budget.warmup_fraction,
             "steps": trained.steps,
             "petaflops": trained.petaflops,
             "fit_args": args.fit_args,

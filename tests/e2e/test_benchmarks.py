@@ -401,6 +401,21 @@ def test_results_table_is_one_setting_per_folder(tmp_path, capsys):
     )
 
 
+def test_a_budget_parses_back_from_the_flags_its_commands_carry():
+    """Every part of a budget is in the command that remakes its run: a warmup left out of a record's command
+    (its reuse key) would let a run of another schedule pass for it."""
+    results = load_script("benchmarks/results.py")
+    parse, budget_of = results.build_parser().parse_args, results.RunBudget.from_args
+    for argv in (["--petaflops", "0.1"], ["--petaflops", "0.1", "--warmup-fraction", "0.2"],
+                 ["--minutes", "8", "--warmup-fraction", "0.1"], ["--steps", "300"]):  # fmt: skip
+        budget = budget_of(parse(argv))
+        assert budget_of(parse(budget.flags())) == budget
+        assert (
+            results.command_line(parse(argv), ["mae"], [0]).split()[4 : 6 + 2 * ("--warmup-fraction" in argv)] == argv
+        )
+    assert "--warmup-fraction" not in results.command_line(parse(["--petaflops", "0.1"]), ["mae"], [0])
+
+
 def test_screen_settings_scores_trained_and_random_on_train_images_only(tmp_path, monkeypatch):
     from conftest import write_image_folder
 
@@ -414,6 +429,7 @@ def test_screen_settings_scores_trained_and_random_on_train_images_only(tmp_path
             "--trainer.enable_progress_bar", "false"]  # fmt: skip
     first = screen.main(args)
     assert first["steps"] == 2 and first["name"] == "narrow" and (first["num_bank"], first["num_queries"]) == (24, 10)
+    assert first["warmup_fraction"] == 0.05 and first["budget"] == "2 steps"
     for encoder in ("trained", "random"):
         assert first[f"{encoder}_native_knn"] >= 90 and first[f"{encoder}_native_linear"] >= 90
         assert f"{encoder}_mean_knn" in first
